@@ -1,0 +1,376 @@
+//! `tillctl`: operate a tillgated from the terminal, and push account exports as central would.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Args, Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use crate::export::{Account, AccountHasher, ChangesExport, SnapshotExport};
+use crate::proto as pb;
+use crate::{ClientError, DEFAULT_SOCKET, DEFAULT_SYNC_ADDR, SyncTls, TillClient, TillSyncClient, cursor_from_status};
+
+#[derive(Debug, Parser)]
+#[command(name = "tillctl", version, about = "Operate tillgated: sessions, status, sync pushes, tokens")]
+pub struct Cli {
+    /// The daemon's login socket.
+    #[arg(long, global = true, env = "TILLGATE_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncTarget {
+    /// The daemon's sync endpoint, e.g. http://127.0.0.1:7870 or https://till-7:7870.
+    #[arg(long, env = "TILLGATE_SYNC_ADDR", default_value = DEFAULT_SYNC_ADDR, global = true)]
+    pub sync_addr: String,
+    /// Sync bearer token (prefer TILLGATE_TOKEN or --token-file: argv is visible to other users).
+    #[arg(long, env = "TILLGATE_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// File holding the sync bearer token.
+    #[arg(long, conflicts_with = "token", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the daemon's TLS certificate.
+    #[arg(long, global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Name expected in the daemon's certificate (defaults to the host in --sync-addr).
+    #[arg(long, global = true)]
+    pub tls_domain: Option<String>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[arg(long, requires = "tls_key", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert", global = true)]
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Replica cursor, user counts, last sync and listeners.
+    Status,
+    /// Log in with a PIN (prompted without echo, or read from stdin) or a key id.
+    Login {
+        /// Read a PIN.
+        #[arg(long, conflicts_with = "key", required_unless_present = "key")]
+        pin: bool,
+        /// Log in with a key id; without a value it is read like a PIN (argv is visible to others).
+        #[arg(long, num_args = 0..=1, default_missing_value = "")]
+        key: Option<String>,
+    },
+    /// End the current session.
+    Logout,
+    /// Show the current session.
+    Session,
+    /// Follow session events (login, logout, ...) until interrupted.
+    Watch,
+    /// Does the current user hold PERMISSION? Exit 0 if so, 1 if not.
+    Can { permission: String },
+    /// Push an account export to the sync endpoint.
+    Push {
+        #[command(subcommand)]
+        what: PushCommand,
+        #[command(flatten)]
+        target: SyncTarget,
+    },
+    /// Show the replica's sync state through the sync endpoint (as central sees it).
+    SyncState {
+        #[command(flatten)]
+        target: SyncTarget,
+    },
+    /// Print the argon2id PHC string of one secret read from stdin, as central computes it.
+    Hash {
+        /// Account id the salt is derived from.
+        #[arg(long, default_value = "default")]
+        account: String,
+        /// Explicit account salt (PHC base64).
+        #[arg(long)]
+        salt: Option<String>,
+    },
+    /// Manage sync tokens (admin uids only).
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PushCommand {
+    /// Replace the replica with FILE (JSON snapshot export).
+    Snapshot { file: PathBuf },
+    /// Apply the incremental batch in FILE (JSON changes export).
+    Changes { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it once.
+    Create { name: String },
+    /// List token names and creation times.
+    List,
+    /// Revoke a token.
+    Revoke { name: String },
+}
+
+/// Entry point of the `tillctl` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tillctl: cannot start runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tillctl: {e}");
+            if let ClientError::Rpc(status) = &e {
+                if let Some(cursor) = cursor_from_status(status) {
+                    eprintln!("tillctl: replica cursor is {}:{}", cursor.epoch, cursor.revision);
+                }
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
+    match cli.command {
+        Command::Status => {
+            let status = TillClient::connect(&cli.socket).await?.status().await?;
+            print_status(&status);
+        }
+        Command::Login { pin, key } => {
+            let mut client = TillClient::connect(&cli.socket).await?;
+            let session = if pin {
+                let pin = read_secret("PIN: ")?;
+                client.login_with_pin(&pin).await?
+            } else {
+                let key = match key {
+                    Some(k) if !k.is_empty() => {
+                        eprintln!("tillctl: warning: a key id on the command line is visible to other users; omit the value to be prompted");
+                        Zeroizing::new(k)
+                    }
+                    _ => read_secret("Key id: ")?,
+                };
+                client.login_with_key(&key).await?
+            };
+            print_session(&session);
+        }
+        Command::Logout => match TillClient::connect(&cli.socket).await?.logout().await? {
+            Some(ended) => println!("logged out {}", user_label(&ended)),
+            None => println!("nobody was logged in"),
+        },
+        Command::Session => match TillClient::connect(&cli.socket).await?.session().await? {
+            Some(session) => print_session(&session),
+            None => println!("nobody is logged in"),
+        },
+        Command::Watch => {
+            let mut stream = TillClient::connect(&cli.socket).await?.watch().await?;
+            while let Some(event) = stream.message().await? {
+                print_event(&event);
+            }
+        }
+        Command::Can { permission } => {
+            let answer = TillClient::connect(&cli.socket)
+                .await?
+                .check_permission(&permission)
+                .await?;
+            if answer.user_id.is_empty() {
+                println!("denied: nobody is logged in");
+            } else {
+                println!(
+                    "{}: {} {}",
+                    if answer.granted { "granted" } else { "denied" },
+                    answer.user_id,
+                    permission
+                );
+            }
+            if !answer.granted {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Push { what, target } => {
+            let mut sync = connect_sync(&target).await?;
+            let result = match what {
+                PushCommand::Snapshot { file } => {
+                    let export = SnapshotExport::parse(&read_file(&file)?)?;
+                    sync.apply_snapshot(export.into_snapshot()?).await?
+                }
+                PushCommand::Changes { file } => {
+                    let export = ChangesExport::parse(&read_file(&file)?)?;
+                    sync.apply_changes(export.into_batch()?).await?
+                }
+            };
+            let cursor = result.cursor.unwrap_or_default();
+            println!(
+                "{} at {}:{} ({} users, {} roles)",
+                if result.applied { "applied" } else { "already applied" },
+                cursor.epoch,
+                cursor.revision,
+                result.users,
+                result.roles
+            );
+        }
+        Command::SyncState { target } => {
+            let state = connect_sync(&target).await?.state().await?;
+            let cursor = state.cursor.unwrap_or_default();
+            println!("cursor:            {}:{}", cursor.epoch, cursor.revision);
+            println!("status:            {}", state.status);
+            println!("users:             {} ({} at this terminal)", state.users, state.users_at_terminal);
+            println!("roles:             {}", state.roles);
+            println!("last sync:         {}", time_label(state.last_sync_at.as_ref()));
+            println!("version:           {}", state.version);
+        }
+        Command::Hash { account, salt } => {
+            let secret = read_secret("Secret: ")?;
+            let hasher = AccountHasher::new(&Account {
+                id: account,
+                account_salt: salt,
+                m_cost_kib: None,
+                t_cost: None,
+                p_cost: None,
+            })?;
+            println!("{}", hasher.hash(&secret)?);
+        }
+        Command::Token { action } => {
+            let mut client = TillClient::connect(&cli.socket).await?;
+            match action {
+                TokenCommand::Create { name } => {
+                    let created = client.create_token(&name).await?;
+                    eprintln!("token {:?} created; it is shown only this once:", created.name);
+                    println!("{}", created.token);
+                }
+                TokenCommand::List => {
+                    for token in client.list_tokens().await? {
+                        println!("{}\tcreated {}", token.name, time_label(token.created_at.as_ref()));
+                    }
+                }
+                TokenCommand::Revoke { name } => {
+                    if client.revoke_token(&name).await? {
+                        println!("revoked {name}");
+                    } else {
+                        println!("no token named {name}");
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connect_sync(target: &SyncTarget) -> Result<TillSyncClient, ClientError> {
+    let token = match (&target.token, &target.token_file) {
+        (Some(token), _) => Some(Zeroizing::new(token.clone())),
+        (None, Some(path)) => Some(Zeroizing::new(read_file(path)?.trim().to_owned())),
+        (None, None) => None,
+    };
+    let tls = if target.tls_ca.is_some() || target.tls_cert.is_some() || target.sync_addr.starts_with("https://") {
+        Some(SyncTls {
+            ca_pem: target.tls_ca.as_ref().map(|p| read_bytes(p)).transpose()?,
+            domain: target.tls_domain.clone(),
+            identity: match (&target.tls_cert, &target.tls_key) {
+                (Some(cert), Some(key)) => Some((read_bytes(cert)?, read_bytes(key)?)),
+                _ => None,
+            },
+        })
+    } else {
+        None
+    };
+    TillSyncClient::connect(&target.sync_addr, token.as_deref().map(|t| t.as_str()), tls).await
+}
+
+fn read_file(path: &PathBuf) -> Result<String, ClientError> {
+    std::fs::read_to_string(path).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))
+}
+
+fn read_bytes(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))
+}
+
+/// Reads a secret without echo from the terminal, or one line from stdin when piped.
+fn read_secret(prompt: &str) -> Result<Zeroizing<String>, ClientError> {
+    let secret = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt).map_err(|e| ClientError::Config(format!("reading from the terminal: {e}")))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| ClientError::Config(format!("reading stdin: {e}")))?;
+        line
+    };
+    let secret = Zeroizing::new(secret);
+    let trimmed = Zeroizing::new(secret.trim_end_matches(['\r', '\n']).to_owned());
+    if trimmed.is_empty() {
+        return Err(ClientError::Config("nothing was entered".into()));
+    }
+    let _ = std::io::stderr().flush();
+    Ok(trimmed)
+}
+
+fn time_label(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.and_then(|t| SystemTime::try_from(*t).ok())
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|| "never".into())
+}
+
+fn user_label(session: &pb::Session) -> String {
+    session
+        .user
+        .as_ref()
+        .map(|u| format!("{} ({} {})", u.id, u.first_name, u.last_name))
+        .unwrap_or_default()
+}
+
+fn print_session(session: &pb::Session) {
+    let method = match pb::LoginMethod::try_from(session.method) {
+        Ok(pb::LoginMethod::Pin) => "pin",
+        Ok(pb::LoginMethod::Key) => "key",
+        _ => "?",
+    };
+    let replica = session.replica.unwrap_or_default();
+    println!("user:        {}", user_label(session));
+    println!("session:     {}", session.session_id);
+    println!("method:      {method}");
+    println!("started:     {}", time_label(session.started_at.as_ref()));
+    println!("roles:       {}", session.role_ids.join(", "));
+    println!("permissions: {}", session.permissions.join(", "));
+    println!("replica:     {}:{} (last sync {})", replica.epoch, replica.revision, time_label(session.last_sync_at.as_ref()));
+}
+
+fn print_event(event: &pb::SessionEvent) {
+    let kind = pb::SessionEventKind::try_from(event.kind)
+        .map(|k| k.as_str_name().trim_start_matches("SESSION_EVENT_KIND_").to_lowercase())
+        .unwrap_or_else(|_| "unknown".into());
+    let who = event
+        .session
+        .as_ref()
+        .or(event.previous.as_ref())
+        .map(user_label)
+        .unwrap_or_else(|| "nobody".into());
+    let reason = if event.reason.is_empty() { String::new() } else { format!(" ({})", event.reason) };
+    println!("#{} {} {kind} {who}{reason}", event.sequence, time_label(event.at.as_ref()));
+    let _ = std::io::stdout().flush();
+}
+
+fn print_status(status: &pb::DaemonStatus) {
+    let cursor = status.cursor.unwrap_or_default();
+    let terminal = if status.sub_terminal_id.is_empty() {
+        status.sales_point_id.clone()
+    } else {
+        format!("{} / {}", status.sales_point_id, status.sub_terminal_id)
+    };
+    println!("terminal:    {terminal}");
+    println!("replica:     {}:{} ({})", cursor.epoch, cursor.revision, status.replica_status);
+    println!("users:       {} ({} active at this terminal)", status.users, status.users_at_terminal);
+    println!("roles:       {}", status.roles);
+    println!("last sync:   {}", time_label(status.last_sync_at.as_ref()));
+    println!("login:       {}", status.login_socket);
+    println!("sync:        {}{}", status.sync_listen, if status.sync_tls { " (TLS)" } else { "" });
+    println!("version:     {}", status.version);
+}

@@ -1,0 +1,384 @@
+//! The daemon's TOML configuration, validated at start with errors naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::credential::CostLimits;
+use crate::model::Terminal;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tillgate";
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/tillgate";
+pub const DEFAULT_SYNC_LISTEN: &str = "127.0.0.1:7870";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("config key {key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub terminal: TerminalConfig,
+    #[serde(default)]
+    pub paths: PathsConfig,
+    #[serde(default)]
+    pub login_socket: LoginSocketConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
+    #[serde(default)]
+    pub hashing: HashingConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalConfig {
+    pub sales_point_id: String,
+    #[serde(default)]
+    pub sub_terminal_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    /// Replica database and terminal key.
+    pub state_dir: PathBuf,
+    /// Login socket and the bound sync address file.
+    pub runtime_dir: PathBuf,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        PathsConfig {
+            state_dir: DEFAULT_STATE_DIR.into(),
+            runtime_dir: DEFAULT_RUNTIME_DIR.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginSocketConfig {
+    /// Defaults to `<runtime_dir>/login.sock`.
+    pub path: Option<PathBuf>,
+    /// Group given to the socket (mode 0660), e.g. the POS app's group.
+    pub group: Option<String>,
+    /// Socket file mode, as an octal string.
+    pub mode: String,
+    /// Peers allowed to connect, by uid or primary gid. Both empty: any peer the file mode lets in.
+    pub allow_uids: Vec<u32>,
+    pub allow_gids: Vec<u32>,
+    /// Peers allowed to call the Admin service (tokens). The daemon's own uid always is.
+    pub admin_uids: Vec<u32>,
+    pub max_message_bytes: usize,
+}
+
+impl Default for LoginSocketConfig {
+    fn default() -> Self {
+        LoginSocketConfig {
+            path: None,
+            group: None,
+            mode: "0660".into(),
+            allow_uids: Vec::new(),
+            allow_gids: Vec::new(),
+            admin_uids: vec![0],
+            max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// TCP address for central's pushes; port 0 picks a free port (written to
+    /// `<runtime_dir>/sync.addr`).
+    pub listen: String,
+    pub max_message_bytes: usize,
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            listen: DEFAULT_SYNC_LISTEN.into(),
+            max_message_bytes: 16 * 1024 * 1024,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HashingConfig {
+    /// argon2 evaluations running at once; each holds m_cost KiB of memory.
+    pub max_concurrent: usize,
+    pub max_m_cost_kib: u32,
+    pub max_t_cost: u32,
+    pub max_p_cost: u32,
+}
+
+impl Default for HashingConfig {
+    fn default() -> Self {
+        let limits = CostLimits::default();
+        HashingConfig {
+            max_concurrent: 2,
+            max_m_cost_kib: limits.max_m_cost_kib,
+            max_t_cost: limits.max_t_cost,
+            max_p_cost: limits.max_p_cost,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as "info" or "tillgate_daemon=debug"; RUST_LOG overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// The configuration after checks, with derived values filled in.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub terminal: Terminal,
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub socket_path: PathBuf,
+    pub socket_group: Option<String>,
+    pub socket_mode: u32,
+    pub allow_uids: Vec<u32>,
+    pub allow_gids: Vec<u32>,
+    pub admin_uids: Vec<u32>,
+    pub login_max_message_bytes: usize,
+    pub sync_listen: SocketAddr,
+    pub sync_max_message_bytes: usize,
+    pub tls: Option<TlsConfig>,
+    pub max_concurrent_hashes: usize,
+    pub cost_limits: CostLimits,
+    pub log: LogConfig,
+}
+
+impl Settings {
+    pub fn database_path(&self) -> PathBuf {
+        self.state_dir.join("replica.db")
+    }
+
+    pub fn terminal_key_path(&self) -> PathBuf {
+        self.state_dir.join("terminal.key")
+    }
+
+    pub fn sync_addr_path(&self) -> PathBuf {
+        self.runtime_dir.join("sync.addr")
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::from("<inline>"),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks every value and derives the settings the daemon runs with.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let sales_point_id = self.terminal.sales_point_id.trim().to_owned();
+        if sales_point_id.is_empty() {
+            return Err(invalid("terminal.sales_point_id", "must not be empty"));
+        }
+        let sub_terminal_id = match self.terminal.sub_terminal_id {
+            Some(sub) if sub.trim().is_empty() => {
+                return Err(invalid(
+                    "terminal.sub_terminal_id",
+                    "must not be empty when set (remove the key instead)",
+                ));
+            }
+            other => other,
+        };
+        for (key, path) in [
+            ("paths.state_dir", &self.paths.state_dir),
+            ("paths.runtime_dir", &self.paths.runtime_dir),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        let socket_path = self
+            .login_socket
+            .path
+            .unwrap_or_else(|| self.paths.runtime_dir.join("login.sock"));
+        // sockaddr_un holds 108 bytes including the terminating NUL.
+        if socket_path.as_os_str().len() > 107 {
+            return Err(invalid(
+                "login_socket.path",
+                format!("{} is longer than the 107 bytes a Unix socket path may have", socket_path.display()),
+            ));
+        }
+        let socket_mode = u32::from_str_radix(self.login_socket.mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| invalid("login_socket.mode", format!("{:?} is not an octal file mode such as \"0660\"", self.login_socket.mode)))?;
+        if self.login_socket.group.as_deref() == Some("") {
+            return Err(invalid("login_socket.group", "must not be empty when set"));
+        }
+        let sync_listen: SocketAddr = self.sync.listen.parse().map_err(|e| {
+            invalid("sync.listen", format!("{:?} is not an address such as 127.0.0.1:7870 ({e})", self.sync.listen))
+        })?;
+        if let Some(tls) = &self.sync.tls {
+            for (key, path) in [("sync.tls.cert", Some(&tls.cert)), ("sync.tls.key", Some(&tls.key)), ("sync.tls.client_ca", tls.client_ca.as_ref())] {
+                if let Some(path) = path {
+                    if !path.is_file() {
+                        return Err(invalid(key, format!("{} is not a readable file", path.display())));
+                    }
+                }
+            }
+        }
+        for (key, value, min, max) in [
+            ("login_socket.max_message_bytes", self.login_socket.max_message_bytes, 1024, 16 << 20),
+            ("sync.max_message_bytes", self.sync.max_message_bytes, 64 << 10, 1 << 30),
+            ("hashing.max_concurrent", self.hashing.max_concurrent, 1, 64),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(key, format!("{value} is outside {min}..={max}")));
+            }
+        }
+        if self.hashing.max_m_cost_kib < 8 {
+            return Err(invalid("hashing.max_m_cost_kib", "must be at least 8"));
+        }
+        if self.hashing.max_t_cost == 0 || self.hashing.max_p_cost == 0 {
+            return Err(invalid("hashing.max_t_cost", "cost limits must be at least 1"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
+        }
+        Ok(Settings {
+            terminal: Terminal {
+                sales_point_id,
+                sub_terminal_id,
+            },
+            state_dir: self.paths.state_dir,
+            runtime_dir: self.paths.runtime_dir,
+            socket_path,
+            socket_group: self.login_socket.group,
+            socket_mode,
+            allow_uids: self.login_socket.allow_uids,
+            allow_gids: self.login_socket.allow_gids,
+            admin_uids: self.login_socket.admin_uids,
+            login_max_message_bytes: self.login_socket.max_message_bytes,
+            sync_listen,
+            sync_max_message_bytes: self.sync.max_message_bytes,
+            tls: self.sync.tls,
+            max_concurrent_hashes: self.hashing.max_concurrent,
+            cost_limits: CostLimits {
+                max_m_cost_kib: self.hashing.max_m_cost_kib,
+                max_t_cost: self.hashing.max_t_cost,
+                max_p_cost: self.hashing.max_p_cost,
+            },
+            log: self.log,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let s = Config::parse("[terminal]\nsales_point_id = \"sp-1\"\n").unwrap().validate().unwrap();
+        assert_eq!(s.terminal.sales_point_id, "sp-1");
+        assert_eq!(s.socket_path, PathBuf::from("/run/tillgate/login.sock"));
+        assert_eq!(s.database_path(), PathBuf::from("/var/lib/tillgate/replica.db"));
+        assert_eq!(s.socket_mode, 0o660);
+        assert_eq!(s.sync_listen.to_string(), DEFAULT_SYNC_LISTEN);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::parse("[terminal]\nsales_point_id = \"\"\n").unwrap().validate().unwrap_err();
+        assert_eq!(err.to_string(), "config key terminal.sales_point_id: must not be empty");
+
+        let err = Config::parse("[terminal]\nsales_point_id = \"a\"\n[sync]\nlisten = \"nowhere\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("config key sync.listen:"), "{err}");
+
+        let err = Config::parse("[terminal]\nsales_point_id = \"a\"\n[login_socket]\nmode = \"999\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("config key login_socket.mode:"), "{err}");
+
+        let err = Config::parse("[terminal]\nsales_point_id = \"a\"\nsales_pont = 1\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `sales_pont`"), "{err}");
+
+        let err = Config::parse("[paths]\nstate_dir = \"/x\"\n").unwrap_err();
+        assert!(err.to_string().contains("missing field `terminal`"), "{err}");
+    }
+}

@@ -1,0 +1,104 @@
+//! Local administration (sync tokens), for the admin uids only.
+
+use std::sync::Arc;
+
+use tillgate_proto::v1 as pb;
+use tillgate_proto::v1::admin_server::Admin;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use super::{internal, join_error, login::peer_label, timestamp};
+use crate::store::Replica;
+use crate::tokens::{TokenError, TokenRegistry};
+
+#[derive(Debug)]
+pub struct AdminService {
+    pub replica: Arc<Replica>,
+    pub tokens: Arc<TokenRegistry>,
+    /// Configured admin uids plus the daemon's own.
+    pub admin_uids: Vec<u32>,
+}
+
+impl AdminService {
+    fn authorize<T>(&self, request: &Request<T>, action: &str) -> Result<(), Status> {
+        let uid = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .map(|cred| cred.uid());
+        match uid {
+            Some(uid) if self.admin_uids.contains(&uid) => {
+                tracing::info!(peer = %peer_label(request), %action, "admin call");
+                Ok(())
+            }
+            _ => {
+                tracing::warn!(peer = %peer_label(request), %action, "admin call refused: peer is not an admin uid");
+                Err(Status::permission_denied(
+                    "admin calls are allowed only for the admin uids in the config",
+                ))
+            }
+        }
+    }
+}
+
+impl From<TokenError> for Status {
+    fn from(e: TokenError) -> Status {
+        match e {
+            TokenError::BadName => Status::invalid_argument(e.to_string()),
+            TokenError::Exists(_) => Status::already_exists(e.to_string()),
+            TokenError::Store(s) => internal("token store failed", &s),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        self.authorize(&request, "token create")?;
+        let name = request.into_inner().name;
+        let (replica, tokens, n) = (self.replica.clone(), self.tokens.clone(), name.clone());
+        let token = tokio::task::spawn_blocking(move || tokens.create(&replica, &n))
+            .await
+            .map_err(join_error)??;
+        tracing::info!(token = %name, "sync token created");
+        Ok(Response::new(pb::CreateTokenResponse {
+            name,
+            token: token.to_string(),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.authorize(&request, "token list")?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: self
+                .tokens
+                .list()
+                .into_iter()
+                .map(|row| pb::TokenInfo {
+                    name: row.name,
+                    created_at: Some(timestamp(row.created_at)),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        self.authorize(&request, "token revoke")?;
+        let name = request.into_inner().name;
+        let (replica, tokens, n) = (self.replica.clone(), self.tokens.clone(), name.clone());
+        let revoked = tokio::task::spawn_blocking(move || tokens.revoke(&replica, &n))
+            .await
+            .map_err(join_error)??;
+        tracing::info!(token = %name, revoked, "sync token revoke");
+        Ok(Response::new(pb::RevokeTokenResponse { revoked }))
+    }
+}

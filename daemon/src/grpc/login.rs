@@ -1,0 +1,177 @@
+//! The POS app's Login service.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tillgate_proto::v1 as pb;
+use tillgate_proto::v1::login_server::Login;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+use super::{cursor_to_pb, event_to_pb, join_error, session_to_pb, timestamp};
+use crate::login::Authenticator;
+use crate::model::{CredentialKind, Terminal};
+use crate::store::Replica;
+
+/// Facts about the running daemon that `GetStatus` reports.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    pub login_socket: String,
+    pub sync_listen: String,
+    pub sync_tls: bool,
+}
+
+#[derive(Debug)]
+pub struct LoginService {
+    pub auth: Arc<Authenticator>,
+    pub replica: Arc<Replica>,
+    pub terminal: Terminal,
+    pub listeners: ListenerInfo,
+}
+
+/// "uid=… gid=… pid=…" of the Unix socket peer, for logs.
+pub fn peer_label<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .map(|cred| {
+            format!(
+                "uid={} gid={} pid={}",
+                cred.uid(),
+                cred.gid(),
+                cred.pid().map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+            )
+        })
+        .unwrap_or_else(|| "unknown peer".into())
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Login for LoginService {
+    async fn login_with_pin(
+        &self,
+        request: Request<pb::LoginWithPinRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let source = format!("socket {}", peer_label(&request));
+        let pin = Zeroizing::new(request.into_inner().pin);
+        let session = self.auth.login(CredentialKind::Pin, pin, &source).await?;
+        Ok(Response::new(session_to_pb(&session)))
+    }
+
+    async fn login_with_key(
+        &self,
+        request: Request<pb::LoginWithKeyRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let source = format!("socket {}", peer_label(&request));
+        let key_id = Zeroizing::new(request.into_inner().key_id);
+        let session = self.auth.login(CredentialKind::Key, key_id, &source).await?;
+        Ok(Response::new(session_to_pb(&session)))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let peer = peer_label(&request);
+        let ended = self.auth.sessions().logout("logout");
+        if let Some(event) = &ended {
+            let user_id = event.previous.as_ref().map(|s| s.user_id.as_str()).unwrap_or("");
+            tracing::info!(%user_id, %peer, "logout");
+        }
+        Ok(Response::new(pb::LogoutResponse {
+            ended: ended.and_then(|e| e.previous).as_ref().map(session_to_pb),
+        }))
+    }
+
+    async fn get_session(
+        &self,
+        _request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        Ok(Response::new(pb::GetSessionResponse {
+            session: self.auth.sessions().current().as_ref().map(session_to_pb),
+        }))
+    }
+
+    type WatchSessionStream = EventStream;
+
+    async fn watch_session(
+        &self,
+        request: Request<pb::WatchSessionRequest>,
+    ) -> Result<Response<Self::WatchSessionStream>, Status> {
+        tracing::debug!(peer = %peer_label(&request), "session watcher attached");
+        let (first, receiver) = self.auth.sessions().watch();
+        let later = BroadcastStream::new(receiver).map(|item| match item {
+            Ok(event) => Ok(event_to_pb(&event)),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => Err(Status::data_loss(format!(
+                "watcher fell {missed} events behind; watch again for the current state"
+            ))),
+        });
+        // A lagging watcher gets one DATA_LOSS and the stream ends there.
+        let mut failed = false;
+        let later = later.take_while(move |item| {
+            let keep = !failed;
+            failed = item.is_err();
+            std::future::ready(keep)
+        });
+        let stream = futures::stream::once(std::future::ready(Ok(event_to_pb(&first)))).chain(later);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn check_permission(
+        &self,
+        request: Request<pb::CheckPermissionRequest>,
+    ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
+        let permission = request.into_inner().permission;
+        if permission.is_empty() {
+            return Err(Status::invalid_argument("permission is empty"));
+        }
+        let current = self.auth.sessions().current();
+        Ok(Response::new(pb::CheckPermissionResponse {
+            granted: current
+                .as_ref()
+                .is_some_and(|s| s.permissions.binary_search(&permission).is_ok()),
+            user_id: current.map(|s| s.user_id).unwrap_or_default(),
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::DaemonStatus>, Status> {
+        let replica = self.replica.clone();
+        let terminal = self.terminal.clone();
+        let (state, counts) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((replica.state()?, replica.counts(&terminal)?))
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(Response::new(pb::DaemonStatus {
+            cursor: Some(cursor_to_pb(state.cursor)),
+            replica_status: replica_status(state.cursor).into(),
+            users: counts.users,
+            roles: counts.roles,
+            users_at_terminal: counts.users_at_terminal,
+            last_sync_at: state.last_sync_at.map(timestamp),
+            sales_point_id: self.terminal.sales_point_id.clone(),
+            sub_terminal_id: self.terminal.sub_terminal_id.clone().unwrap_or_default(),
+            login_socket: self.listeners.login_socket.clone(),
+            sync_listen: self.listeners.sync_listen.clone(),
+            sync_tls: self.listeners.sync_tls,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+}
+
+pub fn replica_status(cursor: crate::model::Cursor) -> &'static str {
+    if cursor.needs_snapshot() {
+        "needs snapshot"
+    } else {
+        "ok"
+    }
+}

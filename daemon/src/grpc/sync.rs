@@ -1,0 +1,171 @@
+//! Central's Sync service: state, snapshots, incremental batches.
+
+use std::sync::Arc;
+
+use tillgate_proto::v1 as pb;
+use tillgate_proto::v1::sync_server::Sync;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::TokenName;
+use super::{cursor_from_pb, cursor_to_pb, join_error, login::replica_status, timestamp};
+use crate::credential::{CostLimits, TerminalKey};
+use crate::model::{Cursor, Terminal};
+use crate::store::{ApplyError, ApplySummary, Replica};
+use crate::validate::{Ingest, ValidationError, validate_changes, validate_snapshot};
+
+/// Upper bound on users plus roles in one snapshot, so a runaway stream cannot exhaust memory.
+pub const MAX_SNAPSHOT_RECORDS: usize = 2_000_000;
+
+#[derive(Debug)]
+pub struct SyncService {
+    pub replica: Arc<Replica>,
+    pub key: Arc<TerminalKey>,
+    pub limits: CostLimits,
+    pub terminal: Terminal,
+}
+
+fn caller<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<TokenName>()
+        .map(|t| t.0.clone())
+        .unwrap_or_default()
+}
+
+fn result_to_pb(summary: ApplySummary) -> pb::ApplyResult {
+    pb::ApplyResult {
+        cursor: Some(cursor_to_pb(summary.cursor)),
+        applied: summary.applied,
+        users: summary.users,
+        roles: summary.roles,
+    }
+}
+
+#[tonic::async_trait]
+impl Sync for SyncService {
+    async fn get_sync_state(
+        &self,
+        _request: Request<pb::GetSyncStateRequest>,
+    ) -> Result<Response<pb::SyncState>, Status> {
+        let replica = self.replica.clone();
+        let terminal = self.terminal.clone();
+        let (state, counts) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((replica.state()?, replica.counts(&terminal)?))
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(Response::new(pb::SyncState {
+            cursor: Some(cursor_to_pb(state.cursor)),
+            status: replica_status(state.cursor).into(),
+            users: counts.users,
+            roles: counts.roles,
+            users_at_terminal: counts.users_at_terminal,
+            last_sync_at: state.last_sync_at.map(timestamp),
+            sales_point_id: self.terminal.sales_point_id.clone(),
+            sub_terminal_id: self.terminal.sub_terminal_id.clone().unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+
+    async fn apply_snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::ApplyResult>, Status> {
+        let token = caller(&request);
+        let mut stream = request.into_inner();
+        let mut target: Option<Cursor> = None;
+        let mut users = Vec::new();
+        let mut roles = Vec::new();
+        let mut complete = false;
+        let mut index = 0usize;
+        // Nothing is written until the final chunk is in: an aborted stream changes nothing.
+        while let Some(chunk) = stream.message().await.map_err(|e| {
+            tracing::warn!(token = %token, error = %e, "snapshot stream broke off; replica unchanged");
+            Status::aborted(format!("snapshot stream broke off ({}); replica unchanged", e.message()))
+        })? {
+            if complete {
+                return Err(Status::invalid_argument("snapshot: chunk after the final chunk"));
+            }
+            match (target, cursor_from_pb(chunk.target)) {
+                (None, Some(t)) => target = Some(t),
+                (None, None) => return Err(Status::invalid_argument(ValidationError::MissingTarget.to_string())),
+                (Some(expected), Some(found)) if expected != found => {
+                    return Err(Status::invalid_argument(
+                        ValidationError::TargetChanged {
+                            index,
+                            expected: expected.to_string(),
+                            found: found.to_string(),
+                        }
+                        .to_string(),
+                    ));
+                }
+                _ => {}
+            }
+            users.extend(chunk.users);
+            roles.extend(chunk.roles);
+            if users.len() + roles.len() > MAX_SNAPSHOT_RECORDS {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot holds more than {MAX_SNAPSHOT_RECORDS} users and roles"
+                )));
+            }
+            complete = chunk.r#final;
+            index += 1;
+        }
+        let Some(target) = target.filter(|_| complete) else {
+            tracing::warn!(token = %token, chunks = index, "snapshot stream ended without its final chunk; replica unchanged");
+            return Err(Status::aborted(
+                "snapshot stream ended without a chunk marked final; replica unchanged",
+            ));
+        };
+        if target.revision == 0 {
+            return Err(Status::invalid_argument(ValidationError::ZeroRevision.to_string()));
+        }
+        let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
+        let summary = tokio::task::spawn_blocking(move || {
+            let ingest = Ingest {
+                key: &key,
+                limits: &limits,
+            };
+            let snapshot = validate_snapshot(users, roles, ingest)?;
+            replica.apply_snapshot(target, &snapshot)
+        })
+        .await
+        .map_err(join_error)?;
+        log_outcome("snapshot", &token, &summary);
+        Ok(Response::new(result_to_pb(summary?)))
+    }
+
+    async fn apply_changes(
+        &self,
+        request: Request<pb::ChangeBatch>,
+    ) -> Result<Response<pb::ApplyResult>, Status> {
+        let token = caller(&request);
+        let mut batch = request.into_inner();
+        let base = cursor_from_pb(batch.base.take())
+            .ok_or_else(|| Status::invalid_argument(ValidationError::MissingBase.to_string()))?;
+        let new_revision = batch.new_revision;
+        let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
+        let summary = tokio::task::spawn_blocking(move || {
+            replica.apply_changes(base, new_revision, |role_in_replica| {
+                let ingest = Ingest {
+                    key: &key,
+                    limits: &limits,
+                };
+                validate_changes(batch, ingest, role_in_replica)
+            })
+        })
+        .await
+        .map_err(join_error)?;
+        log_outcome("changes", &token, &summary);
+        Ok(Response::new(result_to_pb(summary?)))
+    }
+}
+
+fn log_outcome(what: &str, token: &str, outcome: &Result<ApplySummary, ApplyError>) {
+    match outcome {
+        Ok(s) if s.applied => tracing::info!(token, cursor = %s.cursor, users = s.users, roles = s.roles, "{what} applied"),
+        Ok(s) => tracing::info!(token, cursor = %s.cursor, "{what} already applied (replay acknowledged)"),
+        Err(ApplyError::Store(e)) => tracing::error!(token, error = %e, "{what} failed; replica unchanged"),
+        Err(e) => tracing::warn!(token, error = %e, "{what} refused; replica unchanged"),
+    }
+}

@@ -1,0 +1,396 @@
+//! Wires the replica, the services and the two listeners together and runs until SIGTERM/SIGINT.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tillgate_proto::v1::admin_server::AdminServer;
+use tillgate_proto::v1::login_server::LoginServer;
+use tillgate_proto::v1::sync_server::SyncServer;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::config::Settings;
+use crate::credential::{KeyFileError, TerminalKey};
+use crate::grpc::admin::AdminService;
+use crate::grpc::auth::BearerCheck;
+use crate::grpc::login::{ListenerInfo, LoginService};
+use crate::grpc::sync::SyncService;
+use crate::login::Authenticator;
+use crate::session::SessionManager;
+use crate::store::{OpenOutcome, Replica, StoreError};
+use crate::tokens::TokenRegistry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("login_socket.group: no group named {0:?}")]
+    UnknownGroup(String),
+    #[error("{context}: {source}")]
+    Transport {
+        context: &'static str,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("demo: {0}")]
+    Demo(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let context = context.into();
+    move |source| DaemonError::Io { context, source }
+}
+
+/// Everything the services share.
+#[derive(Debug)]
+pub struct Core {
+    pub settings: Settings,
+    pub replica: Arc<Replica>,
+    pub key: Arc<TerminalKey>,
+    pub sessions: Arc<SessionManager>,
+    pub auth: Arc<Authenticator>,
+    pub tokens: Arc<TokenRegistry>,
+}
+
+impl Core {
+    /// Creates the state directory and key, and opens (or quarantines and recreates) the replica.
+    pub fn open(settings: Settings) -> Result<Core, DaemonError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&settings.state_dir)
+            .map_err(io(format!("state directory {}", settings.state_dir.display())))?;
+        let (key, created) = TerminalKey::load_or_create(&settings.terminal_key_path())?;
+        if created {
+            tracing::info!(path = %settings.terminal_key_path().display(), "terminal key created");
+        }
+        let (replica, outcome) = Replica::open(&settings.database_path(), &key.fingerprint())?;
+        if let OpenOutcome::Quarantined { moved_to, .. } = &outcome {
+            tracing::warn!(moved_to = %moved_to.display(), "starting with an empty replica: logins are refused until central sends a snapshot");
+        }
+        let state = replica.state()?;
+        tracing::info!(path = %replica.path().display(), cursor = %state.cursor, "replica open");
+        let replica = Arc::new(replica);
+        let key = Arc::new(key);
+        let sessions = Arc::new(SessionManager::default());
+        let auth = Arc::new(Authenticator::new(
+            replica.clone(),
+            key.clone(),
+            settings.terminal.clone(),
+            sessions.clone(),
+            settings.max_concurrent_hashes,
+        ));
+        let tokens = Arc::new(TokenRegistry::load(&replica)?);
+        Ok(Core {
+            settings,
+            replica,
+            key,
+            sessions,
+            auth,
+            tokens,
+        })
+    }
+}
+
+/// Serves both listeners until a shutdown signal, then checkpoints the WAL.
+/// `on_ready` runs once both listeners are bound, with the sync listener's actual address.
+pub async fn serve(
+    core: Core,
+    on_ready: impl FnOnce(&Settings, std::net::SocketAddr),
+) -> Result<(), DaemonError> {
+    let settings = &core.settings;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&settings.runtime_dir)
+        .map_err(io(format!("runtime directory {}", settings.runtime_dir.display())))?;
+
+    let tcp = std::net::TcpListener::bind(settings.sync_listen)
+        .map_err(io(format!("sync listener {}", settings.sync_listen)))?;
+    tcp.set_nonblocking(true).map_err(io("sync listener"))?;
+    let sync_addr = tcp.local_addr().map_err(io("sync listener"))?;
+    let tcp = tokio::net::TcpListener::from_std(tcp).map_err(io("sync listener"))?;
+    write_atomically(&settings.sync_addr_path(), &sync_addr.to_string())?;
+
+    let unix = bind_login_socket(settings)?;
+    tracing::info!(socket = %settings.socket_path.display(), sync = %sync_addr, tls = settings.tls.is_some(), "listening");
+    on_ready(settings, sync_addr);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let login = login_server(&core, sync_addr.to_string(), unix, shutdown_rx.clone());
+    let sync = sync_server(&core, tcp, shutdown_rx)?;
+    let mut login = tokio::spawn(login);
+    let mut sync = tokio::spawn(sync);
+
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let early = tokio::select! {
+        result = &mut signal => { result?; None }
+        result = &mut login => Some(("login", result)),
+        result = &mut sync => Some(("sync", result)),
+    };
+    let _ = shutdown_tx.send(true);
+    let mut outcome = Ok(());
+    if let Some((which, result)) = early {
+        tracing::error!(listener = which, "listener stopped unexpectedly; shutting down");
+        outcome = flatten(result);
+    } else {
+        tracing::info!("shutting down: finishing in-flight calls");
+    }
+    for handle in [login, sync] {
+        if !handle.is_finished() || outcome.is_ok() {
+            let _ = flatten(handle.await);
+        }
+    }
+    if let Err(e) = core.replica.checkpoint() {
+        tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+    }
+    let _ = std::fs::remove_file(&settings.socket_path);
+    let _ = std::fs::remove_file(settings.sync_addr_path());
+    tracing::info!("stopped");
+    outcome
+}
+
+fn flatten(
+    result: Result<Result<(), DaemonError>, tokio::task::JoinError>,
+) -> Result<(), DaemonError> {
+    result.map_err(|e| DaemonError::Runtime(format!("listener task failed: {e}")))?
+}
+
+async fn shutdown_signal() -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(io("SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io("SIGINT handler"))?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+async fn wait_for(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+    ),
+    DaemonError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tillgate_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = builder().build_v1().map_err(|e| DaemonError::Runtime(format!("reflection: {e}")))?;
+    let v1alpha = builder()
+        .build_v1alpha()
+        .map_err(|e| DaemonError::Runtime(format!("reflection: {e}")))?;
+    Ok((v1, v1alpha))
+}
+
+fn login_server(
+    core: &Core,
+    sync_listen: String,
+    listener: UnixListener,
+    shutdown: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = Result<(), DaemonError>> + use<> {
+    let settings = &core.settings;
+    let max = settings.login_max_message_bytes;
+    let login = LoginService {
+        auth: core.auth.clone(),
+        replica: core.replica.clone(),
+        terminal: settings.terminal.clone(),
+        listeners: ListenerInfo {
+            login_socket: settings.socket_path.display().to_string(),
+            sync_listen,
+            sync_tls: settings.tls.is_some(),
+        },
+    };
+    let mut admin_uids = settings.admin_uids.clone();
+    admin_uids.push(nix::unistd::geteuid().as_raw());
+    let admin = AdminService {
+        replica: core.replica.clone(),
+        tokens: core.tokens.clone(),
+        admin_uids,
+    };
+    let policy = PeerPolicy {
+        allow_uids: settings.allow_uids.clone(),
+        allow_gids: settings.allow_gids.clone(),
+    };
+    let reflection = reflection();
+    async move {
+        let (v1, v1alpha) = reflection?;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<LoginServer<LoginService>>().await;
+        health.set_serving::<AdminServer<AdminService>>().await;
+        let incoming = UnixListenerStream::new(listener).filter_map(move |accepted| match accepted {
+            Ok(stream) => policy.admit(stream).map(Ok::<_, std::io::Error>),
+            Err(e) => {
+                tracing::warn!(error = %e, "login socket accept failed");
+                None
+            }
+        });
+        Server::builder()
+            .add_service(health_service)
+            .add_service(v1)
+            .add_service(v1alpha)
+            .add_service(
+                LoginServer::new(login)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+            .add_service(
+                AdminServer::new(admin)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+            .serve_with_incoming_shutdown(incoming, wait_for(shutdown))
+            .await
+            .map_err(|source| DaemonError::Transport {
+                context: "login socket",
+                source,
+            })
+    }
+}
+
+fn sync_server(
+    core: &Core,
+    listener: tokio::net::TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> Result<impl std::future::Future<Output = Result<(), DaemonError>> + use<>, DaemonError> {
+    let settings = &core.settings;
+    let max = settings.sync_max_message_bytes;
+    let sync = SyncService {
+        replica: core.replica.clone(),
+        key: core.key.clone(),
+        limits: settings.cost_limits,
+        terminal: settings.terminal.clone(),
+    };
+    let check = BearerCheck {
+        tokens: core.tokens.clone(),
+    };
+    let mut builder = Server::builder();
+    if let Some(tls) = &settings.tls {
+        let read = |path: &Path| std::fs::read(path).map_err(io(format!("TLS file {}", path.display())));
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        builder = builder.tls_config(config).map_err(|source| DaemonError::Transport {
+            context: "sync TLS configuration",
+            source,
+        })?;
+    }
+    let reflection = reflection();
+    Ok(async move {
+        let (v1, v1alpha) = reflection?;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<SyncServer<SyncService>>().await;
+        let service = SyncServer::new(sync)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        builder
+            .add_service(health_service)
+            .add_service(v1)
+            .add_service(v1alpha)
+            .add_service(tonic::service::interceptor::InterceptedService::new(service, check))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), wait_for(shutdown))
+            .await
+            .map_err(|source| DaemonError::Transport {
+                context: "sync listener",
+                source,
+            })
+    })
+}
+
+/// Which Unix socket peers may connect, by uid or primary gid. Empty lists admit every peer
+/// that the socket's file mode lets in.
+#[derive(Debug, Clone)]
+struct PeerPolicy {
+    allow_uids: Vec<u32>,
+    allow_gids: Vec<u32>,
+}
+
+impl PeerPolicy {
+    fn admit(&self, stream: tokio::net::UnixStream) -> Option<tokio::net::UnixStream> {
+        let cred = match stream.peer_cred() {
+            Ok(cred) => cred,
+            Err(e) => {
+                tracing::warn!(error = %e, "login socket peer without credentials refused");
+                return None;
+            }
+        };
+        let open = self.allow_uids.is_empty() && self.allow_gids.is_empty();
+        let allowed = open
+            || self.allow_uids.contains(&cred.uid())
+            || self.allow_gids.contains(&cred.gid());
+        let pid = cred.pid().unwrap_or_default();
+        if allowed {
+            tracing::debug!(uid = cred.uid(), gid = cred.gid(), pid, "login socket peer connected");
+            Some(stream)
+        } else {
+            tracing::warn!(uid = cred.uid(), gid = cred.gid(), pid, "login socket peer refused: not in allow_uids / allow_gids");
+            None
+        }
+    }
+}
+
+fn bind_login_socket(settings: &Settings) -> Result<UnixListener, DaemonError> {
+    let path = &settings.socket_path;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(format!("socket directory {}", parent.display())))?;
+    }
+    // A socket file left by a killed daemon would make bind fail with EADDRINUSE.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path).map_err(io(format!("stale socket {}", path.display())))?;
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(io(format!("login socket {}", path.display())))?;
+    if let Some(group) = &settings.socket_group {
+        let gid = nix::unistd::Group::from_name(group)
+            .map_err(|e| DaemonError::Io {
+                context: format!("looking up group {group}"),
+                source: std::io::Error::from(e),
+            })?
+            .ok_or_else(|| DaemonError::UnknownGroup(group.clone()))?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid)).map_err(|e| DaemonError::Io {
+            context: format!("chown {} to group {group}", path.display()),
+            source: std::io::Error::from(e),
+        })?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(settings.socket_mode))
+        .map_err(io(format!("chmod {}", path.display())))?;
+    Ok(listener)
+}
+
+/// Writes via a temporary file and rename, so readers never see a partial file.
+fn write_atomically(path: &Path, contents: &str) -> Result<(), DaemonError> {
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    let mut file = std::fs::File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
+    file.write_all(contents.as_bytes())
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))
+}

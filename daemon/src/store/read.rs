@@ -1,0 +1,194 @@
+//! Lookups for login and status.
+
+use rusqlite::OptionalExtension;
+
+use super::{Replica, StoreError};
+use crate::model::{CredentialKind, Effect, HashScheme, Terminal};
+use crate::resolve::{Candidate, assignment_applies, effective_permissions};
+
+/// What a session shows of a user at this terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserProfile {
+    pub user_id: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub active: bool,
+    pub assigned_here: bool,
+    /// Roles that apply here (account-wide and this Sales Point's), sorted.
+    pub role_ids: Vec<String>,
+    pub permissions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub users: u64,
+    pub roles: u64,
+    /// Active users assigned to this terminal.
+    pub users_at_terminal: u64,
+}
+
+const ASSIGNED_HERE: &str = "EXISTS (SELECT 1 FROM user_access a WHERE a.user_id = u.id
+      AND ((a.kind = 1 AND a.target = ?1) OR (a.kind = 2 AND a.target = ?2)))";
+
+impl Replica {
+    /// The distinct (salt, costs) among credentials of `kind`: one argon2 evaluation each per
+    /// login attempt (normally one, as central uses one salt per account).
+    pub fn hash_schemes(&self, kind: CredentialKind) -> Result<Vec<HashScheme>, StoreError> {
+        let cached = self.schemes.read().map_err(|_| StoreError::Poisoned)?.clone();
+        let all = match cached {
+            Some(all) => all,
+            None => {
+                let all = self.load_schemes()?;
+                *self.schemes.write().map_err(|_| StoreError::Poisoned)? = Some(all.clone());
+                all
+            }
+        };
+        Ok(all
+            .into_iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, scheme)| scheme)
+            .collect())
+    }
+
+    fn load_schemes(&self) -> Result<Vec<(CredentialKind, HashScheme)>, StoreError> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT DISTINCT kind, m_cost, t_cost, p_cost, output_len, salt FROM credentials",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            let kind = if row.get::<_, i64>(0)? == CredentialKind::Pin.as_db() {
+                CredentialKind::Pin
+            } else {
+                CredentialKind::Key
+            };
+            Ok((
+                kind,
+                HashScheme {
+                    m_cost: row.get(1)?,
+                    t_cost: row.get(2)?,
+                    p_cost: row.get(3)?,
+                    output_len: row.get(4)?,
+                    salt: row.get(5)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Users holding a credential of `kind` with this digest, with what decides eligibility.
+    pub fn candidates(
+        &self,
+        kind: CredentialKind,
+        digest: &[u8; 32],
+        terminal: &Terminal,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        let conn = self.reader()?;
+        let sql = format!(
+            "SELECT DISTINCT u.id, u.ordinal, u.active, {ASSIGNED_HERE}
+             FROM credentials c JOIN users u ON u.id = c.user_id
+             WHERE c.kind = ?3 AND c.digest = ?4"
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(
+            (
+                &terminal.sales_point_id,
+                &terminal.sub_terminal_id,
+                kind.as_db(),
+                digest.as_slice(),
+            ),
+            |row| {
+                Ok(Candidate {
+                    user_id: row.get(0)?,
+                    ordinal: row.get(1)?,
+                    active: row.get(2)?,
+                    assigned_here: row.get(3)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The user's names, roles and effective permissions at this terminal.
+    pub fn user_profile(
+        &self,
+        user_id: &str,
+        terminal: &Terminal,
+    ) -> Result<Option<UserProfile>, StoreError> {
+        let conn = self.reader()?;
+        let sql = format!(
+            "SELECT u.first_name, u.last_name, u.active, {ASSIGNED_HERE} FROM users u WHERE u.id = ?3"
+        );
+        let head = conn
+            .prepare_cached(&sql)?
+            .query_row(
+                (&terminal.sales_point_id, &terminal.sub_terminal_id, user_id),
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, bool>(2)?,
+                        row.get::<_, bool>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((first_name, last_name, active, assigned_here)) = head else {
+            return Ok(None);
+        };
+        let mut stmt = conn.prepare_cached(
+            "SELECT ur.role_id, ur.sales_point_id, rp.permission, rp.effect
+             FROM user_roles ur LEFT JOIN role_permissions rp ON rp.role_id = ur.role_id
+             WHERE ur.user_id = ?1",
+        )?;
+        let rows = stmt
+            .query_map([user_id], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, Option<i64>>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let applicable: Vec<_> = rows
+            .iter()
+            .filter(|(_, scope, _, _)| {
+                let scope = Some(scope.as_str()).filter(|s| !s.is_empty());
+                assignment_applies(scope, &terminal.sales_point_id)
+            })
+            .collect();
+        let mut role_ids: Vec<String> = applicable.iter().map(|(r, _, _, _)| r.clone()).collect();
+        role_ids.sort();
+        role_ids.dedup();
+        let grants = applicable.iter().filter_map(|(_, _, permission, effect)| {
+            Some((permission.as_deref()?, Effect::from_db((*effect)?)?))
+        });
+        Ok(Some(UserProfile {
+            user_id: user_id.to_owned(),
+            first_name,
+            last_name,
+            active,
+            assigned_here,
+            role_ids,
+            permissions: effective_permissions(grants).into_iter().collect(),
+        }))
+    }
+
+    pub fn counts(&self, terminal: &Terminal) -> Result<Counts, StoreError> {
+        let conn = self.reader()?;
+        let users: i64 = conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?;
+        let roles: i64 = conn.query_row("SELECT COUNT(*) FROM roles", [], |row| row.get(0))?;
+        let at_terminal: i64 = conn
+            .prepare_cached(&format!(
+                "SELECT COUNT(*) FROM users u WHERE u.active = 1 AND {ASSIGNED_HERE}"
+            ))?
+            .query_row((&terminal.sales_point_id, &terminal.sub_terminal_id), |row| {
+                row.get(0)
+            })?;
+        Ok(Counts {
+            users: users as u64,
+            roles: roles as u64,
+            users_at_terminal: at_terminal as u64,
+        })
+    }
+}

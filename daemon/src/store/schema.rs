@@ -1,0 +1,79 @@
+//! Replica schema, versioned with `PRAGMA user_version`. Migrations run at start in one
+//! transaction; each entry upgrades from the previous version.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: users, roles, credentials, access, sync tokens.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE roles (
+        id   TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        rank INTEGER NOT NULL
+    );
+
+    CREATE TABLE role_permissions (
+        role_id    TEXT NOT NULL REFERENCES roles(id) ON DELETE CASCADE,
+        permission TEXT NOT NULL,
+        effect     INTEGER NOT NULL CHECK (effect IN (1, 2)),
+        PRIMARY KEY (role_id, permission, effect)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE users (
+        id         TEXT PRIMARY KEY,
+        ordinal    INTEGER NOT NULL,
+        first_name TEXT NOT NULL,
+        last_name  TEXT NOT NULL,
+        email      TEXT NOT NULL,
+        active     INTEGER NOT NULL CHECK (active IN (0, 1))
+    );
+
+    -- digest = HMAC-SHA256(terminal key, argon2id(secret, salt, m, t, p)); login looks it up by
+    -- (kind, digest) after one argon2 evaluation per distinct scheme.
+    CREATE TABLE credentials (
+        user_id    TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        kind       INTEGER NOT NULL CHECK (kind IN (1, 2)),
+        m_cost     INTEGER NOT NULL,
+        t_cost     INTEGER NOT NULL,
+        p_cost     INTEGER NOT NULL,
+        output_len INTEGER NOT NULL,
+        salt       BLOB NOT NULL,
+        digest     BLOB NOT NULL
+    );
+    CREATE INDEX credentials_by_digest ON credentials(kind, digest);
+    CREATE INDEX credentials_by_user ON credentials(user_id);
+
+    -- sales_point_id '' means account-wide.
+    CREATE TABLE user_roles (
+        user_id        TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        role_id        TEXT NOT NULL REFERENCES roles(id),
+        sales_point_id TEXT NOT NULL,
+        PRIMARY KEY (user_id, role_id, sales_point_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX user_roles_by_role ON user_roles(role_id);
+
+    -- kind 1: Sales Point id, kind 2: sub-terminal id.
+    CREATE TABLE user_access (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        kind    INTEGER NOT NULL CHECK (kind IN (1, 2)),
+        target  TEXT NOT NULL,
+        PRIMARY KEY (user_id, kind, target)
+    ) WITHOUT ROWID;
+    CREATE INDEX user_access_by_target ON user_access(kind, target);
+
+    -- Sync bearer tokens: only SHA-256 digests of 256-bit random tokens are kept.
+    CREATE TABLE sync_tokens (
+        name       TEXT PRIMARY KEY,
+        digest     BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub fn current_version() -> i64 {
+    MIGRATIONS.len() as i64
+}

@@ -1,0 +1,258 @@
+//! Applying snapshots and incremental batches, each in one transaction.
+
+use std::cell::RefCell;
+use std::time::SystemTime;
+
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
+
+use super::{Replica, StoreError, read_state, set_meta, unix_millis};
+use crate::model::{Cursor, RoleRecord, UserRecord};
+use crate::validate::{ValidChanges, ValidSnapshot, ValidationError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("replica is at {current}, the batch is based on {base}: send the missing changes or a snapshot")]
+    CursorMismatch { current: Cursor, base: Cursor },
+    #[error("snapshot {target} is older than the replica's {current} in the same epoch")]
+    StaleSnapshot { current: Cursor, target: Cursor },
+    #[error("role \"{role_id}\" cannot be deleted: user \"{user_id}\" still holds it")]
+    RoleInUse { role_id: String, user_id: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for ApplyError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApplyError::Store(StoreError::Sqlite(e))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplySummary {
+    pub cursor: Cursor,
+    /// False for an idempotent replay of an already-applied batch.
+    pub applied: bool,
+    pub users: u64,
+    pub roles: u64,
+}
+
+impl Replica {
+    /// Replaces the whole replica with `snapshot` at `target`.
+    pub fn apply_snapshot(
+        &self,
+        target: Cursor,
+        snapshot: &ValidSnapshot,
+    ) -> Result<ApplySummary, ApplyError> {
+        let summary = self.write_snapshot(target, snapshot);
+        self.invalidate_schemes();
+        summary
+    }
+
+    fn write_snapshot(
+        &self,
+        target: Cursor,
+        snapshot: &ValidSnapshot,
+    ) -> Result<ApplySummary, ApplyError> {
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = read_state(&tx)?.cursor;
+        if target.epoch == current.epoch && target.revision < current.revision {
+            return Err(ApplyError::StaleSnapshot { current, target });
+        }
+        tx.execute_batch(
+            "DELETE FROM credentials; DELETE FROM user_roles; DELETE FROM user_access;
+             DELETE FROM users; DELETE FROM role_permissions; DELETE FROM roles;",
+        )?;
+        for role in &snapshot.roles {
+            insert_role(&tx, role)?;
+        }
+        for user in &snapshot.users {
+            insert_user(&tx, user)?;
+        }
+        finish(tx, target, true)
+    }
+
+    /// Applies an incremental batch if `base` is the replica's cursor. `validate` runs inside the
+    /// transaction, before any write, with a lookup of the roles the replica holds.
+    pub fn apply_changes(
+        &self,
+        base: Cursor,
+        new_revision: u64,
+        validate: impl FnOnce(&dyn Fn(&str) -> bool) -> Result<ValidChanges, ValidationError>,
+    ) -> Result<ApplySummary, ApplyError> {
+        let summary = self.write_changes(base, new_revision, validate);
+        self.invalidate_schemes();
+        summary
+    }
+
+    fn write_changes(
+        &self,
+        base: Cursor,
+        new_revision: u64,
+        validate: impl FnOnce(&dyn Fn(&str) -> bool) -> Result<ValidChanges, ValidationError>,
+    ) -> Result<ApplySummary, ApplyError> {
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = read_state(&tx)?.cursor;
+        if !current.needs_snapshot()
+            && base.epoch == current.epoch
+            && new_revision <= current.revision
+        {
+            // Already applied: acknowledge again so central can move on.
+            set_meta(&tx, "last_sync_at_ms", &unix_millis(SystemTime::now()).to_string())?;
+            let (users, roles) = counts(&tx)?;
+            tx.commit()?;
+            return Ok(ApplySummary {
+                cursor: current,
+                applied: false,
+                users,
+                roles,
+            });
+        }
+        if base != current || current.needs_snapshot() {
+            return Err(ApplyError::CursorMismatch { current, base });
+        }
+        if new_revision <= base.revision {
+            return Err(ValidationError::RevisionNotAfterBase {
+                base: base.revision,
+                new: new_revision,
+            }
+            .into());
+        }
+        let changes = {
+            let lookup = RefCell::new(tx.prepare_cached("SELECT 1 FROM roles WHERE id = ?1")?);
+            let role_in_replica = |id: &str| lookup.borrow_mut().exists([id]).unwrap_or(false);
+            validate(&role_in_replica)?
+        };
+        for id in &changes.delete_user_ids {
+            tx.prepare_cached("DELETE FROM users WHERE id = ?1")?
+                .execute([id])?;
+        }
+        for role in &changes.upsert_roles {
+            // Permissions are replaced; user assignments to the role stay.
+            tx.prepare_cached(
+                "INSERT INTO roles (id, name, rank) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET name = excluded.name, rank = excluded.rank",
+            )?
+            .execute((&role.id, &role.name, role.rank))?;
+            tx.prepare_cached("DELETE FROM role_permissions WHERE role_id = ?1")?
+                .execute([&role.id])?;
+            insert_permissions(&tx, role)?;
+        }
+        for user in &changes.upsert_users {
+            tx.prepare_cached("DELETE FROM users WHERE id = ?1")?
+                .execute([&user.id])?;
+            insert_user(&tx, user)?;
+        }
+        for role_id in &changes.delete_role_ids {
+            let holder: Option<String> = tx
+                .prepare_cached("SELECT user_id FROM user_roles WHERE role_id = ?1 ORDER BY user_id LIMIT 1")?
+                .query_row([role_id], |row| row.get(0))
+                .optional()?;
+            if let Some(user_id) = holder {
+                return Err(ApplyError::RoleInUse {
+                    role_id: role_id.clone(),
+                    user_id,
+                });
+            }
+            tx.prepare_cached("DELETE FROM roles WHERE id = ?1")?
+                .execute([role_id])?;
+        }
+        finish(
+            tx,
+            Cursor {
+                epoch: base.epoch,
+                revision: new_revision,
+            },
+            true,
+        )
+    }
+}
+
+fn finish(tx: Transaction<'_>, cursor: Cursor, applied: bool) -> Result<ApplySummary, ApplyError> {
+    set_meta(&tx, "epoch", &cursor.epoch.to_string())?;
+    set_meta(&tx, "revision", &cursor.revision.to_string())?;
+    set_meta(&tx, "last_sync_at_ms", &unix_millis(SystemTime::now()).to_string())?;
+    let (users, roles) = counts(&tx)?;
+    tx.commit()?;
+    Ok(ApplySummary {
+        cursor,
+        applied,
+        users,
+        roles,
+    })
+}
+
+fn counts(tx: &Transaction<'_>) -> Result<(u64, u64), rusqlite::Error> {
+    let users: i64 = tx.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?;
+    let roles: i64 = tx.query_row("SELECT COUNT(*) FROM roles", [], |row| row.get(0))?;
+    Ok((users as u64, roles as u64))
+}
+
+fn insert_role(tx: &Transaction<'_>, role: &RoleRecord) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached("INSERT INTO roles (id, name, rank) VALUES (?1, ?2, ?3)")?
+        .execute((&role.id, &role.name, role.rank))?;
+    insert_permissions(tx, role)
+}
+
+fn insert_permissions(tx: &Transaction<'_>, role: &RoleRecord) -> Result<(), rusqlite::Error> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO role_permissions (role_id, permission, effect) VALUES (?1, ?2, ?3)",
+    )?;
+    for permission in &role.permissions {
+        insert.execute((&role.id, &permission.name, permission.effect.as_db()))?;
+    }
+    Ok(())
+}
+
+fn insert_user(tx: &Transaction<'_>, user: &UserRecord) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "INSERT INTO users (id, ordinal, first_name, last_name, email, active)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute((
+        &user.id,
+        user.ordinal,
+        &user.first_name,
+        &user.last_name,
+        &user.email,
+        user.active,
+    ))?;
+    let mut credential = tx.prepare_cached(
+        "INSERT INTO credentials (user_id, kind, m_cost, t_cost, p_cost, output_len, salt, digest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for c in &user.credentials {
+        credential.execute((
+            &user.id,
+            c.kind.as_db(),
+            c.scheme.m_cost,
+            c.scheme.t_cost,
+            c.scheme.p_cost,
+            c.scheme.output_len,
+            &c.scheme.salt,
+            c.digest.as_slice(),
+        ))?;
+    }
+    let mut role = tx.prepare_cached(
+        "INSERT INTO user_roles (user_id, role_id, sales_point_id) VALUES (?1, ?2, ?3)",
+    )?;
+    for assignment in &user.roles {
+        role.execute((
+            &user.id,
+            &assignment.role_id,
+            assignment.sales_point_id.as_deref().unwrap_or(""),
+        ))?;
+    }
+    let mut access =
+        tx.prepare_cached("INSERT INTO user_access (user_id, kind, target) VALUES (?1, ?2, ?3)")?;
+    for id in &user.sales_point_ids {
+        access.execute((&user.id, 1, id))?;
+    }
+    for id in &user.sub_terminal_ids {
+        access.execute((&user.id, 2, id))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Helpers to run the real `tillgated` binary in end-to-end tests.
