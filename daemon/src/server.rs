@@ -25,6 +25,9 @@ use crate::session::SessionManager;
 use crate::store::{OpenOutcome, Replica, StoreError};
 use crate::tokens::TokenRegistry;
 
+/// How long in-flight calls may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
@@ -154,9 +157,22 @@ pub async fn serve(
     } else {
         tracing::info!("shutting down: finishing in-flight calls");
     }
-    for handle in [login, sync] {
-        if !handle.is_finished() || outcome.is_ok() {
-            let _ = flatten(handle.await);
+    // In-flight calls get a grace period; a client that keeps its connection open longer
+    // must not hold the daemon (and its restart) hostage.
+    for mut handle in [login, sync] {
+        if handle.is_finished() && outcome.is_err() {
+            continue;
+        }
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut handle).await {
+            Ok(result) => {
+                if let Err(e) = flatten(result) {
+                    tracing::warn!(error = %e, "listener ended with an error during shutdown");
+                }
+            }
+            Err(_) => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
+                handle.abort();
+            }
         }
     }
     if let Err(e) = core.replica.checkpoint() {
@@ -225,6 +241,7 @@ fn login_server(
             sync_listen,
             sync_tls: settings.tls.is_some(),
         },
+        shutdown: shutdown.clone(),
     };
     let mut admin_uids = settings.admin_uids.clone();
     admin_uids.push(nix::unistd::geteuid().as_raw());

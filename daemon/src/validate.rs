@@ -383,7 +383,7 @@ mod tests {
         let mut bad = user("u2", &[]);
         bad.keys.push(pb::Credential { phc: "$argon2id$garbage".into() });
         let err = validate_snapshot(vec![user("u1", &[]), bad], vec![], ingest).unwrap_err();
-        assert!(err.to_string().starts_with("user \"u2\": key[0] credential: malformed PHC"), "{err}");
+        assert!(err.to_string().starts_with("user \"u2\": key[0] credential: "), "{err}");
 
         let err = validate_snapshot(vec![user("", &[])], vec![], ingest).unwrap_err();
         assert_eq!(err.to_string(), "user[0]: id is empty");

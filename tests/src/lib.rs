@@ -1,1 +1,236 @@
-//! Helpers to run the real `tillgated` binary in end-to-end tests.
+//! Harness for end-to-end tests: starts the real `tillgated` binary on a temporary directory
+//! (sync listener on port 0, socket in the temp dir) and talks to it over real sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tillgate_client::export::{ChangesExport, SnapshotExport};
+use tillgate_client::{ClientError, TillClient, TillSyncClient};
+
+/// Directory holding the workspace's built binaries (`target/<profile>`), found from the test
+/// executable (`target/<profile>/deps/…`) unless TILLGATE_BIN_DIR says otherwise.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TILLGATE_BIN_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_owned()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the workspace binaries first (`cargo test --workspace` does)",
+        path.display()
+    );
+    path
+}
+
+/// A running `tillgated` with its own state directory.
+#[derive(Debug)]
+pub struct Daemon {
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub sync_addr: String,
+    pub log: PathBuf,
+}
+
+pub const SALES_POINT: &str = "sp-main";
+
+/// Config for a test daemon rooted at `dir`; `extra` is appended verbatim (TOML).
+pub fn config_text(dir: &Path, extra_terminal: &str, extra: &str) -> String {
+    format!(
+        "[terminal]\nsales_point_id = \"{SALES_POINT}\"\n{extra_terminal}\n\
+         [paths]\nstate_dir = \"{state}\"\nruntime_dir = \"{run}\"\n\
+         [sync]\nlisten = \"127.0.0.1:0\"\n\
+         [log]\nlevel = \"debug\"\n{extra}\n",
+        state = dir.join("state").display(),
+        run = dir.join("run").display(),
+    )
+}
+
+impl Daemon {
+    /// Starts a daemon on a fresh temporary directory with the default test config.
+    pub fn start() -> Daemon {
+        Self::start_with("", "")
+    }
+
+    pub fn start_with(extra_terminal: &str, extra: &str) -> Daemon {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let dir = temp.path().to_owned();
+        std::fs::write(dir.join("tillgated.toml"), config_text(&dir, extra_terminal, extra)).unwrap();
+        let mut daemon = Self::spawn(&dir);
+        daemon._temp = Some(temp);
+        daemon
+    }
+
+    /// Starts (or restarts) a daemon on `dir`, which holds `tillgated.toml`.
+    pub fn spawn(dir: &Path) -> Daemon {
+        let run = dir.join("run");
+        let _ = std::fs::remove_file(run.join("sync.addr"));
+        let log = dir.join(format!("daemon-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let child = Command::new(bin("tillgated"))
+            .arg("--config")
+            .arg(dir.join("tillgated.toml"))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn tillgated");
+        let mut daemon = Daemon {
+            dir: dir.to_owned(),
+            _temp: None,
+            child: Some(child),
+            socket: run.join("login.sock"),
+            sync_addr: String::new(),
+            log,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr_file = self.dir.join("run").join("sync.addr");
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("tillgated exited early ({status}):\n{}", self.log_text());
+            }
+            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+                if self.socket.exists() {
+                    self.sync_addr = format!("http://{addr}");
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "tillgated not ready in 30 s:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub async fn client(&self) -> TillClient {
+        TillClient::connect(&self.socket).await.expect("connect to login socket")
+    }
+
+    pub async fn sync(&self, token: Option<&str>) -> TillSyncClient {
+        TillSyncClient::connect(&self.sync_addr, token, None)
+            .await
+            .expect("connect to sync listener")
+    }
+
+    /// Creates a sync token through the Admin API and returns a client that uses it.
+    pub async fn authorized_sync(&self) -> TillSyncClient {
+        self.authorized_sync_named("central").await
+    }
+
+    pub async fn authorized_sync_named(&self, name: &str) -> TillSyncClient {
+        let token = self.client().await.create_token(name).await.unwrap().token;
+        self.sync(Some(&token)).await
+    }
+
+    /// SIGTERM, then wait for exit (async, so the test's own connections keep being served).
+    pub async fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tillgated did not stop on SIGTERM:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Cheap argon2 costs so tests hash quickly; the daemon accepts any costs within its limits.
+pub fn account() -> Value {
+    json!({ "id": "test-account", "m_cost_kib": 64, "t_cost": 1, "p_cost": 1 })
+}
+
+pub fn user(id: &str, ordinal: i64, pin: Option<&str>) -> Value {
+    json!({
+        "id": id, "ordinal": ordinal, "first_name": id.to_uppercase(), "last_name": "Test",
+        "pin": pin, "sales_points": [SALES_POINT], "roles": [{ "role": "cashier" }]
+    })
+}
+
+pub fn role(id: &str, allow: &[&str], deny: &[&str]) -> Value {
+    json!({ "id": id, "name": id, "rank": 1, "allow": allow, "deny": deny })
+}
+
+pub fn snapshot(epoch: u64, revision: u64, roles: Vec<Value>, users: Vec<Value>) -> tillgate_client::export::Snapshot {
+    let export = json!({
+        "account": account(),
+        "cursor": { "epoch": epoch, "revision": revision },
+        "roles": roles,
+        "users": users,
+    });
+    SnapshotExport::parse(&export.to_string())
+        .unwrap()
+        .into_snapshot()
+        .unwrap()
+}
+
+pub fn changes(
+    base: (u64, u64),
+    new_revision: u64,
+    upsert_roles: Vec<Value>,
+    upsert_users: Vec<Value>,
+    delete_user_ids: &[&str],
+    delete_role_ids: &[&str],
+) -> tillgate_client::proto::ChangeBatch {
+    let export = json!({
+        "account": account(),
+        "base": { "epoch": base.0, "revision": base.1 },
+        "new_revision": new_revision,
+        "upsert_roles": upsert_roles,
+        "upsert_users": upsert_users,
+        "delete_user_ids": delete_user_ids,
+        "delete_role_ids": delete_role_ids,
+    });
+    ChangesExport::parse(&export.to_string())
+        .unwrap()
+        .into_batch()
+        .unwrap()
+}
+
+/// The gRPC status code of a failed call.
+pub fn code(result: Result<impl std::fmt::Debug, ClientError>) -> (tonic::Code, String) {
+    match result {
+        Err(ClientError::Rpc(status)) => (status.code(), status.message().to_owned()),
+        other => panic!("expected an RPC error, got {other:?}"),
+    }
+}

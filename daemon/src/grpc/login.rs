@@ -31,6 +31,8 @@ pub struct LoginService {
     pub replica: Arc<Replica>,
     pub terminal: Terminal,
     pub listeners: ListenerInfo,
+    /// Ends watch streams at shutdown, so they do not hold the graceful stop open.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// "uid=… gid=… pid=…" of the Unix socket peer, for logs.
@@ -119,7 +121,13 @@ impl Login for LoginService {
             failed = item.is_err();
             std::future::ready(keep)
         });
-        let stream = futures::stream::once(std::future::ready(Ok(event_to_pb(&first)))).chain(later);
+        let mut shutdown = self.shutdown.clone();
+        let stopping = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        let stream = futures::stream::once(std::future::ready(Ok(event_to_pb(&first))))
+            .chain(later)
+            .take_until(stopping);
         Ok(Response::new(Box::pin(stream)))
     }
 
