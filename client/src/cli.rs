@@ -10,10 +10,17 @@ use zeroize::Zeroizing;
 
 use crate::export::{Account, AccountHasher, ChangesExport, SnapshotExport};
 use crate::proto as pb;
-use crate::{ClientError, DEFAULT_SOCKET, DEFAULT_SYNC_ADDR, SyncTls, TillClient, TillSyncClient, cursor_from_status};
+use crate::{
+    ClientError, DEFAULT_SOCKET, DEFAULT_SYNC_ADDR, SyncTls, TillClient, TillSyncClient,
+    cursor_from_status,
+};
 
 #[derive(Debug, Parser)]
-#[command(name = "tillctl", version, about = "Operate tillgated: sessions, status, sync pushes, tokens")]
+#[command(
+    name = "tillctl",
+    version,
+    about = "Operate tillgated: sessions, status, sync pushes, tokens"
+)]
 pub struct Cli {
     /// The daemon's login socket.
     #[arg(long, global = true, env = "TILLGATE_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -116,7 +123,10 @@ pub enum TokenCommand {
 /// Entry point of the `tillctl` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tillctl: cannot start runtime: {e}");
@@ -127,10 +137,13 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tillctl: {e}");
-            if let ClientError::Rpc(status) = &e {
-                if let Some(cursor) = cursor_from_status(status) {
-                    eprintln!("tillctl: replica cursor is {}:{}", cursor.epoch, cursor.revision);
-                }
+            if let ClientError::Rpc(status) = &e
+                && let Some(cursor) = cursor_from_status(status)
+            {
+                eprintln!(
+                    "tillctl: replica cursor is {}:{}",
+                    cursor.epoch, cursor.revision
+                );
             }
             ExitCode::from(2)
         }
@@ -151,7 +164,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             } else {
                 let key = match key {
                     Some(k) if !k.is_empty() => {
-                        eprintln!("tillctl: warning: a key id on the command line is visible to other users; omit the value to be prompted");
+                        eprintln!(
+                            "tillctl: warning: a key id on the command line is visible to other users; omit the value to be prompted"
+                        );
                         Zeroizing::new(k)
                     }
                     _ => read_secret("Key id: ")?,
@@ -208,7 +223,11 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             let cursor = result.cursor.unwrap_or_default();
             println!(
                 "{} at {}:{} ({} users, {} roles)",
-                if result.applied { "applied" } else { "already applied" },
+                if result.applied {
+                    "applied"
+                } else {
+                    "already applied"
+                },
                 cursor.epoch,
                 cursor.revision,
                 result.users,
@@ -220,9 +239,15 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             let cursor = state.cursor.unwrap_or_default();
             println!("cursor:            {}:{}", cursor.epoch, cursor.revision);
             println!("status:            {}", state.status);
-            println!("users:             {} ({} at this terminal)", state.users, state.users_at_terminal);
+            println!(
+                "users:             {} ({} at this terminal)",
+                state.users, state.users_at_terminal
+            );
             println!("roles:             {}", state.roles);
-            println!("last sync:         {}", time_label(state.last_sync_at.as_ref()));
+            println!(
+                "last sync:         {}",
+                time_label(state.last_sync_at.as_ref())
+            );
             println!("version:           {}", state.version);
         }
         Command::Hash { account, salt } => {
@@ -241,12 +266,19 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             match action {
                 TokenCommand::Create { name } => {
                     let created = client.create_token(&name).await?;
-                    eprintln!("token {:?} created; it is shown only this once:", created.name);
+                    eprintln!(
+                        "token {:?} created; it is shown only this once:",
+                        created.name
+                    );
                     println!("{}", created.token);
                 }
                 TokenCommand::List => {
                     for token in client.list_tokens().await? {
-                        println!("{}\tcreated {}", token.name, time_label(token.created_at.as_ref()));
+                        println!(
+                            "{}\tcreated {}",
+                            token.name,
+                            time_label(token.created_at.as_ref())
+                        );
                     }
                 }
                 TokenCommand::Revoke { name } => {
@@ -269,9 +301,12 @@ async fn connect_sync(target: &SyncTarget) -> Result<TillSyncClient, ClientError
         (None, Some(path)) => Some(Zeroizing::new(read_file(path)?.trim().to_owned())),
         (None, None) => None,
     };
-    let tls = if target.tls_ca.is_some() || target.tls_cert.is_some() || target.sync_addr.starts_with("https://") {
+    let tls = if target.tls_ca.is_some()
+        || target.tls_cert.is_some()
+        || target.sync_addr.starts_with("https://")
+    {
         Some(SyncTls {
-            ca_pem: target.tls_ca.as_ref().map(|p| read_bytes(p)).transpose()?,
+            ca_pem: target.tls_ca.as_ref().map(read_bytes).transpose()?,
             domain: target.tls_domain.clone(),
             identity: match (&target.tls_cert, &target.tls_key) {
                 (Some(cert), Some(key)) => Some((read_bytes(cert)?, read_bytes(key)?)),
@@ -285,7 +320,8 @@ async fn connect_sync(target: &SyncTarget) -> Result<TillSyncClient, ClientError
 }
 
 fn read_file(path: &PathBuf) -> Result<String, ClientError> {
-    std::fs::read_to_string(path).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))
 }
 
 fn read_bytes(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
@@ -295,7 +331,8 @@ fn read_bytes(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
 /// Reads a secret without echo from the terminal, or one line from stdin when piped.
 fn read_secret(prompt: &str) -> Result<Zeroizing<String>, ClientError> {
     let secret = if std::io::stdin().is_terminal() {
-        rpassword::prompt_password(prompt).map_err(|e| ClientError::Config(format!("reading from the terminal: {e}")))?
+        rpassword::prompt_password(prompt)
+            .map_err(|e| ClientError::Config(format!("reading from the terminal: {e}")))?
     } else {
         let mut line = String::new();
         std::io::stdin()
@@ -340,12 +377,21 @@ fn print_session(session: &pb::Session) {
     println!("started:     {}", time_label(session.started_at.as_ref()));
     println!("roles:       {}", session.role_ids.join(", "));
     println!("permissions: {}", session.permissions.join(", "));
-    println!("replica:     {}:{} (last sync {})", replica.epoch, replica.revision, time_label(session.last_sync_at.as_ref()));
+    println!(
+        "replica:     {}:{} (last sync {})",
+        replica.epoch,
+        replica.revision,
+        time_label(session.last_sync_at.as_ref())
+    );
 }
 
 fn print_event(event: &pb::SessionEvent) {
     let kind = pb::SessionEventKind::try_from(event.kind)
-        .map(|k| k.as_str_name().trim_start_matches("SESSION_EVENT_KIND_").to_lowercase())
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("SESSION_EVENT_KIND_")
+                .to_lowercase()
+        })
         .unwrap_or_else(|_| "unknown".into());
     let who = event
         .session
@@ -353,8 +399,16 @@ fn print_event(event: &pb::SessionEvent) {
         .or(event.previous.as_ref())
         .map(user_label)
         .unwrap_or_else(|| "nobody".into());
-    let reason = if event.reason.is_empty() { String::new() } else { format!(" ({})", event.reason) };
-    println!("#{} {} {kind} {who}{reason}", event.sequence, time_label(event.at.as_ref()));
+    let reason = if event.reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", event.reason)
+    };
+    println!(
+        "#{} {} {kind} {who}{reason}",
+        event.sequence,
+        time_label(event.at.as_ref())
+    );
     let _ = std::io::stdout().flush();
 }
 
@@ -366,11 +420,21 @@ fn print_status(status: &pb::DaemonStatus) {
         format!("{} / {}", status.sales_point_id, status.sub_terminal_id)
     };
     println!("terminal:    {terminal}");
-    println!("replica:     {}:{} ({})", cursor.epoch, cursor.revision, status.replica_status);
-    println!("users:       {} ({} active at this terminal)", status.users, status.users_at_terminal);
+    println!(
+        "replica:     {}:{} ({})",
+        cursor.epoch, cursor.revision, status.replica_status
+    );
+    println!(
+        "users:       {} ({} active at this terminal)",
+        status.users, status.users_at_terminal
+    );
     println!("roles:       {}", status.roles);
     println!("last sync:   {}", time_label(status.last_sync_at.as_ref()));
     println!("login:       {}", status.login_socket);
-    println!("sync:        {}{}", status.sync_listen, if status.sync_tls { " (TLS)" } else { "" });
+    println!(
+        "sync:        {}{}",
+        status.sync_listen,
+        if status.sync_tls { " (TLS)" } else { "" }
+    );
     println!("version:     {}", status.version);
 }

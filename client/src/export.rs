@@ -231,8 +231,11 @@ fn role_to_pb(role: ExportRole) -> pb::Role {
             effect: effect as i32,
         }
     };
-    let mut permissions: Vec<pb::Permission> =
-        role.allow.into_iter().map(permission(pb::Effect::Allow)).collect();
+    let mut permissions: Vec<pb::Permission> = role
+        .allow
+        .into_iter()
+        .map(permission(pb::Effect::Allow))
+        .collect();
     permissions.extend(role.deny.into_iter().map(permission(pb::Effect::Deny)));
     pb::Role {
         id: role.id,
@@ -242,7 +245,10 @@ fn role_to_pb(role: ExportRole) -> pb::Role {
     }
 }
 
-fn users_to_pb(users: Vec<ExportUser>, hasher: &AccountHasher) -> Result<Vec<pb::User>, ClientError> {
+fn users_to_pb(
+    users: Vec<ExportUser>,
+    hasher: &AccountHasher,
+) -> Result<Vec<pb::User>, ClientError> {
     users.into_iter().map(|u| user_to_pb(u, hasher)).collect()
 }
 
@@ -304,7 +310,10 @@ mod tests {
                   {{"id": "b", "ordinal": 2, "pin": "1234", "roles": [{{"role": "cashier"}}]}}
                 ]}}"#
         );
-        let snapshot = SnapshotExport::parse(&json).unwrap().into_snapshot().unwrap();
+        let snapshot = SnapshotExport::parse(&json)
+            .unwrap()
+            .into_snapshot()
+            .unwrap();
         let a = snapshot.users[0].pin.as_ref().unwrap().phc.clone();
         let b = snapshot.users[1].pin.as_ref().unwrap().phc.clone();
         assert!(a.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{a}");
@@ -316,8 +325,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named() {
-        let err = SnapshotExport::parse(r#"{"account": {"id": "a"}, "cursor": {"epoch": 1, "revision": 1}, "userz": []}"#)
-            .unwrap_err();
+        let err = SnapshotExport::parse(
+            r#"{"account": {"id": "a"}, "cursor": {"epoch": 1, "revision": 1}, "userz": []}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("unknown field `userz`"), "{err}");
     }
 }

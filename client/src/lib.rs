@@ -100,7 +100,9 @@ impl TillClient {
     }
 
     pub async fn login_with_pin(&mut self, pin: &str) -> Result<pb::Session, ClientError> {
-        let request = pb::LoginWithPinRequest { pin: pin.to_owned() };
+        let request = pb::LoginWithPinRequest {
+            pin: pin.to_owned(),
+        };
         Ok(self.login.login_with_pin(request).await?.into_inner())
     }
 
@@ -112,7 +114,12 @@ impl TillClient {
     }
 
     pub async fn logout(&mut self) -> Result<Option<pb::Session>, ClientError> {
-        Ok(self.login.logout(pb::LogoutRequest {}).await?.into_inner().ended)
+        Ok(self
+            .login
+            .logout(pb::LogoutRequest {})
+            .await?
+            .into_inner()
+            .ended)
     }
 
     pub async fn session(&mut self) -> Result<Option<pb::Session>, ClientError> {
@@ -143,11 +150,20 @@ impl TillClient {
     }
 
     pub async fn status(&mut self) -> Result<pb::DaemonStatus, ClientError> {
-        Ok(self.login.get_status(pb::GetStatusRequest {}).await?.into_inner())
+        Ok(self
+            .login
+            .get_status(pb::GetStatusRequest {})
+            .await?
+            .into_inner())
     }
 
-    pub async fn create_token(&mut self, name: &str) -> Result<pb::CreateTokenResponse, ClientError> {
-        let request = pb::CreateTokenRequest { name: name.to_owned() };
+    pub async fn create_token(
+        &mut self,
+        name: &str,
+    ) -> Result<pb::CreateTokenResponse, ClientError> {
+        let request = pb::CreateTokenRequest {
+            name: name.to_owned(),
+        };
         Ok(self.admin.create_token(request).await?.into_inner())
     }
 
@@ -161,7 +177,9 @@ impl TillClient {
     }
 
     pub async fn revoke_token(&mut self, name: &str) -> Result<bool, ClientError> {
-        let request = pb::RevokeTokenRequest { name: name.to_owned() };
+        let request = pb::RevokeTokenRequest {
+            name: name.to_owned(),
+        };
         Ok(self.admin.revoke_token(request).await?.into_inner().revoked)
     }
 }
@@ -179,7 +197,9 @@ impl std::fmt::Debug for Bearer {
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -234,8 +254,9 @@ impl TillSyncClient {
         let channel = endpoint.connect().await.map_err(connect_error)?;
         let bearer = token
             .map(|t| {
-                MetadataValue::try_from(format!("Bearer {t}"))
-                    .map_err(|_| ClientError::Config("token holds characters not allowed in a header".into()))
+                MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
+                    ClientError::Config("token holds characters not allowed in a header".into())
+                })
             })
             .transpose()?;
         Ok(TillSyncClient {
@@ -258,7 +279,8 @@ impl TillSyncClient {
         &mut self,
         snapshot: export::Snapshot,
     ) -> Result<pb::ApplyResult, ClientError> {
-        self.apply_snapshot_chunks(snapshot_chunks(snapshot, SNAPSHOT_CHUNK)).await
+        self.apply_snapshot_chunks(snapshot_chunks(snapshot, SNAPSHOT_CHUNK))
+            .await
     }
 
     /// Sends pre-built chunks as they are (tests use this to send incomplete streams).

@@ -12,7 +12,12 @@ fn tillctl(args: &[&str], stdin: &str) -> (bool, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
@@ -38,5 +43,8 @@ fn empty_secret_and_missing_daemon_are_clear_errors() {
     let (ok, _, err) = tillctl(&["hash"], "\n");
     assert!(!ok && err.contains("nothing was entered"), "{err}");
     let (ok, _, err) = tillctl(&["--socket", "/nonexistent/login.sock", "status"], "");
-    assert!(!ok && err.contains("cannot connect to /nonexistent/login.sock"), "{err}");
+    assert!(
+        !ok && err.contains("cannot connect to /nonexistent/login.sock"),
+        "{err}"
+    );
 }

@@ -7,7 +7,11 @@ use clap::Parser;
 pub const DEFAULT_CONFIG: &str = "/etc/tillgate/tillgated.toml";
 
 #[derive(Debug, Parser)]
-#[command(name = "tillgated", version, about = "Cashier login daemon for point-of-sale terminals")]
+#[command(
+    name = "tillgated",
+    version,
+    about = "Cashier login daemon for point-of-sale terminals"
+)]
 pub struct Args {
     /// Configuration file (TOML).
     #[arg(long, env = "TILLGATE_CONFIG", default_value = DEFAULT_CONFIG)]

@@ -275,31 +275,65 @@ impl Config {
         if socket_path.as_os_str().len() > 107 {
             return Err(invalid(
                 "login_socket.path",
-                format!("{} is longer than the 107 bytes a Unix socket path may have", socket_path.display()),
+                format!(
+                    "{} is longer than the 107 bytes a Unix socket path may have",
+                    socket_path.display()
+                ),
             ));
         }
         let socket_mode = u32::from_str_radix(self.login_socket.mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o777)
-            .ok_or_else(|| invalid("login_socket.mode", format!("{:?} is not an octal file mode such as \"0660\"", self.login_socket.mode)))?;
+            .ok_or_else(|| {
+                invalid(
+                    "login_socket.mode",
+                    format!(
+                        "{:?} is not an octal file mode such as \"0660\"",
+                        self.login_socket.mode
+                    ),
+                )
+            })?;
         if self.login_socket.group.as_deref() == Some("") {
             return Err(invalid("login_socket.group", "must not be empty when set"));
         }
         let sync_listen: SocketAddr = self.sync.listen.parse().map_err(|e| {
-            invalid("sync.listen", format!("{:?} is not an address such as 127.0.0.1:7870 ({e})", self.sync.listen))
+            invalid(
+                "sync.listen",
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:7870 ({e})",
+                    self.sync.listen
+                ),
+            )
         })?;
         if let Some(tls) = &self.sync.tls {
-            for (key, path) in [("sync.tls.cert", Some(&tls.cert)), ("sync.tls.key", Some(&tls.key)), ("sync.tls.client_ca", tls.client_ca.as_ref())] {
-                if let Some(path) = path {
-                    if !path.is_file() {
-                        return Err(invalid(key, format!("{} is not a readable file", path.display())));
-                    }
+            for (key, path) in [
+                ("sync.tls.cert", Some(&tls.cert)),
+                ("sync.tls.key", Some(&tls.key)),
+                ("sync.tls.client_ca", tls.client_ca.as_ref()),
+            ] {
+                if let Some(path) = path
+                    && !path.is_file()
+                {
+                    return Err(invalid(
+                        key,
+                        format!("{} is not a readable file", path.display()),
+                    ));
                 }
             }
         }
         for (key, value, min, max) in [
-            ("login_socket.max_message_bytes", self.login_socket.max_message_bytes, 1024, 16 << 20),
-            ("sync.max_message_bytes", self.sync.max_message_bytes, 64 << 10, 1 << 30),
+            (
+                "login_socket.max_message_bytes",
+                self.login_socket.max_message_bytes,
+                1024,
+                16 << 20,
+            ),
+            (
+                "sync.max_message_bytes",
+                self.sync.max_message_bytes,
+                64 << 10,
+                1 << 30,
+            ),
             ("hashing.max_concurrent", self.hashing.max_concurrent, 1, 64),
         ] {
             if !(min..=max).contains(&value) {
@@ -310,7 +344,10 @@ impl Config {
             return Err(invalid("hashing.max_m_cost_kib", "must be at least 8"));
         }
         if self.hashing.max_t_cost == 0 || self.hashing.max_p_cost == 0 {
-            return Err(invalid("hashing.max_t_cost", "cost limits must be at least 1"));
+            return Err(invalid(
+                "hashing.max_t_cost",
+                "cost limits must be at least 1",
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
@@ -350,35 +387,62 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_defaults() {
-        let s = Config::parse("[terminal]\nsales_point_id = \"sp-1\"\n").unwrap().validate().unwrap();
+        let s = Config::parse("[terminal]\nsales_point_id = \"sp-1\"\n")
+            .unwrap()
+            .validate()
+            .unwrap();
         assert_eq!(s.terminal.sales_point_id, "sp-1");
         assert_eq!(s.socket_path, PathBuf::from("/run/tillgate/login.sock"));
-        assert_eq!(s.database_path(), PathBuf::from("/var/lib/tillgate/replica.db"));
+        assert_eq!(
+            s.database_path(),
+            PathBuf::from("/var/lib/tillgate/replica.db")
+        );
         assert_eq!(s.socket_mode, 0o660);
         assert_eq!(s.sync_listen.to_string(), DEFAULT_SYNC_LISTEN);
     }
 
     #[test]
     fn errors_name_the_key() {
-        let err = Config::parse("[terminal]\nsales_point_id = \"\"\n").unwrap().validate().unwrap_err();
-        assert_eq!(err.to_string(), "config key terminal.sales_point_id: must not be empty");
-
-        let err = Config::parse("[terminal]\nsales_point_id = \"a\"\n[sync]\nlisten = \"nowhere\"\n")
+        let err = Config::parse("[terminal]\nsales_point_id = \"\"\n")
             .unwrap()
             .validate()
             .unwrap_err();
-        assert!(err.to_string().starts_with("config key sync.listen:"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "config key terminal.sales_point_id: must not be empty"
+        );
 
-        let err = Config::parse("[terminal]\nsales_point_id = \"a\"\n[login_socket]\nmode = \"999\"\n")
-            .unwrap()
-            .validate()
-            .unwrap_err();
-        assert!(err.to_string().starts_with("config key login_socket.mode:"), "{err}");
+        let err =
+            Config::parse("[terminal]\nsales_point_id = \"a\"\n[sync]\nlisten = \"nowhere\"\n")
+                .unwrap()
+                .validate()
+                .unwrap_err();
+        assert!(
+            err.to_string().starts_with("config key sync.listen:"),
+            "{err}"
+        );
 
-        let err = Config::parse("[terminal]\nsales_point_id = \"a\"\nsales_pont = 1\n").unwrap_err();
-        assert!(err.to_string().contains("unknown field `sales_pont`"), "{err}");
+        let err =
+            Config::parse("[terminal]\nsales_point_id = \"a\"\n[login_socket]\nmode = \"999\"\n")
+                .unwrap()
+                .validate()
+                .unwrap_err();
+        assert!(
+            err.to_string().starts_with("config key login_socket.mode:"),
+            "{err}"
+        );
+
+        let err =
+            Config::parse("[terminal]\nsales_point_id = \"a\"\nsales_pont = 1\n").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `sales_pont`"),
+            "{err}"
+        );
 
         let err = Config::parse("[paths]\nstate_dir = \"/x\"\n").unwrap_err();
-        assert!(err.to_string().contains("missing field `terminal`"), "{err}");
+        assert!(
+            err.to_string().contains("missing field `terminal`"),
+            "{err}"
+        );
     }
 }

@@ -168,10 +168,13 @@ impl TerminalKey {
                 let mut bytes = Zeroizing::new(Vec::new());
                 file.read_to_end(&mut bytes).map_err(io)?;
                 let key: [u8; TERMINAL_KEY_LEN] =
-                    bytes.as_slice().try_into().map_err(|_| KeyFileError::Length {
-                        path: path.to_owned(),
-                        found: bytes.len(),
-                    })?;
+                    bytes
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| KeyFileError::Length {
+                            path: path.to_owned(),
+                            found: bytes.len(),
+                        })?;
                 let mode = file.metadata().map_err(io)?.permissions().mode();
                 if mode & 0o077 != 0 {
                     tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "terminal key file is readable by others; it should be mode 0600");
@@ -284,14 +287,24 @@ mod tests {
         assert!(matches!(err, PhcError::Malformed(_)));
         assert!(!err.to_string().contains("not-a-phc"));
         let argon2i = phc_of("1", "c2FsdHNhbHRzYWx0", small()).replacen("argon2id", "argon2i", 1);
-        assert!(matches!(parse_phc(&argon2i, &limits), Err(PhcError::Algorithm(_))));
-        let heavy = phc_of("1", "c2FsdHNhbHRzYWx0", Params::new(64, 20, 1, Some(32)).unwrap());
+        assert!(matches!(
+            parse_phc(&argon2i, &limits),
+            Err(PhcError::Algorithm(_))
+        ));
+        let heavy = phc_of(
+            "1",
+            "c2FsdHNhbHRzYWx0",
+            Params::new(64, 20, 1, Some(32)).unwrap(),
+        );
         assert!(matches!(
             parse_phc(&heavy, &limits),
             Err(PhcError::CostTooHigh { name: "t", .. })
         ));
         let no_hash = "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHRzYWx0";
-        assert_eq!(parse_phc(no_hash, &limits).unwrap_err(), PhcError::MissingHash);
+        assert_eq!(
+            parse_phc(no_hash, &limits).unwrap_err(),
+            PhcError::MissingHash
+        );
     }
 
     #[test]

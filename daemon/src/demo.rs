@@ -42,7 +42,8 @@ pub fn settings(dir: &Path, sync_listen: &str) -> Result<Settings, DaemonError> 
 pub fn seed(core: &Core) -> Result<(), DaemonError> {
     let state = core.replica.state()?;
     if state.cursor.needs_snapshot() {
-        let export = SnapshotExport::parse(ACCOUNT).map_err(|e| DaemonError::Demo(e.to_string()))?;
+        let export =
+            SnapshotExport::parse(ACCOUNT).map_err(|e| DaemonError::Demo(e.to_string()))?;
         let snapshot = export
             .into_snapshot()
             .map_err(|e| DaemonError::Demo(e.to_string()))?;

@@ -79,10 +79,14 @@ impl Authenticator {
     ) -> Result<Session, LoginError> {
         let outcome = self.login_inner(kind, secret).await;
         match &outcome {
-            Ok(session) => tracing::info!(user_id = %session.user_id, session_id = %session.session_id, "login accepted"),
+            Ok(session) => {
+                tracing::info!(user_id = %session.user_id, session_id = %session.session_id, "login accepted")
+            }
             Err(LoginError::Denied(reason)) => tracing::info!(%reason, "login denied"),
             Err(LoginError::NoMatch) => tracing::info!("login failed: no matching credential"),
-            Err(e @ (LoginError::NoReplica | LoginError::BadInput(_))) => tracing::info!(error = %e, "login refused"),
+            Err(e @ (LoginError::NoReplica | LoginError::BadInput(_))) => {
+                tracing::info!(error = %e, "login refused")
+            }
             Err(e) => tracing::error!(error = %e, "login failed"),
         }
         outcome
@@ -154,7 +158,9 @@ impl Authenticator {
             let terminal = self.terminal.clone();
             let found = blocking(move || replica.candidates(kind, &digest, &terminal)).await??;
             for candidate in found {
-                by_user.entry(candidate.user_id.clone()).or_insert(candidate);
+                by_user
+                    .entry(candidate.user_id.clone())
+                    .or_insert(candidate);
             }
         }
         Ok(by_user.into_values().collect())

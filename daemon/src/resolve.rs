@@ -41,7 +41,9 @@ impl fmt::Display for DenialReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
     /// This user logs in.
-    Accepted { user_id: String },
+    Accepted {
+        user_id: String,
+    },
     /// Only users who may not log in here matched; the first one's reason.
     Denied {
         user_id: String,
@@ -116,18 +118,31 @@ mod tests {
             cand("amy", 1, true, true),
             cand("bob", 0, false, true),
         ]);
-        assert_eq!(r, Resolution::Accepted { user_id: "amy".into() });
+        assert_eq!(
+            r,
+            Resolution::Accepted {
+                user_id: "amy".into()
+            }
+        );
     }
 
     #[test]
     fn rule1_equal_ordinals_break_ties_by_id() {
         let r = resolve(vec![cand("b", 5, true, true), cand("a", 5, true, true)]);
-        assert_eq!(r, Resolution::Accepted { user_id: "a".into() });
+        assert_eq!(
+            r,
+            Resolution::Accepted {
+                user_id: "a".into()
+            }
+        );
     }
 
     #[test]
     fn rule2_only_ineligible_users_give_first_users_reason() {
-        let r = resolve(vec![cand("late", 9, true, false), cand("early", 1, false, true)]);
+        let r = resolve(vec![
+            cand("late", 9, true, false),
+            cand("early", 1, false, true),
+        ]);
         assert_eq!(
             r,
             Resolution::Denied {
@@ -143,14 +158,23 @@ mod tests {
                 reason: DenialReason::NoAccessHere
             }
         );
-        assert_eq!(DenialReason::NoAccessHere.to_string(), "no access to this Sales Point");
+        assert_eq!(
+            DenialReason::NoAccessHere.to_string(),
+            "no access to this Sales Point"
+        );
         assert_eq!(DenialReason::Inactive.to_string(), "user inactive");
     }
 
     #[test]
     fn inactive_and_unassigned_reports_inactive() {
         let r = resolve(vec![cand("x", 1, false, false)]);
-        assert!(matches!(r, Resolution::Denied { reason: DenialReason::Inactive, .. }));
+        assert!(matches!(
+            r,
+            Resolution::Denied {
+                reason: DenialReason::Inactive,
+                ..
+            }
+        ));
     }
 
     #[test]

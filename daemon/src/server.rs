@@ -79,7 +79,10 @@ impl Core {
             .recursive(true)
             .mode(0o700)
             .create(&settings.state_dir)
-            .map_err(io(format!("state directory {}", settings.state_dir.display())))?;
+            .map_err(io(format!(
+                "state directory {}",
+                settings.state_dir.display()
+            )))?;
         let (key, created) = TerminalKey::load_or_create(&settings.terminal_key_path())?;
         if created {
             tracing::info!(path = %settings.terminal_key_path().display(), "terminal key created");
@@ -123,7 +126,10 @@ pub async fn serve(
         .recursive(true)
         .mode(0o755)
         .create(&settings.runtime_dir)
-        .map_err(io(format!("runtime directory {}", settings.runtime_dir.display())))?;
+        .map_err(io(format!(
+            "runtime directory {}",
+            settings.runtime_dir.display()
+        )))?;
 
     let tcp = std::net::TcpListener::bind(settings.sync_listen)
         .map_err(io(format!("sync listener {}", settings.sync_listen)))?;
@@ -152,7 +158,10 @@ pub async fn serve(
     let _ = shutdown_tx.send(true);
     let mut outcome = Ok(());
     if let Some((which, result)) = early {
-        tracing::error!(listener = which, "listener stopped unexpectedly; shutting down");
+        tracing::error!(
+            listener = which,
+            "listener stopped unexpectedly; shutting down"
+        );
         outcome = flatten(result);
     } else {
         tracing::info!("shutting down: finishing in-flight calls");
@@ -207,8 +216,12 @@ async fn wait_for(mut shutdown: watch::Receiver<bool>) {
 
 fn reflection() -> Result<
     (
-        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
-        tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
     ),
     DaemonError,
 > {
@@ -217,7 +230,9 @@ fn reflection() -> Result<
             .register_encoded_file_descriptor_set(tillgate_proto::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let v1 = builder().build_v1().map_err(|e| DaemonError::Runtime(format!("reflection: {e}")))?;
+    let v1 = builder()
+        .build_v1()
+        .map_err(|e| DaemonError::Runtime(format!("reflection: {e}")))?;
     let v1alpha = builder()
         .build_v1alpha()
         .map_err(|e| DaemonError::Runtime(format!("reflection: {e}")))?;
@@ -260,13 +275,14 @@ fn login_server(
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<LoginServer<LoginService>>().await;
         health.set_serving::<AdminServer<AdminService>>().await;
-        let incoming = UnixListenerStream::new(listener).filter_map(move |accepted| match accepted {
-            Ok(stream) => policy.admit(stream).map(Ok::<_, std::io::Error>),
-            Err(e) => {
-                tracing::warn!(error = %e, "login socket accept failed");
-                None
-            }
-        });
+        let incoming =
+            UnixListenerStream::new(listener).filter_map(move |accepted| match accepted {
+                Ok(stream) => policy.admit(stream).map(Ok::<_, std::io::Error>),
+                Err(e) => {
+                    tracing::warn!(error = %e, "login socket accept failed");
+                    None
+                }
+            });
         Server::builder()
             .add_service(health_service)
             .add_service(v1)
@@ -308,15 +324,19 @@ fn sync_server(
     };
     let mut builder = Server::builder();
     if let Some(tls) = &settings.tls {
-        let read = |path: &Path| std::fs::read(path).map_err(io(format!("TLS file {}", path.display())));
-        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+        let read =
+            |path: &Path| std::fs::read(path).map_err(io(format!("TLS file {}", path.display())));
+        let mut config =
+            ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
         if let Some(ca) = &tls.client_ca {
             config = config.client_ca_root(Certificate::from_pem(read(ca)?));
         }
-        builder = builder.tls_config(config).map_err(|source| DaemonError::Transport {
-            context: "sync TLS configuration",
-            source,
-        })?;
+        builder = builder
+            .tls_config(config)
+            .map_err(|source| DaemonError::Transport {
+                context: "sync TLS configuration",
+                source,
+            })?;
     }
     let reflection = reflection();
     Ok(async move {
@@ -330,7 +350,9 @@ fn sync_server(
             .add_service(health_service)
             .add_service(v1)
             .add_service(v1alpha)
-            .add_service(tonic::service::interceptor::InterceptedService::new(service, check))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                service, check,
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), wait_for(shutdown))
             .await
             .map_err(|source| DaemonError::Transport {
@@ -358,15 +380,24 @@ impl PeerPolicy {
             }
         };
         let open = self.allow_uids.is_empty() && self.allow_gids.is_empty();
-        let allowed = open
-            || self.allow_uids.contains(&cred.uid())
-            || self.allow_gids.contains(&cred.gid());
+        let allowed =
+            open || self.allow_uids.contains(&cred.uid()) || self.allow_gids.contains(&cred.gid());
         let pid = cred.pid().unwrap_or_default();
         if allowed {
-            tracing::debug!(uid = cred.uid(), gid = cred.gid(), pid, "login socket peer connected");
+            tracing::debug!(
+                uid = cred.uid(),
+                gid = cred.gid(),
+                pid,
+                "login socket peer connected"
+            );
             Some(stream)
         } else {
-            tracing::warn!(uid = cred.uid(), gid = cred.gid(), pid, "login socket peer refused: not in allow_uids / allow_gids");
+            tracing::warn!(
+                uid = cred.uid(),
+                gid = cred.gid(),
+                pid,
+                "login socket peer refused: not in allow_uids / allow_gids"
+            );
             None
         }
     }
@@ -375,7 +406,8 @@ impl PeerPolicy {
 fn bind_login_socket(settings: &Settings) -> Result<UnixListener, DaemonError> {
     let path = &settings.socket_path;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io(format!("socket directory {}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(io(format!("socket directory {}", parent.display())))?;
     }
     // A socket file left by a killed daemon would make bind fail with EADDRINUSE.
     if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -384,7 +416,8 @@ fn bind_login_socket(settings: &Settings) -> Result<UnixListener, DaemonError> {
             std::fs::remove_file(path).map_err(io(format!("stale socket {}", path.display())))?;
         }
     }
-    let listener = UnixListener::bind(path).map_err(io(format!("login socket {}", path.display())))?;
+    let listener =
+        UnixListener::bind(path).map_err(io(format!("login socket {}", path.display())))?;
     if let Some(group) = &settings.socket_group {
         let gid = nix::unistd::Group::from_name(group)
             .map_err(|e| DaemonError::Io {

@@ -85,7 +85,13 @@ impl SessionManager {
             Some(_) => "same user logged in again",
             None => "login",
         };
-        self.publish(&mut state, EventKind::Login, Some(session), previous, reason)
+        self.publish(
+            &mut state,
+            EventKind::Login,
+            Some(session),
+            previous,
+            reason,
+        )
     }
 
     /// Ends the current session; None if there was none.
@@ -167,9 +173,15 @@ mod tests {
         assert!(manager.logout("again").is_none());
         let e1 = rx.recv().await.unwrap();
         let e2 = rx.recv().await.unwrap();
-        assert_eq!((e1.kind, e1.sequence), (EventKind::Login, first.sequence + 1));
+        assert_eq!(
+            (e1.kind, e1.sequence),
+            (EventKind::Login, first.sequence + 1)
+        );
         assert_eq!(e1.previous.unwrap().user_id, "a");
-        assert_eq!((e2.kind, e2.sequence), (EventKind::Logout, first.sequence + 2));
+        assert_eq!(
+            (e2.kind, e2.sequence),
+            (EventKind::Logout, first.sequence + 2)
+        );
         assert!(manager.current().is_none());
     }
 }

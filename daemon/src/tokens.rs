@@ -55,7 +55,10 @@ impl TokenRegistry {
         }
         let mut raw = Zeroizing::new([0u8; 32]);
         rand::fill(raw.as_mut_slice());
-        let token = Zeroizing::new(format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw.as_slice())));
+        let token = Zeroizing::new(format!(
+            "{TOKEN_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(raw.as_slice())
+        ));
         let row = TokenRow {
             name: name.to_owned(),
             digest: digest(&token),
@@ -75,7 +78,10 @@ impl TokenRegistry {
     }
 
     pub fn list(&self) -> Vec<TokenRow> {
-        self.rows.read().map(|rows| rows.clone()).unwrap_or_default()
+        self.rows
+            .read()
+            .map(|rows| rows.clone())
+            .unwrap_or_default()
     }
 
     pub fn reload(&self, replica: &Replica) -> Result<(), StoreError> {
@@ -123,7 +129,10 @@ mod tests {
         assert!(token.starts_with(TOKEN_PREFIX));
         assert_eq!(registry.verify(&token).as_deref(), Some("central"));
         assert_eq!(registry.verify("tgs_wrong"), None);
-        assert!(matches!(registry.create(&replica, "central"), Err(TokenError::Exists(_))));
+        assert!(matches!(
+            registry.create(&replica, "central"),
+            Err(TokenError::Exists(_))
+        ));
         // Only the digest is stored.
         let reloaded = TokenRegistry::load(&replica).unwrap();
         assert_eq!(reloaded.verify(&token).as_deref(), Some("central"));

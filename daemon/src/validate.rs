@@ -33,7 +33,10 @@ pub enum ValidationError {
         source: PhcError,
     },
     #[error("user \"{user_id}\": {field} holds an empty id")]
-    EmptyReference { user_id: String, field: &'static str },
+    EmptyReference {
+        user_id: String,
+        field: &'static str,
+    },
     #[error("role \"{role_id}\": permission[{index}] has an empty name")]
     EmptyPermission { role_id: String, index: usize },
     #[error("role \"{role_id}\": permission \"{permission}\" has no effect (ALLOW or DENY)")]
@@ -126,14 +129,13 @@ pub fn convert_user(
                 .map(|(i, c)| (CredentialKind::Key, format!("key[{i}]"), c)),
         );
     for (kind, label, credential) in labelled {
-        let parsed =
-            parse_phc(&credential.phc, ingest.limits).map_err(|source| {
-                ValidationError::Credential {
-                    user_id: user.id.clone(),
-                    credential: label,
-                    source,
-                }
-            })?;
+        let parsed = parse_phc(&credential.phc, ingest.limits).map_err(|source| {
+            ValidationError::Credential {
+                user_id: user.id.clone(),
+                credential: label,
+                source,
+            }
+        })?;
         credentials.push(StoredCredential {
             kind,
             digest: ingest.key.rekey(&parsed.output),
@@ -283,7 +285,9 @@ pub fn validate_changes(
     let upserted: HashSet<&str> = upsert_roles.iter().map(|r| r.id.as_str()).collect();
     let role_known = |id: &str| {
         upserted.contains(id)
-            || (delete_role_ids.binary_search_by(|d| d.as_str().cmp(id)).is_err()
+            || (delete_role_ids
+                .binary_search_by(|d| d.as_str().cmp(id))
+                .is_err()
                 && role_in_replica(id))
     };
     let upsert_users = convert_users(batch.upsert_users, ingest, &role_known)?;
@@ -358,9 +362,16 @@ mod tests {
     #[test]
     fn valid_snapshot_converts() {
         let (key, limits) = ingest_ctx();
-        let ingest = Ingest { key: &key, limits: &limits };
-        let snap = validate_snapshot(vec![user("u1", &["cashier"])], vec![role("cashier")], ingest)
-            .unwrap();
+        let ingest = Ingest {
+            key: &key,
+            limits: &limits,
+        };
+        let snap = validate_snapshot(
+            vec![user("u1", &["cashier"])],
+            vec![role("cashier")],
+            ingest,
+        )
+        .unwrap();
         assert_eq!(snap.users[0].credentials.len(), 1);
         assert_eq!(snap.users[0].credentials[0].kind, CredentialKind::Pin);
     }
@@ -368,22 +379,30 @@ mod tests {
     #[test]
     fn names_the_offending_record() {
         let (key, limits) = ingest_ctx();
-        let ingest = Ingest { key: &key, limits: &limits };
-        let err = validate_snapshot(
-            vec![user("u1", &[]), user("u1", &[])],
-            vec![],
-            ingest,
-        )
-        .unwrap_err();
+        let ingest = Ingest {
+            key: &key,
+            limits: &limits,
+        };
+        let err =
+            validate_snapshot(vec![user("u1", &[]), user("u1", &[])], vec![], ingest).unwrap_err();
         assert_eq!(err, ValidationError::DuplicateUser("u1".into()));
 
         let err = validate_snapshot(vec![user("u1", &["ghost"])], vec![], ingest).unwrap_err();
-        assert_eq!(err.to_string(), "user \"u1\": role assignment names unknown role \"ghost\"");
+        assert_eq!(
+            err.to_string(),
+            "user \"u1\": role assignment names unknown role \"ghost\""
+        );
 
         let mut bad = user("u2", &[]);
-        bad.keys.push(pb::Credential { phc: "$argon2id$garbage".into() });
+        bad.keys.push(pb::Credential {
+            phc: "$argon2id$garbage".into(),
+        });
         let err = validate_snapshot(vec![user("u1", &[]), bad], vec![], ingest).unwrap_err();
-        assert!(err.to_string().starts_with("user \"u2\": key[0] credential: "), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("user \"u2\": key[0] credential: "),
+            "{err}"
+        );
 
         let err = validate_snapshot(vec![user("", &[])], vec![], ingest).unwrap_err();
         assert_eq!(err.to_string(), "user[0]: id is empty");
@@ -400,7 +419,10 @@ mod tests {
     #[test]
     fn changes_resolve_roles_against_batch_and_replica() {
         let (key, limits) = ingest_ctx();
-        let ingest = Ingest { key: &key, limits: &limits };
+        let ingest = Ingest {
+            key: &key,
+            limits: &limits,
+        };
         let in_replica = |id: &str| id == "old";
         let batch = pb::ChangeBatch {
             upsert_users: vec![user("u1", &["old", "new"])],
@@ -423,6 +445,9 @@ mod tests {
             ..Default::default()
         };
         let err = validate_changes(batch, ingest, &in_replica).unwrap_err();
-        assert_eq!(err.to_string(), "user \"u1\" is both upserted and deleted in one batch");
+        assert_eq!(
+            err.to_string(),
+            "user \"u1\" is both upserted and deleted in one batch"
+        );
     }
 }

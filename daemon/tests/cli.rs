@@ -13,7 +13,10 @@ fn check(config: &str) -> (bool, String) {
         .arg(&path)
         .output()
         .unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -27,9 +30,13 @@ fn invalid_configs_name_the_key() {
     let (ok, stderr) = check("[terminal]\nsales_point_id = \"sp-1\"\n[sync]\nlisten = \"here\"\n");
     assert!(!ok);
     assert!(stderr.contains("config key sync.listen"), "{stderr}");
-    let (ok, stderr) = check("[terminal]\nsales_point_id = \"sp-1\"\n[hashing]\nmax_concurrent = 0\n");
+    let (ok, stderr) =
+        check("[terminal]\nsales_point_id = \"sp-1\"\n[hashing]\nmax_concurrent = 0\n");
     assert!(!ok);
-    assert!(stderr.contains("config key hashing.max_concurrent: 0 is outside 1..=64"), "{stderr}");
+    assert!(
+        stderr.contains("config key hashing.max_concurrent: 0 is outside 1..=64"),
+        "{stderr}"
+    );
     let (ok, stderr) = check("[terminal]\nsales_point = \"sp-1\"\n");
     assert!(!ok);
     assert!(stderr.contains("unknown field `sales_point`"), "{stderr}");
@@ -43,5 +50,19 @@ fn missing_config_file_is_a_clear_error() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("config file /nonexistent/tillgated.toml"), "{stderr}");
+    assert!(
+        stderr.contains("config file /nonexistent/tillgated.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../systemd/tillgated.toml"
+    ))
+    .unwrap();
+    let (ok, stderr) = check(&example);
+    assert!(ok, "{stderr}");
 }

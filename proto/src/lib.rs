@@ -5,5 +5,6 @@ pub mod v1 {
     tonic::include_proto!("tillgate.v1");
 
     /// Encoded `FileDescriptorSet` of the tillgate.v1 protos, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tillgate_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("tillgate_descriptor");
 }

@@ -67,7 +67,11 @@ impl Daemon {
     pub fn start_with(extra_terminal: &str, extra: &str) -> Daemon {
         let temp = tempfile::tempdir().expect("tempdir");
         let dir = temp.path().to_owned();
-        std::fs::write(dir.join("tillgated.toml"), config_text(&dir, extra_terminal, extra)).unwrap();
+        std::fs::write(
+            dir.join("tillgated.toml"),
+            config_text(&dir, extra_terminal, extra),
+        )
+        .unwrap();
         let mut daemon = Self::spawn(&dir);
         daemon._temp = Some(temp);
         daemon
@@ -77,7 +81,13 @@ impl Daemon {
     pub fn spawn(dir: &Path) -> Daemon {
         let run = dir.join("run");
         let _ = std::fs::remove_file(run.join("sync.addr"));
-        let log = dir.join(format!("daemon-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let log = dir.join(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         let child = Command::new(bin("tillgated"))
             .arg("--config")
             .arg(dir.join("tillgated.toml"))
@@ -105,13 +115,17 @@ impl Daemon {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("tillgated exited early ({status}):\n{}", self.log_text());
             }
-            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-                if self.socket.exists() {
-                    self.sync_addr = format!("http://{addr}");
-                    return;
-                }
+            if let Ok(addr) = std::fs::read_to_string(&addr_file)
+                && self.socket.exists()
+            {
+                self.sync_addr = format!("http://{addr}");
+                return;
             }
-            assert!(Instant::now() < deadline, "tillgated not ready in 30 s:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "tillgated not ready in 30 s:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -125,7 +139,9 @@ impl Daemon {
     }
 
     pub async fn client(&self) -> TillClient {
-        TillClient::connect(&self.socket).await.expect("connect to login socket")
+        TillClient::connect(&self.socket)
+            .await
+            .expect("connect to login socket")
     }
 
     pub async fn sync(&self, token: Option<&str>) -> TillSyncClient {
@@ -191,7 +207,12 @@ pub fn role(id: &str, allow: &[&str], deny: &[&str]) -> Value {
     json!({ "id": id, "name": id, "rank": 1, "allow": allow, "deny": deny })
 }
 
-pub fn snapshot(epoch: u64, revision: u64, roles: Vec<Value>, users: Vec<Value>) -> tillgate_client::export::Snapshot {
+pub fn snapshot(
+    epoch: u64,
+    revision: u64,
+    roles: Vec<Value>,
+    users: Vec<Value>,
+) -> tillgate_client::export::Snapshot {
     let export = json!({
         "account": account(),
         "cursor": { "epoch": epoch, "revision": revision },

@@ -23,19 +23,43 @@ fn small_snapshot() -> tillgate_client::export::Snapshot {
 #[tokio::test]
 async fn restart_keeps_the_replica_and_sigterm_exits_zero() {
     let mut daemon = Daemon::start();
-    daemon.authorized_sync().await.apply_snapshot(small_snapshot()).await.unwrap();
+    daemon
+        .authorized_sync()
+        .await
+        .apply_snapshot(small_snapshot())
+        .await
+        .unwrap();
     let status = daemon.stop().await;
     assert!(status.success(), "SIGTERM exit: {status}");
     assert!(!daemon.socket.exists(), "socket removed at shutdown");
 
     let restarted = Daemon::spawn(&daemon.dir);
     let status = restarted.client().await.status().await.unwrap();
-    assert_eq!(status.cursor.unwrap(), pb::Cursor { epoch: 3, revision: 5 });
+    assert_eq!(
+        status.cursor.unwrap(),
+        pb::Cursor {
+            epoch: 3,
+            revision: 5
+        }
+    );
     assert_eq!((status.users, status.replica_status.as_str()), (2, "ok"));
-    let session = restarted.client().await.login_with_pin("2222").await.unwrap();
+    let session = restarted
+        .client()
+        .await
+        .login_with_pin("2222")
+        .await
+        .unwrap();
     assert_eq!(session.user.unwrap().id, "bob");
     // The sync token survived too (only its hash is stored).
-    let names: Vec<_> = restarted.client().await.list_tokens().await.unwrap().into_iter().map(|t| t.name).collect();
+    let names: Vec<_> = restarted
+        .client()
+        .await
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
     assert_eq!(names, vec!["central"]);
 }
 
@@ -45,7 +69,11 @@ async fn corrupt_database_is_quarantined_and_the_daemon_starts_empty() {
     let dir = temp.path();
     std::fs::write(dir.join("tillgated.toml"), config_text(dir, "", "")).unwrap();
     std::fs::create_dir_all(dir.join("state")).unwrap();
-    std::fs::write(dir.join("state/replica.db"), b"this is not an SQLite database, just garbage bytes".repeat(200)).unwrap();
+    std::fs::write(
+        dir.join("state/replica.db"),
+        b"this is not an SQLite database, just garbage bytes".repeat(200),
+    )
+    .unwrap();
 
     let daemon = Daemon::spawn(dir);
     let moved: Vec<_> = std::fs::read_dir(dir.join("state"))
@@ -55,19 +83,41 @@ async fn corrupt_database_is_quarantined_and_the_daemon_starts_empty() {
         .collect();
     assert_eq!(moved.len(), 1, "{moved:?}");
     let mut client = daemon.client().await;
-    assert_eq!(client.status().await.unwrap().replica_status, "needs snapshot");
+    assert_eq!(
+        client.status().await.unwrap().replica_status,
+        "needs snapshot"
+    );
     let (c, message) = code(client.login_with_pin("1111").await);
     assert_eq!((c, message.as_str()), (Code::Unavailable, "no replica yet"));
     assert!(daemon.log_text().contains("replica database was unusable"));
     // It recovers with a snapshot.
-    daemon.authorized_sync().await.apply_snapshot(small_snapshot()).await.unwrap();
-    assert_eq!(client.login_with_pin("1111").await.unwrap().user.unwrap().id, "amy");
+    daemon
+        .authorized_sync()
+        .await
+        .apply_snapshot(small_snapshot())
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .login_with_pin("1111")
+            .await
+            .unwrap()
+            .user
+            .unwrap()
+            .id,
+        "amy"
+    );
 }
 
 #[tokio::test]
 async fn replica_copied_without_its_key_is_not_trusted() {
     let mut daemon = Daemon::start();
-    daemon.authorized_sync().await.apply_snapshot(small_snapshot()).await.unwrap();
+    daemon
+        .authorized_sync()
+        .await
+        .apply_snapshot(small_snapshot())
+        .await
+        .unwrap();
     daemon.stop().await;
     std::fs::remove_file(daemon.state_dir().join("terminal.key")).unwrap();
     let restarted = Daemon::spawn(&daemon.dir);
@@ -78,7 +128,12 @@ async fn replica_copied_without_its_key_is_not_trusted() {
 #[tokio::test]
 async fn watchers_see_login_switch_and_logout_in_order() {
     let daemon = Daemon::start();
-    daemon.authorized_sync().await.apply_snapshot(small_snapshot()).await.unwrap();
+    daemon
+        .authorized_sync()
+        .await
+        .apply_snapshot(small_snapshot())
+        .await
+        .unwrap();
     let mut client = daemon.client().await;
     client.login_with_pin("1111").await.unwrap();
 
@@ -88,7 +143,10 @@ async fn watchers_see_login_switch_and_logout_in_order() {
     assert_eq!(first.session.unwrap().user.unwrap().id, "amy");
 
     client.login_with_pin("2222").await.unwrap();
-    assert_eq!(code(client.login_with_pin("0000").await).0, Code::Unauthenticated);
+    assert_eq!(
+        code(client.login_with_pin("0000").await).0,
+        Code::Unauthenticated
+    );
     client.logout().await.unwrap();
     client.logout().await.unwrap();
 
@@ -104,7 +162,11 @@ async fn watchers_see_login_switch_and_logout_in_order() {
     assert!(logout.session.is_none());
     assert_eq!(logout.previous.unwrap().user.unwrap().id, "bob");
     // Nothing else: the failed login and the second (empty) logout are not session changes.
-    assert!(tokio::time::timeout(Duration::from_millis(300), watch.message()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), watch.message())
+            .await
+            .is_err()
+    );
     assert!(client.session().await.unwrap().is_none());
 }
 
@@ -121,10 +183,19 @@ async fn health_and_reflection_on_both_listeners() {
 
     let daemon = Daemon::start();
     let unix = tillgate_client::connect_unix(&daemon.socket).await.unwrap();
-    let tcp = tonic::transport::Endpoint::from_shared(daemon.sync_addr.clone()).unwrap().connect().await.unwrap();
-    for (channel, service) in [(unix.clone(), "tillgate.v1.Login"), (tcp.clone(), "tillgate.v1.Sync")] {
+    let tcp = tonic::transport::Endpoint::from_shared(daemon.sync_addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for (channel, service) in [
+        (unix.clone(), "tillgate.v1.Login"),
+        (tcp.clone(), "tillgate.v1.Sync"),
+    ] {
         let response = HealthClient::new(channel.clone())
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -134,39 +205,73 @@ async fn health_and_reflection_on_both_listeners() {
             host: String::new(),
             message_request: Some(V1Request::ListServices(String::new())),
         };
-        let mut stream = V1::new(channel.clone()).server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
-        let Some(V1Response::ListServicesResponse(list)) = stream.message().await.unwrap().unwrap().message_response else {
+        let mut stream = V1::new(channel.clone())
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(V1Response::ListServicesResponse(list)) =
+            stream.message().await.unwrap().unwrap().message_response
+        else {
             panic!("v1 reflection: no service list");
         };
-        assert!(list.service.iter().any(|s| s.name == service), "v1 lists {service}");
+        assert!(
+            list.service.iter().any(|s| s.name == service),
+            "v1 lists {service}"
+        );
 
         let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
             host: String::new(),
             message_request: Some(AlphaRequest::ListServices(String::new())),
         };
-        let mut stream = V1Alpha::new(channel).server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
-        let Some(AlphaResponse::ListServicesResponse(list)) = stream.message().await.unwrap().unwrap().message_response else {
+        let mut stream = V1Alpha::new(channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(AlphaResponse::ListServicesResponse(list)) =
+            stream.message().await.unwrap().unwrap().message_response
+        else {
             panic!("v1alpha reflection: no service list");
         };
-        assert!(list.service.iter().any(|s| s.name == service), "v1alpha lists {service}");
+        assert!(
+            list.service.iter().any(|s| s.name == service),
+            "v1alpha lists {service}"
+        );
     }
 }
 
 #[tokio::test]
 async fn socket_mode_and_peer_allow_list() {
     let daemon = Daemon::start();
-    let mode = std::fs::metadata(&daemon.socket).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o660);
 
     let uid = nix::unistd::geteuid().as_raw();
-    let refused = Daemon::start_with("", &format!("[login_socket]\nallow_uids = [{}]\n", uid + 4242));
+    let refused = Daemon::start_with(
+        "",
+        &format!("[login_socket]\nallow_uids = [{}]\n", uid + 4242),
+    );
     let result = async {
         let mut client = TillClient::connect(&refused.socket).await?;
         client.status().await
     };
-    let outcome = tokio::time::timeout(Duration::from_secs(10), result).await.expect("refusal is prompt");
-    assert!(outcome.is_err(), "a peer outside the allow-list must not be served");
-    assert!(refused.log_text().contains("login socket peer refused"), "{}", refused.log_text());
+    let outcome = tokio::time::timeout(Duration::from_secs(10), result)
+        .await
+        .expect("refusal is prompt");
+    assert!(
+        outcome.is_err(),
+        "a peer outside the allow-list must not be served"
+    );
+    assert!(
+        refused.log_text().contains("login socket peer refused"),
+        "{}",
+        refused.log_text()
+    );
 
     let allowed = Daemon::start_with("", &format!("[login_socket]\nallow_uids = [{uid}]\n"));
     assert!(allowed.client().await.status().await.is_ok());
@@ -180,7 +285,11 @@ async fn admin_calls_need_an_admin_uid() {
     }
     let daemon = Daemon::start_with("", "[login_socket]\nmode = \"0666\"\n");
     std::fs::set_permissions(&daemon.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(daemon.dir.join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        daemon.dir.join("run"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     let run_as_nobody = |args: &[&str]| {
         Command::new(bin("tillctl"))
             .args(args)
@@ -197,7 +306,11 @@ async fn admin_calls_need_an_admin_uid() {
     assert!(stderr.contains("PERMISSION_DENIED"), "{stderr}");
     // The same peer may use the Login API.
     let output = run_as_nobody(&["status"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(daemon.log_text().contains("admin call refused"));
 }
 
@@ -213,12 +326,19 @@ async fn sync_over_mutual_tls() {
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf = |name: &str| {
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
         (cert.pem().into_bytes(), key.serialize_pem().into_bytes())
     };
     let (server_cert, server_key) = leaf("localhost");
     let (client_cert, client_key) = leaf("central");
-    for (name, bytes) in [("ca.pem", ca_cert.pem().into_bytes()), ("server.pem", server_cert), ("server.key", server_key)] {
+    for (name, bytes) in [
+        ("ca.pem", ca_cert.pem().into_bytes()),
+        ("server.pem", server_cert),
+        ("server.key", server_key),
+    ] {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
     let tls = format!(
@@ -227,34 +347,59 @@ async fn sync_over_mutual_tls() {
         dir.join("server.key").display(),
         dir.join("ca.pem").display()
     );
-    std::fs::write(dir.join("tillgated.toml"), config_text(dir, "", "").replace("[log]", &format!("{tls}\n[log]"))).unwrap();
+    std::fs::write(
+        dir.join("tillgated.toml"),
+        config_text(dir, "", "").replace("[log]", &format!("{tls}\n[log]")),
+    )
+    .unwrap();
     let daemon = Daemon::spawn(dir);
     assert!(daemon.client().await.status().await.unwrap().sync_tls);
-    let token = daemon.client().await.create_token("central").await.unwrap().token;
+    let token = daemon
+        .client()
+        .await
+        .create_token("central")
+        .await
+        .unwrap()
+        .token;
     let addr = daemon.sync_addr.replace("http://", "https://");
     let tls_settings = |identity| SyncTls {
         ca_pem: Some(ca_cert.pem().into_bytes()),
         domain: Some("localhost".into()),
         identity,
     };
-    let mut sync = TillSyncClient::connect(&addr, Some(&token), Some(tls_settings(Some((client_cert, client_key)))))
-        .await
-        .unwrap();
+    let mut sync = TillSyncClient::connect(
+        &addr,
+        Some(&token),
+        Some(tls_settings(Some((client_cert, client_key)))),
+    )
+    .await
+    .unwrap();
     sync.apply_snapshot(small_snapshot()).await.unwrap();
     assert_eq!(sync.state().await.unwrap().users, 2);
 
     // Without a client certificate the handshake or the first call fails.
     let without = async {
-        let mut sync = TillSyncClient::connect(&addr, Some(&token), Some(tls_settings(None))).await?;
+        let mut sync =
+            TillSyncClient::connect(&addr, Some(&token), Some(tls_settings(None))).await?;
         sync.state().await
     };
     assert!(without.await.is_err());
     // Plain text is not served on a TLS listener.
     let plain = async { daemon.sync(Some(&token)).await.state().await };
-    assert!(tokio::time::timeout(Duration::from_secs(10), plain).await.map(|r| r.is_err()).unwrap_or(true));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), plain)
+            .await
+            .map(|r| r.is_err())
+            .unwrap_or(true)
+    );
 }
 
-fn tillctl(daemon: &Daemon, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+fn tillctl(
+    daemon: &Daemon,
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
     let mut child = Command::new(bin("tillctl"))
         .args(args)
         .env("TILLGATE_SOCKET", &daemon.socket)
@@ -266,7 +411,12 @@ fn tillctl(daemon: &Daemon, args: &[&str], stdin: &str, env: &[(&str, &str)]) ->
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     (
         output.status.success(),
@@ -294,15 +444,28 @@ async fn tillctl_push_login_and_secrets_stay_out_of_logs_and_disk() {
     let (ok, token, err) = tillctl(&daemon, &["token", "create", "central"], "", &[]);
     assert!(ok, "{err}");
     let token = token.trim().to_owned();
-    let (ok, _, err) = tillctl(&daemon, &["push", "snapshot", export.to_str().unwrap()], "", &[]);
+    let (ok, _, err) = tillctl(
+        &daemon,
+        &["push", "snapshot", export.to_str().unwrap()],
+        "",
+        &[],
+    );
     assert!(!ok && err.contains("UNAUTHENTICATED"), "{err}");
-    let (ok, out, err) = tillctl(&daemon, &["push", "snapshot", export.to_str().unwrap()], "", &[("TILLGATE_TOKEN", &token)]);
+    let (ok, out, err) = tillctl(
+        &daemon,
+        &["push", "snapshot", export.to_str().unwrap()],
+        "",
+        &[("TILLGATE_TOKEN", &token)],
+    );
     assert!(ok, "{err}");
     assert!(out.contains("applied at 1:1 (1 users, 1 roles)"), "{out}");
 
     let (ok, out, err) = tillctl(&daemon, &["login", "--pin"], "4821\n", &[]);
     assert!(ok, "{err}");
-    assert!(out.contains("amy (Amy Test)") || out.contains("amy (Amy"), "{out}");
+    assert!(
+        out.contains("amy (Amy Test)") || out.contains("amy (Amy"),
+        "{out}"
+    );
     let (ok, out, _) = tillctl(&daemon, &["can", "drawer.open"], "", &[]);
     assert!(!ok && out.contains("denied"), "{out}");
     let (ok, out, _) = tillctl(&daemon, &["can", "sale.create"], "", &[]);
@@ -320,12 +483,18 @@ async fn tillctl_push_login_and_secrets_stay_out_of_logs_and_disk() {
 
     // No PIN, key id or token in the debug-level log or in any file of the state directory.
     let log = daemon.log_text();
-    assert!(log.contains("login accepted"), "the log is at debug level and saw the logins");
+    assert!(
+        log.contains("login accepted"),
+        "the log is at debug level and saw the logins"
+    );
     for secret in ["4821", "K-77EE3129", token.as_str()] {
         assert!(!log.contains(secret), "{secret:?} leaked into the log");
         for entry in std::fs::read_dir(daemon.state_dir()).unwrap() {
             let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret:?} on disk");
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret:?} on disk"
+            );
         }
     }
 }
@@ -343,25 +512,39 @@ async fn demo_mode_serves_the_built_in_account() {
     let socket = temp.path().join("demo/run/login.sock");
     let mut ready = false;
     for _ in 0..300 {
-        if socket.exists() {
-            if let Ok(mut client) = TillClient::connect(&socket).await {
-                if client.status().await.is_ok() {
-                    ready = true;
-                    break;
-                }
-            }
+        if socket.exists()
+            && let Ok(mut client) = TillClient::connect(&socket).await
+            && client.status().await.is_ok()
+        {
+            ready = true;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ready, "demo daemon did not come up");
     let mut client = TillClient::connect(&socket).await.unwrap();
-    assert_eq!(client.login_with_pin("1234").await.unwrap().user.unwrap().id, "u-anna");
+    assert_eq!(
+        client
+            .login_with_pin("1234")
+            .await
+            .unwrap()
+            .user
+            .unwrap()
+            .id,
+        "u-anna"
+    );
     let carla = client.login_with_pin("2468").await.unwrap();
     assert!(!carla.permissions.contains(&"drawer.open".to_owned()));
     assert_eq!(code(client.login_with_pin("1357").await).1, "user inactive");
-    assert_eq!(code(client.login_with_pin("8642").await).1, "no access to this Sales Point");
+    assert_eq!(
+        code(client.login_with_pin("8642").await).1,
+        "no access to this Sales Point"
+    );
     let _ = child.kill();
     let output = child.wait_with_output().unwrap();
     let guide = String::from_utf8_lossy(&output.stdout);
-    assert!(guide.contains("login socket:") && guide.contains("2468"), "{guide}");
+    assert!(
+        guide.contains("login socket:") && guide.contains("2468"),
+        "{guide}"
+    );
 }

@@ -30,7 +30,11 @@ async fn rule1_shared_pin_first_by_ordinal_then_id() {
     let session = client.login_with_pin("1111").await.unwrap();
     assert_eq!(session.user.unwrap().id, "bob", "lowest ordinal wins");
     let session = client.login_with_pin("2222").await.unwrap();
-    assert_eq!(session.user.unwrap().id, "abe", "equal ordinals: lowest id wins");
+    assert_eq!(
+        session.user.unwrap().id,
+        "abe",
+        "equal ordinals: lowest id wins"
+    );
 }
 
 #[tokio::test]
@@ -63,9 +67,14 @@ async fn rule2_only_ineligible_matches_give_the_first_users_reason() {
     elsewhere_late["sales_points"] = json!(["sp-other"]);
     let mut elsewhere = user("erik", 1, Some("8642"));
     elsewhere["sales_points"] = json!(["sp-other"]);
-    sync.apply_snapshot(snapshot(1, 1, vec![cashier()], vec![inactive, elsewhere_late, elsewhere]))
-        .await
-        .unwrap();
+    sync.apply_snapshot(snapshot(
+        1,
+        1,
+        vec![cashier()],
+        vec![inactive, elsewhere_late, elsewhere],
+    ))
+    .await
+    .unwrap();
     let mut client = daemon.client().await;
     assert_eq!(
         code(client.login_with_pin("1357").await),
@@ -73,18 +82,29 @@ async fn rule2_only_ineligible_matches_give_the_first_users_reason() {
     );
     assert_eq!(
         code(client.login_with_pin("8642").await),
-        (Code::PermissionDenied, "no access to this Sales Point".into())
+        (
+            Code::PermissionDenied,
+            "no access to this Sales Point".into()
+        )
     );
-    assert!(client.session().await.unwrap().is_none(), "a refusal never opens a session");
+    assert!(
+        client.session().await.unwrap().is_none(),
+        "a refusal never opens a session"
+    );
 }
 
 #[tokio::test]
 async fn rule3_no_match_says_nothing_about_users() {
     let daemon = Daemon::start();
     let mut sync = daemon.authorized_sync().await;
-    sync.apply_snapshot(snapshot(1, 1, vec![cashier()], vec![user("amy", 1, Some("1234"))]))
-        .await
-        .unwrap();
+    sync.apply_snapshot(snapshot(
+        1,
+        1,
+        vec![cashier()],
+        vec![user("amy", 1, Some("1234"))],
+    ))
+    .await
+    .unwrap();
     let (code_, message) = code(daemon.client().await.login_with_pin("9999").await);
     assert_eq!(code_, Code::Unauthenticated);
     assert!(!message.contains("amy"), "{message}");
@@ -124,21 +144,41 @@ async fn rule4_denial_beats_permission_and_scoped_roles_apply_only_at_their_sale
     let answer = client.check_permission("drawer.open").await.unwrap();
     assert!(!answer.granted);
     assert_eq!(answer.user_id, "carla");
-    assert!(client.check_permission("sale.create").await.unwrap().granted);
+    assert!(
+        client
+            .check_permission("sale.create")
+            .await
+            .unwrap()
+            .granted
+    );
 
     let session = client.login_with_pin("5555").await.unwrap();
-    assert_eq!(session.permissions, vec!["drawer.open", "sale.create", "sale.void"]);
+    assert_eq!(
+        session.permissions,
+        vec!["drawer.open", "sale.create", "sale.void"]
+    );
     assert_eq!(session.role_ids, vec!["cashier", "supervisor"]);
-    assert!(!client.check_permission("refund.create").await.unwrap().granted);
+    assert!(
+        !client
+            .check_permission("refund.create")
+            .await
+            .unwrap()
+            .granted
+    );
 }
 
 #[tokio::test]
 async fn rule5_reactivation_makes_the_old_pin_work_again() {
     let daemon = Daemon::start();
     let mut sync = daemon.authorized_sync().await;
-    sync.apply_snapshot(snapshot(1, 1, vec![cashier()], vec![user("dora", 1, Some("1357"))]))
-        .await
-        .unwrap();
+    sync.apply_snapshot(snapshot(
+        1,
+        1,
+        vec![cashier()],
+        vec![user("dora", 1, Some("1357"))],
+    ))
+    .await
+    .unwrap();
     let mut client = daemon.client().await;
     client.login_with_pin("1357").await.unwrap();
 
@@ -148,12 +188,22 @@ async fn rule5_reactivation_makes_the_old_pin_work_again() {
     sync.apply_changes(changes((1, 1), 2, vec![], vec![inactive], &[], &[]))
         .await
         .unwrap();
-    assert_eq!(code(client.login_with_pin("1357").await).0, Code::PermissionDenied);
+    assert_eq!(
+        code(client.login_with_pin("1357").await).0,
+        Code::PermissionDenied
+    );
 
     // ... and reactivating makes it work at once.
-    sync.apply_changes(changes((1, 2), 3, vec![], vec![user("dora", 1, Some("1357"))], &[], &[]))
-        .await
-        .unwrap();
+    sync.apply_changes(changes(
+        (1, 2),
+        3,
+        vec![],
+        vec![user("dora", 1, Some("1357"))],
+        &[],
+        &[],
+    ))
+    .await
+    .unwrap();
     let session = client.login_with_pin("1357").await.unwrap();
     assert_eq!(session.user.unwrap().id, "dora");
 }
@@ -172,10 +222,25 @@ async fn key_login_uses_the_same_rules() {
     let mut client = daemon.client().await;
     let session = client.login_with_key("01A1B2C3D4E5F6C8").await.unwrap();
     assert_eq!(session.user.unwrap().id, "max");
-    assert_eq!(session.method, tillgate_client::proto::LoginMethod::Key as i32);
-    assert_eq!(client.login_with_key("SPARE-KEY").await.unwrap().user.unwrap().id, "max");
+    assert_eq!(
+        session.method,
+        tillgate_client::proto::LoginMethod::Key as i32
+    );
+    assert_eq!(
+        client
+            .login_with_key("SPARE-KEY")
+            .await
+            .unwrap()
+            .user
+            .unwrap()
+            .id,
+        "max"
+    );
     // A key id is not a PIN.
-    assert_eq!(code(client.login_with_pin("01A1B2C3D4E5F6C8").await).0, Code::Unauthenticated);
+    assert_eq!(
+        code(client.login_with_pin("01A1B2C3D4E5F6C8").await).0,
+        Code::Unauthenticated
+    );
 }
 
 #[tokio::test]
@@ -188,15 +253,41 @@ async fn sub_terminal_access() {
     let mut other_sub = user("other", 1, Some("2222"));
     other_sub["sales_points"] = json!([]);
     other_sub["sub_terminals"] = json!(["sp-main-3"]);
-    sync.apply_snapshot(snapshot(1, 1, vec![cashier()], vec![sub_only, other_sub, user("whole", 2, Some("3333"))]))
-        .await
-        .unwrap();
+    sync.apply_snapshot(snapshot(
+        1,
+        1,
+        vec![cashier()],
+        vec![sub_only, other_sub, user("whole", 2, Some("3333"))],
+    ))
+    .await
+    .unwrap();
     let mut client = daemon.client().await;
-    assert_eq!(client.login_with_pin("1111").await.unwrap().user.unwrap().id, "sub");
-    assert_eq!(client.login_with_pin("3333").await.unwrap().user.unwrap().id, "whole");
+    assert_eq!(
+        client
+            .login_with_pin("1111")
+            .await
+            .unwrap()
+            .user
+            .unwrap()
+            .id,
+        "sub"
+    );
+    assert_eq!(
+        client
+            .login_with_pin("3333")
+            .await
+            .unwrap()
+            .user
+            .unwrap()
+            .id,
+        "whole"
+    );
     assert_eq!(
         code(client.login_with_pin("2222").await),
-        (Code::PermissionDenied, "no access to this Sales Point".into())
+        (
+            Code::PermissionDenied,
+            "no access to this Sales Point".into()
+        )
     );
     assert_eq!(client.status().await.unwrap().users_at_terminal, 2);
 }
@@ -206,6 +297,12 @@ async fn empty_replica_refuses_logins_as_unavailable() {
     let daemon = Daemon::start();
     let (c, message) = code(daemon.client().await.login_with_pin("1234").await);
     assert_eq!((c, message.as_str()), (Code::Unavailable, "no replica yet"));
-    assert_eq!(daemon.client().await.status().await.unwrap().replica_status, "needs snapshot");
-    assert_eq!(code(daemon.client().await.login_with_pin("").await).0, Code::InvalidArgument);
+    assert_eq!(
+        daemon.client().await.status().await.unwrap().replica_status,
+        "needs snapshot"
+    );
+    assert_eq!(
+        code(daemon.client().await.login_with_pin("").await).0,
+        Code::InvalidArgument
+    );
 }

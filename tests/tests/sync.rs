@@ -40,20 +40,42 @@ async fn delta_apply_replay_and_gap() {
     let state = sync.state().await.unwrap();
     assert_eq!(state.status, "needs snapshot");
     assert_eq!(
-        status_cursor(sync.apply_changes(changes((0, 0), 1, vec![], vec![], &[], &[])).await),
+        status_cursor(
+            sync.apply_changes(changes((0, 0), 1, vec![], vec![], &[], &[]))
+                .await
+        ),
         (Code::FailedPrecondition, Some((0, 0))),
         "an empty replica needs a snapshot first"
     );
     sync.apply_snapshot(base_snapshot()).await.unwrap();
     assert_eq!(cursor(&mut sync).await, (7, 10));
 
-    let batch = changes((7, 10), 11, vec![], vec![user("cid", 3, Some("3333"))], &["bob"], &[]);
+    let batch = changes(
+        (7, 10),
+        11,
+        vec![],
+        vec![user("cid", 3, Some("3333"))],
+        &["bob"],
+        &[],
+    );
     let result = sync.apply_changes(batch.clone()).await.unwrap();
     assert!(result.applied);
     assert_eq!((result.users, result.cursor.unwrap().revision), (2, 11));
     let mut client = daemon.client().await;
-    assert_eq!(client.login_with_pin("3333").await.unwrap().user.unwrap().id, "cid");
-    assert_eq!(code(client.login_with_pin("2222").await).0, Code::Unauthenticated);
+    assert_eq!(
+        client
+            .login_with_pin("3333")
+            .await
+            .unwrap()
+            .user
+            .unwrap()
+            .id,
+        "cid"
+    );
+    assert_eq!(
+        code(client.login_with_pin("2222").await).0,
+        Code::Unauthenticated
+    );
 
     // Replaying the same batch is an idempotent success that changes nothing.
     let replay = sync.apply_changes(batch).await.unwrap();
@@ -61,22 +83,59 @@ async fn delta_apply_replay_and_gap() {
     assert_eq!(replay.cursor.unwrap().revision, 11);
 
     // A gap (base 12, replica at 11) is refused with the current cursor.
-    let gap = changes((7, 12), 13, vec![], vec![user("dan", 4, Some("4444"))], &[], &[]);
-    assert_eq!(status_cursor(sync.apply_changes(gap).await), (Code::FailedPrecondition, Some((7, 11))));
+    let gap = changes(
+        (7, 12),
+        13,
+        vec![],
+        vec![user("dan", 4, Some("4444"))],
+        &[],
+        &[],
+    );
+    assert_eq!(
+        status_cursor(sync.apply_changes(gap).await),
+        (Code::FailedPrecondition, Some((7, 11)))
+    );
     // Another epoch too.
     let other_epoch = changes((8, 11), 12, vec![], vec![], &[], &[]);
-    assert_eq!(status_cursor(sync.apply_changes(other_epoch).await), (Code::FailedPrecondition, Some((7, 11))));
-    assert_eq!(code(client.login_with_pin("4444").await).0, Code::Unauthenticated);
+    assert_eq!(
+        status_cursor(sync.apply_changes(other_epoch).await),
+        (Code::FailedPrecondition, Some((7, 11)))
+    );
+    assert_eq!(
+        code(client.login_with_pin("4444").await).0,
+        Code::Unauthenticated
+    );
     assert_eq!(cursor(&mut sync).await, (7, 11));
 
     // A stale snapshot from the same epoch is refused; a new epoch replaces everything.
-    assert_eq!(status_cursor(sync.apply_snapshot(snapshot(7, 9, vec![], vec![])).await).0, Code::FailedPrecondition);
-    sync.apply_snapshot(snapshot(9, 1, vec![role("cashier", &[], &[])], vec![user("eve", 1, Some("5555"))]))
-        .await
-        .unwrap();
+    assert_eq!(
+        status_cursor(sync.apply_snapshot(snapshot(7, 9, vec![], vec![])).await).0,
+        Code::FailedPrecondition
+    );
+    sync.apply_snapshot(snapshot(
+        9,
+        1,
+        vec![role("cashier", &[], &[])],
+        vec![user("eve", 1, Some("5555"))],
+    ))
+    .await
+    .unwrap();
     assert_eq!(cursor(&mut sync).await, (9, 1));
-    assert_eq!(code(client.login_with_pin("3333").await).0, Code::Unauthenticated, "users not in the snapshot are removed");
-    assert_eq!(client.login_with_pin("5555").await.unwrap().user.unwrap().id, "eve");
+    assert_eq!(
+        code(client.login_with_pin("3333").await).0,
+        Code::Unauthenticated,
+        "users not in the snapshot are removed"
+    );
+    assert_eq!(
+        client
+            .login_with_pin("5555")
+            .await
+            .unwrap()
+            .user
+            .unwrap()
+            .id,
+        "eve"
+    );
 }
 
 #[tokio::test]
@@ -84,7 +143,12 @@ async fn aborted_snapshot_stream_leaves_the_replica_unchanged() {
     let daemon = Daemon::start();
     let mut sync = daemon.authorized_sync().await;
     sync.apply_snapshot(base_snapshot()).await.unwrap();
-    let replacement = snapshot(8, 1, vec![role("cashier", &[], &[])], vec![user("zed", 1, Some("9999"))]);
+    let replacement = snapshot(
+        8,
+        1,
+        vec![role("cashier", &[], &[])],
+        vec![user("zed", 1, Some("9999"))],
+    );
 
     // 1. The stream ends without a chunk marked final.
     let mut chunks = tillgate_client::snapshot_chunks(replacement.clone(), 1);
@@ -96,15 +160,31 @@ async fn aborted_snapshot_stream_leaves_the_replica_unchanged() {
     let first = tillgate_client::snapshot_chunks(replacement, 1).remove(0);
     let stalled = futures::stream::iter(vec![first]).chain(futures::stream::pending());
     let mut sync2 = daemon.authorized_sync_named("central-2").await;
-    let attempt = tokio::time::timeout(Duration::from_millis(500), sync2.apply_snapshot_stream(stalled)).await;
+    let attempt = tokio::time::timeout(
+        Duration::from_millis(500),
+        sync2.apply_snapshot_stream(stalled),
+    )
+    .await;
     assert!(attempt.is_err(), "the stalled stream cannot complete");
     drop(sync2);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     assert_eq!(cursor(&mut sync).await, (7, 10));
     let mut client = daemon.client().await;
-    assert_eq!(client.login_with_pin("1111").await.unwrap().user.unwrap().id, "amy");
-    assert_eq!(code(client.login_with_pin("9999").await).0, Code::Unauthenticated);
+    assert_eq!(
+        client
+            .login_with_pin("1111")
+            .await
+            .unwrap()
+            .user
+            .unwrap()
+            .id,
+        "amy"
+    );
+    assert_eq!(
+        code(client.login_with_pin("9999").await).0,
+        Code::Unauthenticated
+    );
 }
 
 use futures::StreamExt;
@@ -117,53 +197,151 @@ async fn invalid_records_are_rejected_by_name_with_nothing_applied() {
     let mut client = daemon.client().await;
 
     // A malformed PHC string in the last user of a snapshot.
-    let mut bad = snapshot(7, 20, vec![role("cashier", &[], &[])], vec![user("new", 1, Some("7777")), user("broken", 2, Some("8888"))]);
-    bad.users[1].pin = Some(pb::Credential { phc: "$argon2id$v=19$nonsense".into() });
+    let mut bad = snapshot(
+        7,
+        20,
+        vec![role("cashier", &[], &[])],
+        vec![
+            user("new", 1, Some("7777")),
+            user("broken", 2, Some("8888")),
+        ],
+    );
+    bad.users[1].pin = Some(pb::Credential {
+        phc: "$argon2id$v=19$nonsense".into(),
+    });
     let (c, message) = code(sync.apply_snapshot(bad).await);
     assert_eq!(c, Code::InvalidArgument);
-    assert!(message.starts_with("user \"broken\": pin credential: "), "{message}");
+    assert!(
+        message.starts_with("user \"broken\": pin credential: "),
+        "{message}"
+    );
 
     // Duplicate ids, unknown role, empty id.
-    let (c, message) = code(sync.apply_snapshot(snapshot(7, 20, vec![role("cashier", &[], &[])], vec![user("dup", 1, None), user("dup", 2, None)])).await);
-    assert_eq!((c, message.as_str()), (Code::InvalidArgument, "user \"dup\" appears more than once"));
+    let (c, message) = code(
+        sync.apply_snapshot(snapshot(
+            7,
+            20,
+            vec![role("cashier", &[], &[])],
+            vec![user("dup", 1, None), user("dup", 2, None)],
+        ))
+        .await,
+    );
+    assert_eq!(
+        (c, message.as_str()),
+        (Code::InvalidArgument, "user \"dup\" appears more than once")
+    );
     let mut ghost = user("ghost-holder", 1, Some("6666"));
     ghost["roles"] = json!([{ "role": "ghost" }]);
-    let (c, message) = code(sync.apply_changes(changes((7, 10), 11, vec![], vec![user("fine", 5, Some("5555")), ghost], &["amy"], &[])).await);
-    assert_eq!((c, message.as_str()), (Code::InvalidArgument, "user \"ghost-holder\": role assignment names unknown role \"ghost\""));
-    let (c, message) = code(sync.apply_changes(changes((7, 10), 11, vec![], vec![user("", 5, None)], &[], &[])).await);
-    assert_eq!((c, message.as_str()), (Code::InvalidArgument, "user[0]: id is empty"));
+    let (c, message) = code(
+        sync.apply_changes(changes(
+            (7, 10),
+            11,
+            vec![],
+            vec![user("fine", 5, Some("5555")), ghost],
+            &["amy"],
+            &[],
+        ))
+        .await,
+    );
+    assert_eq!(
+        (c, message.as_str()),
+        (
+            Code::InvalidArgument,
+            "user \"ghost-holder\": role assignment names unknown role \"ghost\""
+        )
+    );
+    let (c, message) = code(
+        sync.apply_changes(changes(
+            (7, 10),
+            11,
+            vec![],
+            vec![user("", 5, None)],
+            &[],
+            &[],
+        ))
+        .await,
+    );
+    assert_eq!(
+        (c, message.as_str()),
+        (Code::InvalidArgument, "user[0]: id is empty")
+    );
     // Deleting a role a remaining user holds.
-    let (c, message) = code(sync.apply_changes(changes((7, 10), 11, vec![], vec![], &[], &["cashier"])).await);
+    let (c, message) = code(
+        sync.apply_changes(changes((7, 10), 11, vec![], vec![], &[], &["cashier"]))
+            .await,
+    );
     assert_eq!(c, Code::InvalidArgument);
-    assert!(message.contains("role \"cashier\" cannot be deleted"), "{message}");
+    assert!(
+        message.contains("role \"cashier\" cannot be deleted"),
+        "{message}"
+    );
 
     // Nothing of any of them was applied.
     assert_eq!(cursor(&mut sync).await, (7, 10));
-    assert_eq!(client.login_with_pin("1111").await.unwrap().user.unwrap().id, "amy");
-    assert_eq!(code(client.login_with_pin("5555").await).0, Code::Unauthenticated);
-    assert_eq!(code(client.login_with_pin("7777").await).0, Code::Unauthenticated);
+    assert_eq!(
+        client
+            .login_with_pin("1111")
+            .await
+            .unwrap()
+            .user
+            .unwrap()
+            .id,
+        "amy"
+    );
+    assert_eq!(
+        code(client.login_with_pin("5555").await).0,
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        code(client.login_with_pin("7777").await).0,
+        Code::Unauthenticated
+    );
 }
 
 #[tokio::test]
 async fn missing_wrong_and_revoked_tokens_are_refused() {
     let daemon = Daemon::start();
     let (c, message) = code(daemon.sync(None).await.state().await);
-    assert_eq!((c, message.as_str()), (Code::Unauthenticated, "missing authorization: Bearer <token>"));
+    assert_eq!(
+        (c, message.as_str()),
+        (
+            Code::Unauthenticated,
+            "missing authorization: Bearer <token>"
+        )
+    );
     let wrong = "tgs_thisisnotavalidtokenatallxxxxxxxxxxxxxxx";
     let (c, _) = code(daemon.sync(Some(wrong)).await.state().await);
     assert_eq!(c, Code::Unauthenticated);
 
     let mut admin = daemon.client().await;
     let token = admin.create_token("central").await.unwrap().token;
-    assert_eq!(code(admin.create_token("central").await).0, Code::AlreadyExists);
-    assert_eq!(code(admin.create_token("bad name").await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(admin.create_token("central").await).0,
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(admin.create_token("bad name").await).0,
+        Code::InvalidArgument
+    );
     assert!(daemon.sync(Some(&token)).await.state().await.is_ok());
-    let names: Vec<_> = admin.list_tokens().await.unwrap().into_iter().map(|t| t.name).collect();
+    let names: Vec<_> = admin
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
     assert_eq!(names, vec!["central"]);
     assert!(admin.revoke_token("central").await.unwrap());
-    assert_eq!(code(daemon.sync(Some(&token)).await.state().await).0, Code::Unauthenticated);
+    assert_eq!(
+        code(daemon.sync(Some(&token)).await.state().await).0,
+        Code::Unauthenticated
+    );
 
     let log = daemon.log_text();
     assert!(log.contains("sync call rejected: invalid token"));
-    assert!(!log.contains(&token) && !log.contains(wrong), "tokens never reach the log");
+    assert!(
+        !log.contains(&token) && !log.contains(wrong),
+        "tokens never reach the log"
+    );
 }

@@ -25,12 +25,14 @@ impl tonic::service::Interceptor for BearerCheck {
             .unwrap_or_else(|| "unknown".into());
         let Some(value) = request.metadata().get("authorization") else {
             tracing::warn!(%peer, "sync call rejected: no authorization header");
-            return Err(Status::unauthenticated("missing authorization: Bearer <token>"));
+            return Err(Status::unauthenticated(
+                "missing authorization: Bearer <token>",
+            ));
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        let token = value.to_str().ok().and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
         let Some(name) = token.and_then(|t| self.tokens.verify(t.trim())) else {
             tracing::warn!(%peer, "sync call rejected: invalid token");
             return Err(Status::unauthenticated("invalid sync token"));

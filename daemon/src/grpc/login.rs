@@ -46,7 +46,9 @@ pub fn peer_label<T>(request: &Request<T>) -> String {
                 "uid={} gid={} pid={}",
                 cred.uid(),
                 cred.gid(),
-                cred.pid().map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+                cred.pid()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "?".into())
             )
         })
         .unwrap_or_else(|| "unknown peer".into())
@@ -72,7 +74,10 @@ impl Login for LoginService {
     ) -> Result<Response<pb::Session>, Status> {
         let source = format!("socket {}", peer_label(&request));
         let key_id = Zeroizing::new(request.into_inner().key_id);
-        let session = self.auth.login(CredentialKind::Key, key_id, &source).await?;
+        let session = self
+            .auth
+            .login(CredentialKind::Key, key_id, &source)
+            .await?;
         Ok(Response::new(session_to_pb(&session)))
     }
 
@@ -83,7 +88,11 @@ impl Login for LoginService {
         let peer = peer_label(&request);
         let ended = self.auth.sessions().logout("logout");
         if let Some(event) = &ended {
-            let user_id = event.previous.as_ref().map(|s| s.user_id.as_str()).unwrap_or("");
+            let user_id = event
+                .previous
+                .as_ref()
+                .map(|s| s.user_id.as_str())
+                .unwrap_or("");
             tracing::info!(%user_id, %peer, "logout");
         }
         Ok(Response::new(pb::LogoutResponse {

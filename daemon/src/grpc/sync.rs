@@ -118,7 +118,9 @@ impl Sync for SyncService {
             ));
         };
         if target.revision == 0 {
-            return Err(Status::invalid_argument(ValidationError::ZeroRevision.to_string()));
+            return Err(Status::invalid_argument(
+                ValidationError::ZeroRevision.to_string(),
+            ));
         }
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
         let summary = tokio::task::spawn_blocking(move || {
@@ -163,9 +165,15 @@ impl Sync for SyncService {
 
 fn log_outcome(what: &str, token: &str, outcome: &Result<ApplySummary, ApplyError>) {
     match outcome {
-        Ok(s) if s.applied => tracing::info!(token, cursor = %s.cursor, users = s.users, roles = s.roles, "{what} applied"),
-        Ok(s) => tracing::info!(token, cursor = %s.cursor, "{what} already applied (replay acknowledged)"),
-        Err(ApplyError::Store(e)) => tracing::error!(token, error = %e, "{what} failed; replica unchanged"),
+        Ok(s) if s.applied => {
+            tracing::info!(token, cursor = %s.cursor, users = s.users, roles = s.roles, "{what} applied")
+        }
+        Ok(s) => {
+            tracing::info!(token, cursor = %s.cursor, "{what} already applied (replay acknowledged)")
+        }
+        Err(ApplyError::Store(e)) => {
+            tracing::error!(token, error = %e, "{what} failed; replica unchanged")
+        }
         Err(e) => tracing::warn!(token, error = %e, "{what} refused; replica unchanged"),
     }
 }

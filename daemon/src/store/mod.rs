@@ -57,7 +57,10 @@ pub enum StoreError {
 pub enum OpenOutcome {
     Opened,
     /// The old file was unusable; it was renamed and an empty replica created.
-    Quarantined { moved_to: PathBuf, reason: String },
+    Quarantined {
+        moved_to: PathBuf,
+        reason: String,
+    },
 }
 
 /// Cursor and sync time as stored.
@@ -88,7 +91,10 @@ impl Replica {
     /// Opens (creating if needed) and migrates the replica. A file that is not a database,
     /// fails `quick_check`, or was written under another terminal key is moved aside and an
     /// empty replica takes its place.
-    pub fn open(path: &Path, key_fingerprint: &[u8; 32]) -> Result<(Replica, OpenOutcome), StoreError> {
+    pub fn open(
+        path: &Path,
+        key_fingerprint: &[u8; 32],
+    ) -> Result<(Replica, OpenOutcome), StoreError> {
         match Self::try_open(path, key_fingerprint)? {
             Ok(replica) => Ok((replica, OpenOutcome::Opened)),
             Err(Damage::Corrupt(reason)) => {
@@ -108,11 +114,19 @@ impl Replica {
         }
     }
 
-    fn try_open(path: &Path, key_fingerprint: &[u8; 32]) -> Result<Result<Replica, Damage>, StoreError> {
+    fn try_open(
+        path: &Path,
+        key_fingerprint: &[u8; 32],
+    ) -> Result<Result<Replica, Damage>, StoreError> {
         let writer = match open_connection(path, true) {
             Ok(conn) => conn,
             Err(e) if is_damage(&e) => return Ok(Err(Damage::Corrupt(e.to_string()))),
-            Err(source) => return Err(StoreError::Open { path: path.to_owned(), source }),
+            Err(source) => {
+                return Err(StoreError::Open {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         };
         let mut writer = writer;
         match check_and_migrate(&mut writer, path, key_fingerprint) {
@@ -162,7 +176,11 @@ impl Replica {
     pub fn touch_last_sync(&self) -> Result<(), StoreError> {
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        set_meta(&tx, "last_sync_at_ms", &unix_millis(SystemTime::now()).to_string())?;
+        set_meta(
+            &tx,
+            "last_sync_at_ms",
+            &unix_millis(SystemTime::now()).to_string(),
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -227,7 +245,11 @@ fn check_and_migrate(
     }
     let fingerprint = hex(key_fingerprint);
     let stored: Option<String> = tx
-        .query_row("SELECT value FROM meta WHERE key = 'key_fingerprint'", [], |row| row.get(0))
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'key_fingerprint'",
+            [],
+            |row| row.get(0),
+        )
         .optional()?;
     match stored {
         Some(stored) if stored != fingerprint => {
@@ -246,7 +268,10 @@ fn check_and_migrate(
 /// Renames the database and its WAL/SHM files to `<name>.corrupt-<timestamp>`.
 fn quarantine(path: &Path) -> Result<PathBuf, StoreError> {
     let stamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let stamp: String = stamp.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let stamp: String = stamp
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
     let moved_to = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
     std::fs::rename(path, &moved_to).map_err(|source| StoreError::Quarantine {
         path: path.to_owned(),
@@ -277,15 +302,18 @@ fn get_meta_u64(conn: &Connection, key: &'static str) -> Result<Option<u64>, Sto
         .query_row([key], |row| row.get(0))
         .optional()?;
     value
-        .map(|v| v.parse::<u64>().map_err(|_| StoreError::BadMeta { key, value: v }))
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| StoreError::BadMeta { key, value: v })
+        })
         .transpose()
 }
 
 pub(crate) fn read_state(conn: &Connection) -> Result<ReplicaState, StoreError> {
     let epoch = get_meta_u64(conn, "epoch")?.unwrap_or(0);
     let revision = get_meta_u64(conn, "revision")?.unwrap_or(0);
-    let last_sync_at = get_meta_u64(conn, "last_sync_at_ms")?
-        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+    let last_sync_at =
+        get_meta_u64(conn, "last_sync_at_ms")?.map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
     Ok(ReplicaState {
         cursor: Cursor { epoch, revision },
         last_sync_at,

@@ -34,7 +34,11 @@ impl Replica {
     /// The distinct (salt, costs) among credentials of `kind`: one argon2 evaluation each per
     /// login attempt (normally one, as central uses one salt per account).
     pub fn hash_schemes(&self, kind: CredentialKind) -> Result<Vec<HashScheme>, StoreError> {
-        let cached = self.schemes.read().map_err(|_| StoreError::Poisoned)?.clone();
+        let cached = self
+            .schemes
+            .read()
+            .map_err(|_| StoreError::Poisoned)?
+            .clone();
         let all = match cached {
             Some(all) => all,
             None => {
@@ -182,9 +186,10 @@ impl Replica {
             .prepare_cached(&format!(
                 "SELECT COUNT(*) FROM users u WHERE u.active = 1 AND {ASSIGNED_HERE}"
             ))?
-            .query_row((&terminal.sales_point_id, &terminal.sub_terminal_id), |row| {
-                row.get(0)
-            })?;
+            .query_row(
+                (&terminal.sales_point_id, &terminal.sub_terminal_id),
+                |row| row.get(0),
+            )?;
         Ok(Counts {
             users: users as u64,
             roles: roles as u64,

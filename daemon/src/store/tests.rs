@@ -1,11 +1,270 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
+use crate::model::{
+    CredentialKind, Effect, HashScheme, RoleAssignment, RolePermission, RoleRecord,
+    StoredCredential, Terminal, UserRecord,
+};
+use crate::validate::{ValidChanges, ValidSnapshot, ValidationError};
+
+const KEY: [u8; 32] = [9; 32];
+
+fn open(dir: &tempfile::TempDir) -> Replica {
+    Replica::open(&dir.path().join("replica.db"), &KEY)
+        .unwrap()
+        .0
+}
+
+fn scheme() -> HashScheme {
+    HashScheme {
+        m_cost: 64,
+        t_cost: 1,
+        p_cost: 1,
+        output_len: 32,
+        salt: b"account-salt".to_vec(),
+    }
+}
+
+fn user(id: &str, ordinal: i64, digest: u8) -> UserRecord {
+    UserRecord {
+        id: id.into(),
+        ordinal,
+        first_name: id.into(),
+        last_name: String::new(),
+        email: String::new(),
+        active: true,
+        credentials: vec![StoredCredential {
+            kind: CredentialKind::Pin,
+            scheme: scheme(),
+            digest: [digest; 32],
+        }],
+        roles: vec![RoleAssignment {
+            role_id: "cashier".into(),
+            sales_point_id: None,
+        }],
+        sales_point_ids: vec!["sp".into()],
+        sub_terminal_ids: vec![],
+    }
+}
+
+fn cashier() -> RoleRecord {
+    RoleRecord {
+        id: "cashier".into(),
+        name: "Cashier".into(),
+        rank: 1,
+        permissions: vec![RolePermission {
+            name: "sale".into(),
+            effect: Effect::Allow,
+        }],
+    }
+}
+
+fn terminal() -> Terminal {
+    Terminal {
+        sales_point_id: "sp".into(),
+        sub_terminal_id: None,
+    }
+}
+
+fn cursor(epoch: u64, revision: u64) -> Cursor {
+    Cursor { epoch, revision }
+}
+
+fn seeded(dir: &tempfile::TempDir) -> Replica {
+    let replica = open(dir);
+    let snapshot = ValidSnapshot {
+        users: vec![user("a", 1, 1), user("b", 2, 1)],
+        roles: vec![cashier()],
+    };
+    replica.apply_snapshot(cursor(1, 5), &snapshot).unwrap();
+    replica
+}
+
+fn no_changes() -> ValidChanges {
+    ValidChanges {
+        upsert_users: vec![],
+        delete_user_ids: vec![],
+        upsert_roles: vec![],
+        delete_role_ids: vec![],
+    }
+}
 
 #[test]
-fn placeholder_opens() {
+fn new_replica_is_empty_and_needs_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let (replica, outcome) = Replica::open(&dir.path().join("r.db"), &[1; 32]).unwrap();
+    let (replica, outcome) = Replica::open(&dir.path().join("r.db"), &KEY).unwrap();
     assert_eq!(outcome, OpenOutcome::Opened);
+    assert!(replica.state().unwrap().cursor.needs_snapshot());
+    let version: i64 = replica
+        .reader()
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, schema::current_version());
+}
+
+#[test]
+fn snapshot_replaces_everything_and_finds_candidates_by_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    let found = replica
+        .candidates(CredentialKind::Pin, &[1; 32], &terminal())
+        .unwrap();
+    assert_eq!(found.len(), 2);
+    assert_eq!(
+        replica.hash_schemes(CredentialKind::Pin).unwrap(),
+        vec![scheme()]
+    );
+    assert!(
+        replica
+            .hash_schemes(CredentialKind::Key)
+            .unwrap()
+            .is_empty()
+    );
+
+    let next = ValidSnapshot {
+        users: vec![user("c", 1, 2)],
+        roles: vec![cashier()],
+    };
+    let summary = replica.apply_snapshot(cursor(2, 1), &next).unwrap();
+    assert_eq!((summary.users, summary.roles), (1, 1));
+    assert!(
+        replica
+            .candidates(CredentialKind::Pin, &[1; 32], &terminal())
+            .unwrap()
+            .is_empty()
+    );
+    let profile = replica.user_profile("c", &terminal()).unwrap().unwrap();
+    assert_eq!(profile.permissions, vec!["sale"]);
+    assert_eq!(replica.user_profile("a", &terminal()).unwrap(), None);
+}
+
+#[test]
+fn changes_need_the_current_base_and_replays_are_no_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    let upsert = || {
+        Ok(ValidChanges {
+            upsert_users: vec![user("c", 3, 3)],
+            ..no_changes()
+        })
+    };
+    let applied = replica
+        .apply_changes(cursor(1, 5), 6, |_| upsert())
+        .unwrap();
+    assert!(applied.applied);
+    assert_eq!(applied.cursor, cursor(1, 6));
+    // Replay: validation is not even consulted.
+    let replay = replica
+        .apply_changes(
+            cursor(1, 5),
+            6,
+            |_| -> Result<ValidChanges, ValidationError> {
+                panic!("a replay must not be validated or applied")
+            },
+        )
+        .unwrap();
+    assert!(!replay.applied);
+    // Gap and another epoch.
+    for (base, new) in [(cursor(1, 7), 8), (cursor(2, 6), 7)] {
+        match replica.apply_changes(base, new, |_| upsert()) {
+            Err(ApplyError::CursorMismatch { current, .. }) => assert_eq!(current, cursor(1, 6)),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_failed_batch_rolls_back_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    // The role delete fails after the user delete and upsert were written in the transaction.
+    let result = replica.apply_changes(cursor(1, 5), 6, |_| {
+        Ok(ValidChanges {
+            delete_user_ids: vec!["a".into()],
+            upsert_users: vec![user("c", 3, 3)],
+            delete_role_ids: vec!["cashier".into()],
+            ..no_changes()
+        })
+    });
+    assert!(matches!(result, Err(ApplyError::RoleInUse { ref user_id, .. }) if user_id == "b"));
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+    assert!(replica.user_profile("a", &terminal()).unwrap().is_some());
+    assert!(replica.user_profile("c", &terminal()).unwrap().is_none());
+    // A validation error: nothing written either.
+    let result = replica.apply_changes(cursor(1, 5), 6, |role_known| {
+        assert!(role_known("cashier") && !role_known("ghost"));
+        Err(ValidationError::DuplicateUser("x".into()))
+    });
+    assert!(matches!(result, Err(ApplyError::Invalid(_))));
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+}
+
+#[test]
+fn stale_snapshot_in_the_same_epoch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    let empty = ValidSnapshot {
+        users: vec![],
+        roles: vec![],
+    };
+    assert!(matches!(
+        replica.apply_snapshot(cursor(1, 4), &empty),
+        Err(ApplyError::StaleSnapshot { .. })
+    ));
+    assert_eq!(replica.counts(&terminal()).unwrap().users, 2);
+}
+
+#[test]
+fn replica_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(seeded(&dir));
+    let replica = open(&dir);
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+    assert_eq!(replica.counts(&terminal()).unwrap().users_at_terminal, 2);
+}
+
+#[test]
+fn garbage_file_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    std::fs::write(&path, vec![0x42; 8192]).unwrap();
+    let (replica, outcome) = Replica::open(&path, &KEY).unwrap();
+    let OpenOutcome::Quarantined { moved_to, .. } = outcome else {
+        panic!("expected quarantine");
+    };
+    assert!(moved_to.exists());
+    assert_eq!(std::fs::read(&moved_to).unwrap(), vec![0x42; 8192]);
+    assert!(replica.state().unwrap().cursor.needs_snapshot());
+}
+
+#[test]
+fn damaged_pages_are_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    let replica = seeded(&dir);
+    replica.checkpoint().unwrap();
+    drop(replica);
+    // Overwrite everything after the header page with noise.
+    let mut bytes = std::fs::read(&path).unwrap();
+    for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+        *b = (i * 31 % 251) as u8;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let (_, outcome) = Replica::open(&path, &KEY).unwrap();
+    assert!(
+        matches!(outcome, OpenOutcome::Quarantined { .. }),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn another_terminal_key_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(seeded(&dir));
+    let (replica, outcome) = Replica::open(&dir.path().join("replica.db"), &[1; 32]).unwrap();
+    assert!(
+        matches!(outcome, OpenOutcome::Quarantined { ref reason, .. } if reason.contains("another terminal key"))
+    );
     assert!(replica.state().unwrap().cursor.needs_snapshot());
 }

@@ -29,7 +29,11 @@ impl Replica {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let inserted = tx.execute(
             "INSERT OR IGNORE INTO sync_tokens (name, digest, created_at) VALUES (?1, ?2, ?3)",
-            (&row.name, row.digest.as_slice(), unix_millis(row.created_at)),
+            (
+                &row.name,
+                row.digest.as_slice(),
+                unix_millis(row.created_at),
+            ),
         )?;
         tx.commit()?;
         Ok(inserted == 1)
@@ -52,10 +56,14 @@ impl Replica {
         let mut out = Vec::new();
         for row in rows {
             let (name, digest, created) = row?;
-            let digest: [u8; 32] = digest.as_slice().try_into().map_err(|_| StoreError::BadMeta {
-                key: "sync_tokens.digest",
-                value: name.clone(),
-            })?;
+            let digest: [u8; 32] =
+                digest
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::BadMeta {
+                        key: "sync_tokens.digest",
+                        value: name.clone(),
+                    })?;
             out.push(TokenRow {
                 name,
                 digest,

@@ -13,7 +13,9 @@ use crate::validate::{ValidChanges, ValidSnapshot, ValidationError};
 pub enum ApplyError {
     #[error(transparent)]
     Invalid(#[from] ValidationError),
-    #[error("replica is at {current}, the batch is based on {base}: send the missing changes or a snapshot")]
+    #[error(
+        "replica is at {current}, the batch is based on {base}: send the missing changes or a snapshot"
+    )]
     CursorMismatch { current: Cursor, base: Cursor },
     #[error("snapshot {target} is older than the replica's {current} in the same epoch")]
     StaleSnapshot { current: Cursor, target: Cursor },
@@ -101,7 +103,11 @@ impl Replica {
             && new_revision <= current.revision
         {
             // Already applied: acknowledge again so central can move on.
-            set_meta(&tx, "last_sync_at_ms", &unix_millis(SystemTime::now()).to_string())?;
+            set_meta(
+                &tx,
+                "last_sync_at_ms",
+                &unix_millis(SystemTime::now()).to_string(),
+            )?;
             let (users, roles) = counts(&tx)?;
             tx.commit()?;
             return Ok(ApplySummary {
@@ -148,7 +154,9 @@ impl Replica {
         }
         for role_id in &changes.delete_role_ids {
             let holder: Option<String> = tx
-                .prepare_cached("SELECT user_id FROM user_roles WHERE role_id = ?1 ORDER BY user_id LIMIT 1")?
+                .prepare_cached(
+                    "SELECT user_id FROM user_roles WHERE role_id = ?1 ORDER BY user_id LIMIT 1",
+                )?
                 .query_row([role_id], |row| row.get(0))
                 .optional()?;
             if let Some(user_id) = holder {
@@ -174,7 +182,11 @@ impl Replica {
 fn finish(tx: Transaction<'_>, cursor: Cursor, applied: bool) -> Result<ApplySummary, ApplyError> {
     set_meta(&tx, "epoch", &cursor.epoch.to_string())?;
     set_meta(&tx, "revision", &cursor.revision.to_string())?;
-    set_meta(&tx, "last_sync_at_ms", &unix_millis(SystemTime::now()).to_string())?;
+    set_meta(
+        &tx,
+        "last_sync_at_ms",
+        &unix_millis(SystemTime::now()).to_string(),
+    )?;
     let (users, roles) = counts(&tx)?;
     tx.commit()?;
     Ok(ApplySummary {
