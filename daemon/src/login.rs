@@ -77,7 +77,7 @@ impl Authenticator {
         secret: Zeroizing<String>,
         source: &str,
     ) -> Result<Session, LoginError> {
-        let outcome = self.login_inner(kind, secret).await;
+        let outcome = self.login_inner(kind, secret, source).await;
         match &outcome {
             Ok(session) => {
                 tracing::info!(user_id = %session.user_id, session_id = %session.session_id, "login accepted")
@@ -96,6 +96,7 @@ impl Authenticator {
         &self,
         kind: CredentialKind,
         secret: Zeroizing<String>,
+        source: &str,
     ) -> Result<Session, LoginError> {
         check_secret(kind, &secret)?;
         let state = self.replica.state()?;
@@ -124,6 +125,7 @@ impl Authenticator {
             role_ids: profile.role_ids,
             permissions: profile.permissions,
             method: kind,
+            source: source.to_owned(),
             started_at: SystemTime::now(),
             replica: state.cursor,
             last_sync_at: state.last_sync_at,

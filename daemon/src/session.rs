@@ -19,6 +19,8 @@ pub struct Session {
     pub role_ids: Vec<String>,
     pub permissions: Vec<String>,
     pub method: CredentialKind,
+    /// Where the credential came from: "socket uid=… gid=… pid=…" or "device <name> (<path>)".
+    pub source: String,
     pub started_at: SystemTime,
     pub replica: Cursor,
     pub last_sync_at: Option<SystemTime>,
@@ -154,6 +156,7 @@ mod tests {
             role_ids: vec![],
             permissions: vec![],
             method: CredentialKind::Pin,
+            source: "test".into(),
             started_at: SystemTime::now(),
             replica: Cursor::EMPTY,
             last_sync_at: None,

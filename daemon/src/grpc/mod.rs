@@ -55,6 +55,7 @@ pub fn session_to_pb(session: &Session) -> pb::Session {
         replica: Some(cursor_to_pb(session.replica)),
         last_sync_at: session.last_sync_at.map(timestamp),
         role_ids: session.role_ids.clone(),
+        source: session.source.clone(),
     }
 }
 
