@@ -27,12 +27,12 @@ pub enum ConfigError {
         source: Box<toml::de::Error>,
     },
     #[error("config key {key}: {problem}")]
-    Invalid { key: &'static str, problem: String },
+    Invalid { key: String, problem: String },
 }
 
-fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         problem: problem.into(),
     }
 }
@@ -51,6 +51,131 @@ pub struct Config {
     pub hashing: HashingConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub input: InputConfig,
+}
+
+/// Hardware input: which evdev devices and serial ports are PIN pads and key readers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Directory of evdev nodes, watched for hot-plug.
+    pub dir: PathBuf,
+    /// Matched in order against every evdev device; the first match decides.
+    pub rules: Vec<DeviceRule>,
+    pub serial: Vec<SerialReaderConfig>,
+    pub pin_pad: PinPadSettings,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            dir: "/dev/input".into(),
+            rules: Vec::new(),
+            serial: Vec::new(),
+            pin_pad: PinPadSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceRole {
+    PinPad,
+    KeyReader,
+}
+
+/// Matches evdev devices; every key given must match, and at least one must be given.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRule {
+    /// Device name, exact or a glob (`*`, `?`, `[…]`).
+    pub name: Option<String>,
+    /// `vvvv:pppp` in hex.
+    pub vendor_product: Option<String>,
+    /// Physical path glob, e.g. `usb-0000:00:14.0-2/input0`.
+    pub phys: Option<String>,
+    pub uniq: Option<String>,
+    /// A `/dev/input/by-id/…` (or by-path) link that must point at the device.
+    pub by_id: Option<PathBuf>,
+    pub role: Option<DeviceRole>,
+    /// Reader profile for key readers (see the README); default `generic-wedge`.
+    pub profile: Option<String>,
+    /// Take the device exclusively (EVIOCGRAB): default true for key readers, false for PIN pads.
+    pub grab: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialFramingConfig {
+    #[default]
+    Line,
+    StxEtx,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ParityConfig {
+    #[default]
+    None,
+    Odd,
+    Even,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SerialReaderConfig {
+    /// Label in logs and `tillctl devices`; defaults to the path.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub path: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    #[serde(default)]
+    pub parity: ParityConfig,
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    #[serde(default)]
+    pub framing: SerialFramingConfig,
+    #[serde(default = "default_profile")]
+    pub profile: String,
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_profile() -> String {
+    "generic-wedge".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PinPadSettings {
+    /// A partial entry is dropped after this long without a key.
+    pub idle_timeout_ms: u64,
+    pub min_len: usize,
+    pub max_len: usize,
+    /// Submit after this many digits without waiting for Enter.
+    pub fixed_len: Option<usize>,
+}
+
+impl Default for PinPadSettings {
+    fn default() -> Self {
+        PinPadSettings {
+            idle_timeout_ms: 10_000,
+            min_len: 4,
+            max_len: 8,
+            fixed_len: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,6 +331,7 @@ pub struct Settings {
     pub max_concurrent_hashes: usize,
     pub cost_limits: CostLimits,
     pub log: LogConfig,
+    pub input: crate::hardware::InputSettings,
 }
 
 impl Settings {
@@ -349,6 +475,7 @@ impl Config {
                 "cost limits must be at least 1",
             ));
         }
+        let input = crate::hardware::InputSettings::from_config(&self.input)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
         }
@@ -376,6 +503,7 @@ impl Config {
                 max_p_cost: self.hashing.max_p_cost,
             },
             log: self.log,
+            input,
         })
     }
 }
