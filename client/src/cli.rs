@@ -278,7 +278,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             } else {
                 let devices = client.list_devices().await?;
                 if devices.is_empty() {
-                    println!("no input devices seen (no [input] rules or serial readers configured, or none present)");
+                    println!(
+                        "no input devices seen (no [input] rules or serial readers configured, or none present)"
+                    );
                 }
                 for device in devices {
                     print_device(&device);
@@ -456,7 +458,14 @@ fn print_device(device: &pb::InputDevice) {
     for link in &device.links {
         println!("    link:    {link}");
     }
-    println!("    rule:    {}", if device.rule.is_empty() { "-" } else { &device.rule });
+    println!(
+        "    rule:    {}",
+        if device.rule.is_empty() {
+            "-"
+        } else {
+            &device.rule
+        }
+    );
     println!("    state:   {state}");
     if !device.error.is_empty() {
         println!("    error:   {}", device.error);
@@ -465,7 +474,11 @@ fn print_device(device: &pb::InputDevice) {
 
 fn print_activity(activity: &pb::InputActivity) {
     let kind = pb::InputActivityKind::try_from(activity.kind)
-        .map(|k| k.as_str_name().trim_start_matches("INPUT_ACTIVITY_KIND_").to_lowercase())
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("INPUT_ACTIVITY_KIND_")
+                .to_lowercase()
+        })
         .unwrap_or_else(|_| "unknown".into());
     println!(
         "{} {} ({}) {kind} {} {}",

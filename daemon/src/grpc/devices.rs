@@ -27,12 +27,21 @@ fn device_to_pb(state: DeviceState) -> pb::InputDevice {
     };
     let is_evdev = state.kind == DeviceKind::Evdev;
     pb::InputDevice {
-        vendor_product: if is_evdev { state.info.vendor_product() } else { String::new() },
+        vendor_product: if is_evdev {
+            state.info.vendor_product()
+        } else {
+            String::new()
+        },
         path: state.info.path.display().to_string(),
         name: state.info.name,
         phys: state.info.phys,
         uniq: state.info.uniq,
-        links: state.info.by_id.iter().map(|p| p.display().to_string()).collect(),
+        links: state
+            .info
+            .by_id
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
         kind: kind.into(),
         rule: state.rule.unwrap_or_default(),
         role: match state.role {

@@ -118,7 +118,12 @@ impl Dispatcher {
             Framed::Key(raw) => {
                 let masked = mask(raw.len());
                 let Some(profile) = profile else {
-                    self.activity(device, ActivityKind::Rejected, masked, "no reader profile".into());
+                    self.activity(
+                        device,
+                        ActivityKind::Rejected,
+                        masked,
+                        "no reader profile".into(),
+                    );
                     return;
                 };
                 match profile.canonical_id(&raw) {
@@ -165,7 +170,13 @@ impl Dispatcher {
         }
     }
 
-    pub fn activity(&self, device: &DeviceLabel, kind: ActivityKind, masked: String, outcome: String) {
+    pub fn activity(
+        &self,
+        device: &DeviceLabel,
+        kind: ActivityKind,
+        masked: String,
+        outcome: String,
+    ) {
         self.registry.publish(InputActivity {
             at: SystemTime::now(),
             device: device.name.clone(),

@@ -12,10 +12,10 @@ use evdev::raw_stream::RawDevice;
 use futures::StreamExt;
 use inotify::{Inotify, WatchMask};
 
+use super::InputSettings;
 use super::dispatch::{DeviceLabel, Dispatcher, Framer};
 use super::matching::{CompiledRule, DeviceInfo, first_match};
 use super::registry::{ActivityKind, DeviceKind, DeviceState};
-use super::InputSettings;
 use crate::config::DeviceRole;
 use crate::input::event::InputEvent;
 use crate::input::pin_pad::PinPad;
@@ -51,7 +51,8 @@ pub async fn run(settings: Arc<InputSettings>, dispatcher: Arc<Dispatcher>) {
                 while let Some(event) = events.next().await {
                     match event {
                         Ok(event) => {
-                            let Some(name) = event.name.as_deref().filter(|n| is_event_node(n)) else {
+                            let Some(name) = event.name.as_deref().filter(|n| is_event_node(n))
+                            else {
                                 continue;
                             };
                             let path = dir.join(name);
@@ -78,9 +79,10 @@ pub async fn run(settings: Arc<InputSettings>, dispatcher: Arc<Dispatcher>) {
 
 fn watch(dir: &Path) -> io::Result<inotify::EventStream<[u8; 4096]>> {
     let inotify = Inotify::init()?;
-    inotify
-        .watches()
-        .add(dir, WatchMask::CREATE | WatchMask::ATTRIB | WatchMask::DELETE)?;
+    inotify.watches().add(
+        dir,
+        WatchMask::CREATE | WatchMask::ATTRIB | WatchMask::DELETE,
+    )?;
     inotify.into_event_stream([0u8; 4096])
 }
 
@@ -114,7 +116,10 @@ fn attach(ctx: &Arc<Context>, path: PathBuf) {
     let ctx = ctx.clone();
     tokio::spawn(async move {
         serve_device(&ctx, &path).await;
-        ctx.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&path);
+        ctx.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&path);
     });
 }
 
@@ -162,7 +167,9 @@ fn links_to(path: &Path, dirs: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 fn now_since_epoch() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 async fn serve_device(ctx: &Context, path: &Path) {
@@ -219,7 +226,12 @@ async fn serve_device(ctx: &Context, path: &Path) {
     state.attached = true;
     registry.upsert(state);
     tracing::info!(device = %label.source, path = %path.display(), rule = %rule.describe(), grabbed = rule.grab, "input device attached");
-    ctx.dispatcher.activity(&label, ActivityKind::Attached, String::new(), rule.describe());
+    ctx.dispatcher.activity(
+        &label,
+        ActivityKind::Attached,
+        String::new(),
+        rule.describe(),
+    );
 
     let reason = loop {
         let deadline = framer.deadline();
@@ -250,7 +262,12 @@ async fn serve_device(ctx: &Context, path: &Path) {
         s.grabbed = false;
         s.error = reason.to_string();
     });
-    ctx.dispatcher.activity(&label, ActivityKind::Detached, String::new(), reason.to_string());
+    ctx.dispatcher.activity(
+        &label,
+        ActivityKind::Detached,
+        String::new(),
+        reason.to_string(),
+    );
 }
 
 async fn sleep_for(wait: Option<Duration>) {
@@ -266,7 +283,8 @@ fn framer_for(rule: &CompiledRule, ctx: &Context) -> Result<(Framer, Option<Prof
             .map(|pad| (Framer::PinPad(pad), None))
             .map_err(|e| e.to_string()),
         DeviceRole::KeyReader => {
-            let profile = builtin(&rule.profile).ok_or_else(|| format!("unknown profile {}", rule.profile))?;
+            let profile = builtin(&rule.profile)
+                .ok_or_else(|| format!("unknown profile {}", rule.profile))?;
             Ok((Framer::KeyReader(profile.key_reader()), Some(profile)))
         }
     }
@@ -277,7 +295,9 @@ async fn wait_for_release(device: &RawDevice) {
     let deadline = tokio::time::Instant::now() + GRAB_WAIT;
     while tokio::time::Instant::now() < deadline {
         match device.get_key_state() {
-            Ok(keys) if keys.iter().next().is_some() => tokio::time::sleep(Duration::from_millis(20)).await,
+            Ok(keys) if keys.iter().next().is_some() => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
             _ => return,
         }
     }

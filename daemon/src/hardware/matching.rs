@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use glob::Pattern;
 
-use crate::config::{DeviceRole, DeviceRule, invalid, ConfigError};
+use crate::config::{ConfigError, DeviceRole, DeviceRule, invalid};
 
 /// What evdev tells about a device node, plus the by-id links pointing at it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -43,13 +43,23 @@ impl CompiledRule {
         let key = |field: &str| format!("input.rules[{index}].{field}");
         let pattern = |field: &str, text: &Option<String>| {
             text.as_deref()
-                .map(|t| Pattern::new(t).map_err(|e| invalid(key(field), format!("{t:?} is not a valid glob: {e}"))))
+                .map(|t| {
+                    Pattern::new(t)
+                        .map_err(|e| invalid(key(field), format!("{t:?} is not a valid glob: {e}")))
+                })
                 .transpose()
         };
         let vendor_product = rule
             .vendor_product
             .as_deref()
-            .map(|vp| parse_vendor_product(vp).ok_or_else(|| invalid(key("vendor_product"), format!("{vp:?} is not vvvv:pppp in hex"))))
+            .map(|vp| {
+                parse_vendor_product(vp).ok_or_else(|| {
+                    invalid(
+                        key("vendor_product"),
+                        format!("{vp:?} is not vvvv:pppp in hex"),
+                    )
+                })
+            })
             .transpose()?;
         if rule.name.is_none()
             && rule.vendor_product.is_none()
@@ -65,11 +75,17 @@ impl CompiledRule {
         let role = rule
             .role
             .ok_or_else(|| invalid(key("role"), "missing: pin_pad or key_reader"))?;
-        let profile = rule.profile.clone().unwrap_or_else(|| "generic-wedge".into());
+        let profile = rule
+            .profile
+            .clone()
+            .unwrap_or_else(|| "generic-wedge".into());
         if role == DeviceRole::KeyReader && crate::input::profile::builtin(&profile).is_none() {
             return Err(invalid(
                 key("profile"),
-                format!("unknown profile {profile:?}; known: {}", crate::input::profile::BUILTIN_NAMES.join(", ")),
+                format!(
+                    "unknown profile {profile:?}; known: {}",
+                    crate::input::profile::BUILTIN_NAMES.join(", ")
+                ),
             ));
         }
         if role == DeviceRole::PinPad && rule.profile.is_some() {
@@ -95,7 +111,10 @@ impl CompiledRule {
                 .is_none_or(|(v, p)| v == device.vendor && p == device.product)
             && self.phys.as_ref().is_none_or(|p| p.matches(&device.phys))
             && self.uniq.as_ref().is_none_or(|u| *u == device.uniq)
-            && self.by_id.as_ref().is_none_or(|link| device.by_id.contains(link))
+            && self
+                .by_id
+                .as_ref()
+                .is_none_or(|link| device.by_id.contains(link))
     }
 
     /// A short description for `tillctl devices` and logs.
@@ -113,7 +132,10 @@ impl CompiledRule {
 
 fn parse_vendor_product(text: &str) -> Option<(u16, u16)> {
     let (v, p) = text.split_once(':')?;
-    Some((u16::from_str_radix(v, 16).ok()?, u16::from_str_radix(p, 16).ok()?))
+    Some((
+        u16::from_str_radix(v, 16).ok()?,
+        u16::from_str_radix(p, 16).ok()?,
+    ))
 }
 
 /// The first rule that matches the device.
@@ -159,14 +181,22 @@ mod tests {
         .map(|(i, r)| CompiledRule::compile(i, r).unwrap())
         .collect();
         assert_eq!(first_match(&rules, &device()).unwrap().index, 1);
-        let phys = CompiledRule::compile(0, &rule(|r| r.phys = Some("usb-*-2/input0".into()))).unwrap();
+        let phys =
+            CompiledRule::compile(0, &rule(|r| r.phys = Some("usb-*-2/input0".into()))).unwrap();
         assert!(phys.matches(&device()));
-        let by_id = CompiledRule::compile(0, &rule(|r| r.by_id = Some("/dev/input/by-id/usb-Addimat-event-kbd".into()))).unwrap();
+        let by_id = CompiledRule::compile(
+            0,
+            &rule(|r| r.by_id = Some("/dev/input/by-id/usb-Addimat-event-kbd".into())),
+        )
+        .unwrap();
         assert!(by_id.matches(&device()));
-        let both = CompiledRule::compile(0, &rule(|r| {
-            r.name = Some("Addimat Waiter Lock".into());
-            r.uniq = Some("B2".into());
-        }))
+        let both = CompiledRule::compile(
+            0,
+            &rule(|r| {
+                r.name = Some("Addimat Waiter Lock".into());
+                r.uniq = Some("B2".into());
+            }),
+        )
         .unwrap();
         assert!(!both.matches(&device()), "every given key must match");
     }
@@ -176,18 +206,41 @@ mod tests {
         let reader = CompiledRule::compile(0, &rule(|r| r.name = Some("x".into()))).unwrap();
         assert!(reader.grab);
         assert_eq!(reader.profile, "generic-wedge");
-        let pad = CompiledRule::compile(0, &DeviceRule { name: Some("p".into()), role: Some(DeviceRole::PinPad), ..Default::default() }).unwrap();
+        let pad = CompiledRule::compile(
+            0,
+            &DeviceRule {
+                name: Some("p".into()),
+                role: Some(DeviceRole::PinPad),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(!pad.grab);
         let err = CompiledRule::compile(3, &rule(|_| {})).unwrap_err();
-        assert!(err.to_string().starts_with("config key input.rules[3]: needs at least one"), "{err}");
-        let err = CompiledRule::compile(1, &rule(|r| r.vendor_product = Some("16c0".into()))).unwrap_err();
-        assert!(err.to_string().starts_with("config key input.rules[1].vendor_product"), "{err}");
-        let err = CompiledRule::compile(0, &rule(|r| {
-            r.name = Some("x".into());
-            r.profile = Some("nope".into());
-        }))
+        assert!(
+            err.to_string()
+                .starts_with("config key input.rules[3]: needs at least one"),
+            "{err}"
+        );
+        let err = CompiledRule::compile(1, &rule(|r| r.vendor_product = Some("16c0".into())))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("config key input.rules[1].vendor_product"),
+            "{err}"
+        );
+        let err = CompiledRule::compile(
+            0,
+            &rule(|r| {
+                r.name = Some("x".into());
+                r.profile = Some("nope".into());
+            }),
+        )
         .unwrap_err();
-        assert!(err.to_string().contains("unknown profile \"nope\""), "{err}");
+        assert!(
+            err.to_string().contains("unknown profile \"nope\""),
+            "{err}"
+        );
         let err = CompiledRule::compile(0, &rule(|r| r.name = Some("[".into()))).unwrap_err();
         assert!(err.to_string().contains("input.rules[0].name"), "{err}");
     }

@@ -70,19 +70,32 @@ impl InputSettings {
                 return Err(invalid(key("baud"), "must be greater than 0"));
             }
             if !(5..=8).contains(&port.data_bits) {
-                return Err(invalid(key("data_bits"), format!("{} is not 5, 6, 7 or 8", port.data_bits)));
+                return Err(invalid(
+                    key("data_bits"),
+                    format!("{} is not 5, 6, 7 or 8", port.data_bits),
+                ));
             }
             if !(1..=2).contains(&port.stop_bits) {
-                return Err(invalid(key("stop_bits"), format!("{} is not 1 or 2", port.stop_bits)));
+                return Err(invalid(
+                    key("stop_bits"),
+                    format!("{} is not 1 or 2", port.stop_bits),
+                ));
             }
             let Some(profile) = builtin(&port.profile) else {
                 return Err(invalid(
                     key("profile"),
-                    format!("unknown profile {:?}; known: {}", port.profile, BUILTIN_NAMES.join(", ")),
+                    format!(
+                        "unknown profile {:?}; known: {}",
+                        port.profile,
+                        BUILTIN_NAMES.join(", ")
+                    ),
                 ));
             };
             serial.push(SerialSettings {
-                label: port.name.clone().unwrap_or_else(|| port.path.display().to_string()),
+                label: port
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| port.path.display().to_string()),
                 path: port.path.clone(),
                 baud: port.baud,
                 parity: port.parity,
@@ -112,10 +125,16 @@ impl InputSettings {
 }
 
 /// Starts the evdev watcher (when rules exist) and one task per serial reader.
-pub fn spawn(settings: Arc<InputSettings>, dispatcher: Arc<Dispatcher>) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    settings: Arc<InputSettings>,
+    dispatcher: Arc<Dispatcher>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     if !settings.rules.is_empty() {
-        tasks.push(tokio::spawn(evdev_reader::run(settings.clone(), dispatcher.clone())));
+        tasks.push(tokio::spawn(evdev_reader::run(
+            settings.clone(),
+            dispatcher.clone(),
+        )));
     }
     for port in settings.serial.iter().cloned() {
         tasks.push(tokio::spawn(serial_reader::run(port, dispatcher.clone())));
@@ -154,10 +173,21 @@ mod tests {
     #[test]
     fn input_errors_name_the_key() {
         let err = settings("[[input.serial]]\npath = \"/dev/ttyS0\"\nstop_bits = 3\n").unwrap_err();
-        assert!(err.to_string().starts_with("config key input.serial[0].stop_bits"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("config key input.serial[0].stop_bits"),
+            "{err}"
+        );
         let err = settings("[input.pin_pad]\nmin_len = 9\n").unwrap_err();
-        assert!(err.to_string().starts_with("config key input.pin_pad:"), "{err}");
+        assert!(
+            err.to_string().starts_with("config key input.pin_pad:"),
+            "{err}"
+        );
         let err = settings("[[input.rules]]\nname = \"x\"\n").unwrap_err();
-        assert!(err.to_string().starts_with("config key input.rules[0].role"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("config key input.rules[0].role"),
+            "{err}"
+        );
     }
 }

@@ -53,14 +53,21 @@ pub async fn run(port: SerialSettings, dispatcher: Arc<Dispatcher>) {
                     s.error.clear();
                 });
                 tracing::info!(device = %label.source, "serial reader attached");
-                dispatcher.activity(&label, ActivityKind::Attached, String::new(), port.profile.clone());
+                dispatcher.activity(
+                    &label,
+                    ActivityKind::Attached,
+                    String::new(),
+                    port.profile.clone(),
+                );
                 let (tx, mut rx) = mpsc::channel(16);
                 let framer = SerialFramer::new(port.framer);
                 let reading = tokio::task::spawn_blocking(move || read_frames(reader, framer, tx));
                 while let Some(outcome) = rx.recv().await {
                     let framed = match outcome {
                         SerialOutcome::Frame(bytes) => match bytes.to_text() {
-                            Some(text) if removal.as_deref() == Some(text.expose().trim()) => Framed::Removal,
+                            Some(text) if removal.as_deref() == Some(text.expose().trim()) => {
+                                Framed::Removal
+                            }
                             Some(text) => Framed::Key(Secret::new(text.expose().trim().to_owned())),
                             None => Framed::Rejected("frame is not text".into()),
                         },
@@ -77,7 +84,12 @@ pub async fn run(port: SerialSettings, dispatcher: Arc<Dispatcher>) {
                     s.attached = false;
                     s.error = reason.to_string();
                 });
-                dispatcher.activity(&label, ActivityKind::Detached, String::new(), reason.to_string());
+                dispatcher.activity(
+                    &label,
+                    ActivityKind::Detached,
+                    String::new(),
+                    reason.to_string(),
+                );
             }
             Err(e) => {
                 tracing::debug!(device = %label.source, error = %e, retry = ?backoff, "serial reader not available");
@@ -132,7 +144,14 @@ fn read_frames(
                 }
                 buf[..n].fill(0);
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                ) =>
+            {
                 if frames.is_closed() {
                     return io::Error::other("daemon stopping");
                 }
