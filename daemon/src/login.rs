@@ -3,14 +3,16 @@
 //! the winner the terminal's session.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::sync::Semaphore;
 use tracing::instrument;
 use zeroize::Zeroizing;
 
-use crate::credential::{HashError, TerminalKey, argon2id};
+use argon2::Block;
+
+use crate::credential::{HashError, TerminalKey, argon2id_in};
 use crate::model::{CredentialKind, Terminal};
 use crate::resolve::{Candidate, DenialReason, Resolution, resolve};
 use crate::session::{Session, SessionManager};
@@ -46,6 +48,20 @@ pub struct Authenticator {
     /// Bounds concurrent argon2 evaluations: each holds m_cost KiB, so a flood of attempts
     /// queues instead of exhausting memory.
     hashing: Semaphore,
+    /// argon2 working memory, one buffer per permit at most, reused from one evaluation to the
+    /// next so that the memory really stays at `max_concurrent × m_cost`.
+    memory: HashMemory,
+}
+
+/// Free argon2 working buffers. Their contents derive from typed secrets: never printed.
+#[derive(Default)]
+struct HashMemory(Mutex<Vec<Vec<Block>>>);
+
+impl std::fmt::Debug for HashMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let free = self.0.lock().map(|free| free.len()).unwrap_or(0);
+        write!(f, "HashMemory({free} free buffers)")
+    }
 }
 
 impl Authenticator {
@@ -62,6 +78,7 @@ impl Authenticator {
             terminal,
             sessions,
             hashing: Semaphore::new(max_concurrent_hashes),
+            memory: HashMemory::default(),
         }
     }
 
@@ -151,11 +168,17 @@ impl Authenticator {
                 .map_err(|e| LoginError::Task(e.to_string()))?;
             let secret = secret.clone();
             let key = self.key.clone();
-            let digest = blocking(move || {
-                argon2id(secret.as_bytes(), &scheme).map(|output| key.rekey(&output))
+            // A buffer lost to a failed task is simply allocated again next time.
+            let mut memory = self.take_memory();
+            let (digest, memory) = blocking(move || {
+                let digest = argon2id_in(secret.as_bytes(), &scheme, &mut memory)
+                    .map(|output| key.rekey(&output));
+                (digest, memory)
             })
-            .await??;
+            .await?;
+            self.return_memory(memory);
             drop(permit);
+            let digest = digest?;
             let replica = self.replica.clone();
             let terminal = self.terminal.clone();
             let found = blocking(move || replica.candidates(kind, &digest, &terminal)).await??;
@@ -166,6 +189,23 @@ impl Authenticator {
             }
         }
         Ok(by_user.into_values().collect())
+    }
+}
+
+impl Authenticator {
+    fn take_memory(&self) -> Vec<Block> {
+        self.memory
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut free| free.pop())
+            .unwrap_or_default()
+    }
+
+    fn return_memory(&self, memory: Vec<Block>) {
+        if let Ok(mut free) = self.memory.0.lock() {
+            free.push(memory);
+        }
     }
 }
 
