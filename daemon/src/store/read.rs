@@ -1,6 +1,7 @@
 //! Lookups for login and status.
 
 use rusqlite::OptionalExtension;
+use rusqlite::types::Value;
 
 use super::{Replica, StoreError};
 use crate::model::{CredentialKind, Effect, HashScheme, Terminal};
@@ -30,6 +31,39 @@ pub struct Counts {
 const ASSIGNED_HERE: &str = "EXISTS (SELECT 1 FROM user_access a WHERE a.user_id = u.id
       AND ((a.kind = 1 AND a.target = ?1) OR (a.kind = 2 AND a.target = ?2)))";
 
+/// The key of the `credentials_by_scheme` index, in order.
+const SCHEME_KEY: [&str; 6] = ["kind", "m_cost", "t_cost", "p_cost", "output_len", "salt"];
+const SCHEME_COLUMNS: &str = "kind, m_cost, t_cost, p_cost, output_len, salt";
+
+fn scheme_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(CredentialKind, HashScheme)> {
+    let kind = if row.get::<_, i64>(0)? == CredentialKind::Pin.as_db() {
+        CredentialKind::Pin
+    } else {
+        CredentialKind::Key
+    };
+    Ok((
+        kind,
+        HashScheme {
+            m_cost: row.get(1)?,
+            t_cost: row.get(2)?,
+            p_cost: row.get(3)?,
+            output_len: row.get(4)?,
+            salt: row.get(5)?,
+        },
+    ))
+}
+
+fn scheme_values((kind, scheme): &(CredentialKind, HashScheme)) -> [Value; 6] {
+    [
+        Value::Integer(kind.as_db()),
+        Value::Integer(scheme.m_cost.into()),
+        Value::Integer(scheme.t_cost.into()),
+        Value::Integer(scheme.p_cost.into()),
+        Value::Integer(scheme.output_len.into()),
+        Value::Blob(scheme.salt.clone()),
+    ]
+}
+
 impl Replica {
     /// The distinct (salt, costs) among credentials of `kind`: one argon2 evaluation each per
     /// login attempt (normally one, as central uses one salt per account).
@@ -54,29 +88,46 @@ impl Replica {
             .collect())
     }
 
+    /// The distinct (kind, costs, salt), walked through the `credentials_by_scheme` index: each
+    /// step seeks the next key after the previous one (longest equal prefix first), so the cost
+    /// is a few index seeks per distinct scheme, not a scan of every credential.
     fn load_schemes(&self) -> Result<Vec<(CredentialKind, HashScheme)>, StoreError> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT DISTINCT kind, m_cost, t_cost, p_cost, output_len, salt FROM credentials",
-        )?;
-        let rows = stmt.query_map([], |row| {
-            let kind = if row.get::<_, i64>(0)? == CredentialKind::Pin.as_db() {
-                CredentialKind::Pin
-            } else {
-                CredentialKind::Key
-            };
-            Ok((
-                kind,
-                HashScheme {
-                    m_cost: row.get(1)?,
-                    t_cost: row.get(2)?,
-                    p_cost: row.get(3)?,
-                    output_len: row.get(4)?,
-                    salt: row.get(5)?,
-                },
-            ))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut found = Vec::new();
+        let mut current = conn
+            .prepare_cached(&format!(
+                "SELECT {SCHEME_COLUMNS} FROM credentials ORDER BY {SCHEME_COLUMNS} LIMIT 1"
+            ))?
+            .query_row([], scheme_row)
+            .optional()?;
+        while let Some(scheme) = current {
+            current = None;
+            for equal in (0..SCHEME_KEY.len()).rev() {
+                let condition: Vec<String> = SCHEME_KEY[..equal]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, column)| format!("{column} = ?{}", i + 1))
+                    .chain([format!("{} > ?{}", SCHEME_KEY[equal], equal + 1)])
+                    .collect();
+                let sql = format!(
+                    "SELECT {SCHEME_COLUMNS} FROM credentials WHERE {} ORDER BY {SCHEME_COLUMNS} LIMIT 1",
+                    condition.join(" AND ")
+                );
+                let values = scheme_values(&scheme);
+                current = conn
+                    .prepare_cached(&sql)?
+                    .query_row(
+                        rusqlite::params_from_iter(values.iter().take(equal + 1)),
+                        scheme_row,
+                    )
+                    .optional()?;
+                if current.is_some() {
+                    break;
+                }
+            }
+            found.push(scheme);
+        }
+        Ok(found)
     }
 
     /// Users holding a credential of `kind` with this digest, with what decides eligibility.

@@ -71,6 +71,12 @@ pub const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     "#,
+    // 2: the distinct hash schemes are walked through this index, one seek each, instead of a
+    // scan of every credential on the first login after each sync change.
+    r#"
+    CREATE INDEX credentials_by_scheme
+        ON credentials(kind, m_cost, t_cost, p_cost, output_len, salt);
+    "#,
 ];
 
 /// The schema version this build writes.

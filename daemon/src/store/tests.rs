@@ -140,6 +140,118 @@ fn snapshot_replaces_everything_and_finds_candidates_by_digest() {
 }
 
 #[test]
+fn every_distinct_hash_scheme_is_found_and_changes_are_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = open(&dir);
+    // Schemes that differ in each column of the index, shared by many users or by one.
+    let variants: Vec<(CredentialKind, HashScheme)> = vec![
+        (CredentialKind::Pin, scheme()),
+        (
+            CredentialKind::Pin,
+            HashScheme {
+                salt: b"account-salt-2".to_vec(),
+                ..scheme()
+            },
+        ),
+        (
+            CredentialKind::Pin,
+            HashScheme {
+                output_len: 16,
+                ..scheme()
+            },
+        ),
+        (
+            CredentialKind::Pin,
+            HashScheme {
+                p_cost: 2,
+                ..scheme()
+            },
+        ),
+        (
+            CredentialKind::Pin,
+            HashScheme {
+                t_cost: 3,
+                ..scheme()
+            },
+        ),
+        (
+            CredentialKind::Pin,
+            HashScheme {
+                m_cost: 32,
+                ..scheme()
+            },
+        ),
+        (CredentialKind::Key, scheme()),
+        (
+            CredentialKind::Key,
+            HashScheme {
+                m_cost: 128,
+                salt: vec![0; 8],
+                ..scheme()
+            },
+        ),
+    ];
+    let users: Vec<UserRecord> = (0..40)
+        .map(|i| {
+            let (kind, scheme) = variants[if i < 30 { 0 } else { i % variants.len() }].clone();
+            let mut u = user(&format!("u{i:02}"), i as i64, i as u8);
+            u.credentials = vec![StoredCredential {
+                kind,
+                scheme,
+                digest: [i as u8; 32],
+            }];
+            u
+        })
+        .collect();
+    let snapshot = ValidSnapshot {
+        users,
+        roles: vec![cashier()],
+    };
+    replica.apply_snapshot(cursor(1, 1), &snapshot).unwrap();
+    let mut expected: Vec<(CredentialKind, HashScheme)> = snapshot
+        .users
+        .iter()
+        .map(|u| (u.credentials[0].kind, u.credentials[0].scheme.clone()))
+        .collect();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(expected.len(), variants.len());
+    for kind in [CredentialKind::Pin, CredentialKind::Key] {
+        let mut want: Vec<HashScheme> = expected
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, s)| s.clone())
+            .collect();
+        want.sort();
+        let mut got = replica.hash_schemes(kind).unwrap();
+        got.sort();
+        assert_eq!(got, want, "{kind:?}");
+    }
+
+    // A change that removes every holder of a scheme and brings a new one is seen.
+    let holders: Vec<String> = snapshot
+        .users
+        .iter()
+        .filter(|u| u.credentials[0].scheme.m_cost == 128)
+        .map(|u| u.id.clone())
+        .collect();
+    assert!(!holders.is_empty());
+    let mut newcomer = user("new", 99, 99);
+    newcomer.credentials[0].scheme.salt = b"rotated-salt".to_vec();
+    let mut changes = no_changes();
+    changes.delete_user_ids = holders;
+    changes.upsert_users = vec![newcomer];
+    replica
+        .apply_changes(cursor(1, 1), 2, |_| Ok(changes))
+        .unwrap();
+    let keys = replica.hash_schemes(CredentialKind::Key).unwrap();
+    assert_eq!(keys, vec![scheme()]);
+    let pins = replica.hash_schemes(CredentialKind::Pin).unwrap();
+    assert!(pins.iter().any(|s| s.salt == b"rotated-salt"));
+    assert_eq!(pins.len(), 7);
+}
+
+#[test]
 fn changes_need_the_current_base_and_replays_are_no_ops() {
     let dir = tempfile::tempdir().unwrap();
     let replica = seeded(&dir);
