@@ -312,6 +312,61 @@ fn a_failed_batch_rolls_back_every_write() {
     assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
 }
 
+fn index_definitions(replica: &Replica) -> Vec<(String, String)> {
+    let conn = replica.reader().unwrap();
+    let mut stmt = conn
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name")
+        .unwrap();
+    stmt.query_map([], |row| {
+        Ok((
+            row.get(0)?,
+            row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+        ))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+#[test]
+fn snapshot_rebuilds_its_indexes_and_a_failed_one_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = open(&dir);
+    let before = index_definitions(&fresh);
+    assert!(
+        before
+            .iter()
+            .any(|(name, _)| name == "credentials_by_digest")
+    );
+    drop(fresh);
+    let replica = seeded(&dir);
+    assert_eq!(index_definitions(&replica), before);
+    // The candidates query still finds users through the rebuilt index.
+    assert_eq!(
+        replica
+            .candidates(CredentialKind::Pin, &[1; 32], &terminal())
+            .unwrap()
+            .len(),
+        2
+    );
+    // A snapshot that fails after the indexes were dropped (a role the store cannot reference)
+    // leaves the replica and its indexes as they were.
+    let mut ghost = user("g", 1, 7);
+    ghost.roles = vec![RoleAssignment {
+        role_id: "ghost".into(),
+        sales_point_id: None,
+    }];
+    let broken = ValidSnapshot {
+        users: vec![user("c", 1, 2), ghost],
+        roles: vec![cashier()],
+    };
+    assert!(replica.apply_snapshot(cursor(1, 6), &broken).is_err());
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+    assert_eq!(index_definitions(&replica), before);
+    assert!(replica.user_profile("a", &terminal()).unwrap().is_some());
+    assert!(replica.user_profile("c", &terminal()).unwrap().is_none());
+}
+
 #[test]
 fn stale_snapshot_in_the_same_epoch_is_refused() {
     let dir = tempfile::tempdir().unwrap();

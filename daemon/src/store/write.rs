@@ -63,6 +63,15 @@ impl Replica {
         if target.epoch == current.epoch && target.revision < current.revision {
             return Err(ApplyError::StaleSnapshot { current, target });
         }
+        // Bulk load: the secondary indexes of the rewritten tables are dropped, and built again
+        // from the new rows before the commit. Sorting 200,000 keys once is several times faster
+        // than as many random inserts into a B-tree, and DDL is transactional in SQLite, so a
+        // failed snapshot rolls the indexes back with everything else.
+        let indexes = secondary_indexes(&tx)?;
+        for (name, _) in &indexes {
+            tx.execute_batch(&format!("DROP INDEX \"{name}\""))?;
+        }
+        // Children first: with the indexes gone, each parent delete checks its (empty) children.
         tx.execute_batch(
             "DELETE FROM credentials; DELETE FROM user_roles; DELETE FROM user_access;
              DELETE FROM users; DELETE FROM role_permissions; DELETE FROM roles;",
@@ -72,6 +81,9 @@ impl Replica {
         }
         for user in &snapshot.users {
             insert_user(&tx, user)?;
+        }
+        for (_, sql) in &indexes {
+            tx.execute_batch(sql)?;
         }
         finish(tx, target, true)
     }
@@ -177,6 +189,20 @@ impl Replica {
             true,
         )
     }
+}
+
+/// The indexes a snapshot rebuilds: every declared index (not the primary keys) on the tables
+/// it rewrites, as (name, CREATE statement) from the schema itself.
+fn secondary_indexes(tx: &Transaction<'_>) -> Result<Vec<(String, String)>, rusqlite::Error> {
+    let mut stmt = tx.prepare(
+        "SELECT name, sql FROM sqlite_master
+         WHERE type = 'index' AND sql IS NOT NULL
+           AND tbl_name IN ('credentials', 'user_roles', 'user_access', 'users',
+                            'role_permissions', 'roles')
+         ORDER BY name",
+    )?;
+    let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    rows.collect()
 }
 
 fn finish(tx: Transaction<'_>, cursor: Cursor, applied: bool) -> Result<ApplySummary, ApplyError> {
