@@ -115,6 +115,15 @@ impl Tillgated {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    pub fn threads(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    }
+
     /// Resets VmHWM to the current RSS (Linux `clear_refs` value 5).
     pub fn reset_peak(&self) {
         std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").unwrap();

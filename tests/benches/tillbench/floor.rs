@@ -123,13 +123,27 @@ fn insert_user(tx: &Connection, r: &Rows) {
 }
 
 /// The same roles and users inserted in one transaction, committed (fsync) — the floor of a
-/// full snapshot.
-pub fn bulk_insert(conn: &mut Connection, rows: &[Rows]) -> Duration {
+/// full snapshot. With `indexes_after`, the secondary indexes are dropped first and built again
+/// before the commit (the technique the daemon's snapshot uses), still in one transaction.
+pub fn bulk_insert(conn: &mut Connection, rows: &[Rows], indexes_after: bool) -> Duration {
     let roles = data::roles();
     let start = Instant::now();
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .unwrap();
+    let indexes: Vec<(String, String)> = if indexes_after {
+        tx.prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    } else {
+        Vec::new()
+    };
+    for (name, _) in &indexes {
+        tx.execute_batch(&format!("DROP INDEX \"{name}\"")).unwrap();
+    }
     for role in &roles {
         tx.prepare_cached("INSERT INTO roles (id, name, rank) VALUES (?1, ?2, ?3)")
             .unwrap()
@@ -146,6 +160,9 @@ pub fn bulk_insert(conn: &mut Connection, rows: &[Rows]) -> Duration {
     }
     for r in rows {
         insert_user(&tx, r);
+    }
+    for (_, sql) in &indexes {
+        tx.execute_batch(sql).unwrap();
     }
     tx.commit().unwrap();
     start.elapsed()
