@@ -460,14 +460,36 @@ fn char_key(c: char) -> Res<(KeyCode, bool)> {
 fn start_daemon() -> Res<Child> {
     let dir = Path::new(WORK_DIR);
     std::fs::create_dir_all(dir).context(format_args!("create {WORK_DIR}"))?;
-    let rules = format!(
-        "[input]\ndir = \"/dev/input\"\n\n\
-         [[input.rules]]\nname = \"{READER}\"\nrole = \"key_reader\"\nprofile = \"generic-wedge\"\n\n\
-         [[input.rules]]\nname = \"{PINPAD}\"\nrole = \"pin_pad\"\n"
-    );
     let config = dir.join("tillgated.toml");
-    std::fs::write(&config, tillgate_tests::config_text(dir, "", &rules))
-        .context(format_args!("write {}", config.display()))?;
+    let sales_point = tillgate_tests::SALES_POINT;
+    let text = format!(
+        r#"[terminal]
+sales_point_id = "{sales_point}"
+
+[paths]
+state_dir = "{WORK_DIR}/state"
+runtime_dir = "{WORK_DIR}/run"
+
+[sync]
+listen = "127.0.0.1:0"
+
+[log]
+level = "info,tillgate_daemon=debug"
+
+[input]
+dir = "/dev/input"
+
+[[input.rules]]
+name = "{READER}"
+role = "key_reader"
+profile = "generic-wedge"
+
+[[input.rules]]
+name = "{PINPAD}"
+role = "pin_pad"
+"#
+    );
+    std::fs::write(&config, text).context(format_args!("write {}", config.display()))?;
     let log = std::fs::File::create(log_path())
         .context(format_args!("create {}", log_path().display()))?;
     Command::new(TILLGATED)
