@@ -130,7 +130,7 @@ impl Default for SyncConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -187,6 +187,15 @@ impl Default for LogConfig {
     }
 }
 
+/// The part of the settings that SIGHUP applies to the running daemon (see `reload`). Everything
+/// else in [`Settings`] takes effect at the next start. A module whose settings can change live
+/// adds them here and follows `Core::live`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSettings {
+    /// The tracing filter from `log.level` (RUST_LOG, when set, wins over it).
+    pub log_level: String,
+}
+
 /// The configuration after checks, with derived values filled in.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -205,7 +214,9 @@ pub struct Settings {
     pub tls: Option<TlsConfig>,
     pub max_concurrent_hashes: usize,
     pub cost_limits: CostLimits,
-    pub log: LogConfig,
+    pub log_format: LogFormat,
+    /// The reloadable part, as read at start; the daemon's current values are in `Core::live`.
+    pub live: LiveSettings,
 }
 
 impl Settings {
@@ -219,6 +230,62 @@ impl Settings {
 
     pub fn sync_addr_path(&self) -> PathBuf {
         self.runtime_dir.join("sync.addr")
+    }
+
+    /// The config keys whose values differ between `self` and `other` and that only take
+    /// effect at a restart (everything outside [`LiveSettings`]).
+    pub fn restart_only_changes(&self, other: &Settings) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut check = |key, differs: bool| {
+            if differs {
+                keys.push(key);
+            }
+        };
+        check(
+            "terminal.sales_point_id",
+            self.terminal.sales_point_id != other.terminal.sales_point_id,
+        );
+        check(
+            "terminal.sub_terminal_id",
+            self.terminal.sub_terminal_id != other.terminal.sub_terminal_id,
+        );
+        check("paths.state_dir", self.state_dir != other.state_dir);
+        check("paths.runtime_dir", self.runtime_dir != other.runtime_dir);
+        check("login_socket.path", self.socket_path != other.socket_path);
+        check(
+            "login_socket.group",
+            self.socket_group != other.socket_group,
+        );
+        check("login_socket.mode", self.socket_mode != other.socket_mode);
+        check(
+            "login_socket.allow_uids",
+            self.allow_uids != other.allow_uids,
+        );
+        check(
+            "login_socket.allow_gids",
+            self.allow_gids != other.allow_gids,
+        );
+        check(
+            "login_socket.admin_uids",
+            self.admin_uids != other.admin_uids,
+        );
+        check(
+            "login_socket.max_message_bytes",
+            self.login_max_message_bytes != other.login_max_message_bytes,
+        );
+        check("sync.listen", self.sync_listen != other.sync_listen);
+        check(
+            "sync.max_message_bytes",
+            self.sync_max_message_bytes != other.sync_max_message_bytes,
+        );
+        check("sync.tls", self.tls != other.tls);
+        check(
+            "hashing.max_concurrent",
+            self.max_concurrent_hashes != other.max_concurrent_hashes,
+        );
+        check("hashing.max_*_cost", self.cost_limits != other.cost_limits);
+        check("log.format", self.log_format != other.log_format);
+        keys
     }
 }
 
@@ -375,7 +442,10 @@ impl Config {
                 max_t_cost: self.hashing.max_t_cost,
                 max_p_cost: self.hashing.max_p_cost,
             },
-            log: self.log,
+            log_format: self.log.format,
+            live: LiveSettings {
+                log_level: self.log.level,
+            },
         })
     }
 }
@@ -399,6 +469,25 @@ mod tests {
         );
         assert_eq!(s.socket_mode, 0o660);
         assert_eq!(s.sync_listen.to_string(), DEFAULT_SYNC_LISTEN);
+        assert_eq!(s.live.log_level, "info");
+    }
+
+    #[test]
+    fn restart_only_changes_name_the_keys() {
+        let parse = |text: &str| Config::parse(text).unwrap().validate().unwrap();
+        let base = parse("[terminal]\nsales_point_id = \"sp-1\"\n");
+        let same_but_level =
+            parse("[terminal]\nsales_point_id = \"sp-1\"\n[log]\nlevel = \"debug\"\n");
+        assert!(base.restart_only_changes(&same_but_level).is_empty());
+        assert_ne!(base.live, same_but_level.live);
+        let moved = parse(
+            "[terminal]\nsales_point_id = \"sp-2\"\n[sync]\nlisten = \"127.0.0.1:7999\"\n\
+             [log]\nformat = \"json\"\n",
+        );
+        assert_eq!(
+            base.restart_only_changes(&moved),
+            vec!["terminal.sales_point_id", "sync.listen", "log.format"]
+        );
     }
 
     #[test]
