@@ -20,9 +20,11 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
+    /// One line (it goes into log lines too): where, then what.
+    #[error("config file {path}: {problem}")]
     Parse {
         path: PathBuf,
+        problem: String,
         #[source]
         source: Box<toml::de::Error>,
     },
@@ -296,8 +298,11 @@ impl Config {
             source,
         })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+            ConfigError::Parse {
+                problem, source, ..
+            } => ConfigError::Parse {
                 path: path.to_owned(),
+                problem,
                 source,
             },
             other => other,
@@ -305,9 +310,24 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: PathBuf::from("<inline>"),
-            source: Box::new(source),
+        toml::from_str(text).map_err(|source| {
+            let at = source
+                .span()
+                .map(|span| {
+                    let before = text.get(..span.start).unwrap_or(text);
+                    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                    format!(
+                        "line {}, column {}: ",
+                        before.matches('\n').count() + 1,
+                        before[line_start..].chars().count() + 1
+                    )
+                })
+                .unwrap_or_default();
+            ConfigError::Parse {
+                path: PathBuf::from("<inline>"),
+                problem: format!("{at}{}", source.message().trim_end()),
+                source: Box::new(source),
+            }
         })
     }
 
@@ -526,6 +546,13 @@ mod tests {
         assert!(
             err.to_string().contains("unknown field `sales_pont`"),
             "{err}"
+        );
+
+        let err = Config::parse("[terminal]\nsales_point_id = \"a\"\n[log]\nformat = \"xml\"\n")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config file <inline>: line 4, column 10: unknown variant `xml`, expected `text` or `json`"
         );
 
         let err = Config::parse("[paths]\nstate_dir = \"/x\"\n").unwrap_err();
