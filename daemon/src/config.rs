@@ -65,6 +65,8 @@ pub struct InputConfig {
     pub rules: Vec<DeviceRule>,
     pub serial: Vec<SerialReaderConfig>,
     pub pin_pad: PinPadSettings,
+    /// Reader profiles of the site's own, by name; they may start from a built-in (`base`).
+    pub profiles: std::collections::BTreeMap<String, ProfileDef>,
 }
 
 impl Default for InputConfig {
@@ -74,8 +76,66 @@ impl Default for InputConfig {
             rules: Vec::new(),
             serial: Vec::new(),
             pin_pad: PinPadSettings::default(),
+            profiles: std::collections::BTreeMap::new(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminatorDef {
+    Enter,
+    Tab,
+    /// No terminator: `fixed_length` characters make a frame.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodingDef {
+    Text,
+    Hex,
+    Decimal,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RomPartsDef {
+    /// All 8 bytes: family, serial, CRC.
+    Full,
+    /// Family and serial, no CRC.
+    FamilySerial,
+    /// The 48-bit serial only (`family` must be given).
+    Serial,
+}
+
+/// A reader profile: framing of the burst, then canonicalisation of the id. Every key is
+/// optional and overrides `base` (or the generic defaults).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileDef {
+    /// A built-in profile to start from.
+    pub base: Option<String>,
+    pub max_gap_ms: Option<u64>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub terminator: Option<TerminatorDef>,
+    pub fixed_length: Option<usize>,
+    pub min_len: Option<usize>,
+    pub max_len: Option<usize>,
+    /// What the reader types when a key is pulled (e.g. "OUT").
+    pub removal_token: Option<String>,
+    pub encoding: Option<EncodingDef>,
+    pub reverse_bytes: Option<bool>,
+    /// Treat the id as a 1-Wire ROM id (hex encoding).
+    pub rom: Option<RomPartsDef>,
+    pub family: Option<u8>,
+    pub check_crc: Option<bool>,
+    pub strip_family: Option<bool>,
+    pub strip_crc: Option<bool>,
+    /// Zero-pad decimal ids to this width.
+    pub decimal_width: Option<usize>,
+    pub trim: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use super::registry::{ActivityKind, DeviceKind, DeviceState};
 use crate::config::DeviceRole;
 use crate::input::event::InputEvent;
 use crate::input::pin_pad::PinPad;
-use crate::input::profile::{Profile, builtin};
+use crate::input::profile::Profile;
 
 /// Attempts to open a new node: udev may set its permissions a moment after it appears.
 const OPEN_ATTEMPTS: u32 = 20;
@@ -283,7 +283,11 @@ fn framer_for(rule: &CompiledRule, ctx: &Context) -> Result<(Framer, Option<Prof
             .map(|pad| (Framer::PinPad(pad), None))
             .map_err(|e| e.to_string()),
         DeviceRole::KeyReader => {
-            let profile = builtin(&rule.profile)
+            let profile = ctx
+                .settings
+                .profiles
+                .get(&rule.profile)
+                .cloned()
                 .ok_or_else(|| format!("unknown profile {}", rule.profile))?;
             Ok((Framer::KeyReader(profile.key_reader()), Some(profile)))
         }

@@ -5,16 +5,18 @@
 pub mod dispatch;
 pub mod evdev_reader;
 pub mod matching;
+pub mod profiles;
 pub mod registry;
 pub mod serial_reader;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{ConfigError, InputConfig, ParityConfig, SerialFramingConfig, invalid};
 use crate::input::pin_pad::PinPadConfig;
-use crate::input::profile::{BUILTIN_NAMES, builtin};
+use crate::input::profile::Profile;
 use crate::input::serial_frame::{SerialFramerConfig, SerialFraming};
 
 pub use dispatch::Dispatcher;
@@ -28,6 +30,8 @@ pub struct InputSettings {
     pub rules: Vec<CompiledRule>,
     pub serial: Vec<SerialSettings>,
     pub pin_pad: PinPadConfig,
+    /// Built-in and configured reader profiles by name.
+    pub profiles: BTreeMap<String, Profile>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,11 +48,13 @@ pub struct SerialSettings {
 
 impl InputSettings {
     pub fn from_config(config: &InputConfig) -> Result<InputSettings, ConfigError> {
+        let profiles = profiles::build(&config.profiles)?;
+        let known = |name: &str| profiles.contains_key(name);
         let rules = config
             .rules
             .iter()
             .enumerate()
-            .map(|(i, rule)| CompiledRule::compile(i, rule))
+            .map(|(i, rule)| CompiledRule::compile(i, rule, &known))
             .collect::<Result<Vec<_>, _>>()?;
         let pin_pad = PinPadConfig {
             idle_timeout: Duration::from_millis(config.pin_pad.idle_timeout_ms),
@@ -81,13 +87,13 @@ impl InputSettings {
                     format!("{} is not 1 or 2", port.stop_bits),
                 ));
             }
-            let Some(profile) = builtin(&port.profile) else {
+            let Some(profile) = profiles.get(&port.profile) else {
                 return Err(invalid(
                     key("profile"),
                     format!(
                         "unknown profile {:?}; known: {}",
                         port.profile,
-                        BUILTIN_NAMES.join(", ")
+                        known_names(&profiles)
                     ),
                 ));
             };
@@ -116,12 +122,21 @@ impl InputSettings {
             rules,
             serial,
             pin_pad,
+            profiles,
         })
     }
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty() && self.serial.is_empty()
     }
+}
+
+pub fn known_names(profiles: &BTreeMap<String, Profile>) -> String {
+    profiles
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Starts the evdev watcher (when rules exist) and one task per serial reader.
@@ -137,7 +152,12 @@ pub fn spawn(
         )));
     }
     for port in settings.serial.iter().cloned() {
-        tasks.push(tokio::spawn(serial_reader::run(port, dispatcher.clone())));
+        let profile = settings.profiles.get(&port.profile).cloned();
+        tasks.push(tokio::spawn(serial_reader::run(
+            port,
+            profile,
+            dispatcher.clone(),
+        )));
     }
     tasks
 }
