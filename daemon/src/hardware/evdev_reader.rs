@@ -27,6 +27,7 @@ const OPEN_RETRY: Duration = Duration::from_millis(100);
 /// How long to wait for held keys to be released before grabbing anyway.
 const GRAB_WAIT: Duration = Duration::from_secs(2);
 const DIR_RETRY: Duration = Duration::from_secs(5);
+const BUSY_RETRY: Duration = Duration::from_millis(500);
 
 struct Context {
     settings: Arc<InputSettings>,
@@ -105,13 +106,33 @@ fn scan(ctx: &Arc<Context>, dir: &Path) {
     }
 }
 
-/// Starts a task that opens, matches and reads `path`, unless one is already on it.
+/// Starts a task that opens, matches and reads `path`, unless one is already on it. A node
+/// re-created under the same name while the old task is still winding down (a fast re-plug) is
+/// tried once more a moment later.
 fn attach(ctx: &Arc<Context>, path: PathBuf) {
-    {
-        let mut busy = ctx.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if !busy.insert(path.clone()) {
-            return;
-        }
+    let inserted = ctx
+        .busy
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(path.clone());
+    if !inserted {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(BUSY_RETRY).await;
+            let inserted = ctx
+                .busy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(path.clone());
+            if inserted {
+                serve_device(&ctx, &path).await;
+                ctx.busy
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&path);
+            }
+        });
+        return;
     }
     let ctx = ctx.clone();
     tokio::spawn(async move {
