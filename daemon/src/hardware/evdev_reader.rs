@@ -110,38 +110,32 @@ fn scan(ctx: &Arc<Context>, dir: &Path) {
 /// re-created under the same name while the old task is still winding down (a fast re-plug) is
 /// tried once more a moment later.
 fn attach(ctx: &Arc<Context>, path: PathBuf) {
-    let inserted = ctx
-        .busy
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(path.clone());
-    if !inserted {
-        let ctx = ctx.clone();
+    let ctx = ctx.clone();
+    if claim(&ctx, &path) {
+        tokio::spawn(async move { serve_claimed(&ctx, &path).await });
+    } else {
         tokio::spawn(async move {
             tokio::time::sleep(BUSY_RETRY).await;
-            let inserted = ctx
-                .busy
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(path.clone());
-            if inserted {
-                serve_device(&ctx, &path).await;
-                ctx.busy
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&path);
+            if claim(&ctx, &path) {
+                serve_claimed(&ctx, &path).await;
             }
         });
-        return;
     }
-    let ctx = ctx.clone();
-    tokio::spawn(async move {
-        serve_device(&ctx, &path).await;
-        ctx.busy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&path);
-    });
+}
+
+fn claim(ctx: &Context, path: &Path) -> bool {
+    ctx.busy
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(path.to_owned())
+}
+
+async fn serve_claimed(ctx: &Context, path: &Path) {
+    serve_device(ctx, path).await;
+    ctx.busy
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(path);
 }
 
 async fn open_with_retry(path: &Path) -> io::Result<RawDevice> {
