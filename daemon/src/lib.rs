@@ -10,6 +10,7 @@ pub mod config;
 pub mod credential;
 pub mod demo;
 pub mod grpc;
+pub mod hardware;
 pub mod input;
 pub mod logging;
 pub mod login;

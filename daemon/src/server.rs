@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tillgate_proto::v1::admin_server::AdminServer;
+use tillgate_proto::v1::devices_server::DevicesServer;
 use tillgate_proto::v1::login_server::LoginServer;
 use tillgate_proto::v1::sync_server::SyncServer;
 use tokio::net::UnixListener;
@@ -19,8 +20,10 @@ use crate::config::{LiveSettings, Settings};
 use crate::credential::{KeyFileError, TerminalKey};
 use crate::grpc::admin::AdminService;
 use crate::grpc::auth::BearerCheck;
+use crate::grpc::devices::DevicesService;
 use crate::grpc::login::{ListenerInfo, LoginService};
 use crate::grpc::sync::SyncService;
+use crate::hardware::{DeviceRegistry, Dispatcher};
 use crate::login::Authenticator;
 use crate::reload::Reloader;
 use crate::session::SessionManager;
@@ -81,6 +84,7 @@ pub struct Core {
     pub sessions: Arc<SessionManager>,
     pub auth: Arc<Authenticator>,
     pub tokens: Arc<TokenRegistry>,
+    pub devices: Arc<DeviceRegistry>,
 }
 
 impl Core {
@@ -124,6 +128,7 @@ impl Core {
             sessions,
             auth,
             tokens,
+            devices: Arc::new(DeviceRegistry::default()),
         })
     }
 }
@@ -198,6 +203,13 @@ pub async fn serve(
     let sync = sync_server(&core, tcp, shutdown_rx)?;
     let mut login = tokio::spawn(login);
     let mut sync = tokio::spawn(sync);
+    let input = crate::hardware::spawn(
+        Arc::new(settings.input.clone()),
+        Arc::new(Dispatcher {
+            auth: core.auth.clone(),
+            registry: core.devices.clone(),
+        }),
+    );
     control
         .notifier
         .ready(&crate::systemd::status_line(&core).await);
@@ -268,6 +280,9 @@ pub async fn serve(
                 handle.abort();
             }
         }
+    }
+    for task in input {
+        task.abort();
     }
     if let Err(e) = core.replica.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
@@ -353,6 +368,10 @@ fn login_server(
         tokens: core.tokens.clone(),
         admin_uids,
     };
+    let devices = DevicesService {
+        registry: core.devices.clone(),
+        shutdown: shutdown.clone(),
+    };
     let policy = PeerPolicy {
         allow_uids: settings.allow_uids.clone(),
         allow_gids: settings.allow_gids.clone(),
@@ -363,6 +382,7 @@ fn login_server(
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<LoginServer<LoginService>>().await;
         health.set_serving::<AdminServer<AdminService>>().await;
+        health.set_serving::<DevicesServer<DevicesService>>().await;
         let incoming =
             UnixListenerStream::new(listener).filter_map(move |accepted| match accepted {
                 Ok(stream) => policy.admit(stream).map(Ok::<_, std::io::Error>),
@@ -377,6 +397,11 @@ fn login_server(
             .add_service(v1alpha)
             .add_service(
                 LoginServer::new(login)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+            .add_service(
+                DevicesServer::new(devices)
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max),
             )
