@@ -210,9 +210,7 @@ pub async fn serve(
             registry: core.devices.clone(),
         }),
     );
-    control
-        .notifier
-        .ready(&crate::systemd::status_line(&core).await);
+    control.notifier.ready(&core).await;
 
     let mut watchdog = control.notifier.watchdog_interval().map(|period| {
         tracing::info!(?period, "systemd watchdog enabled");
@@ -220,28 +218,7 @@ pub async fn serve(
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval
     });
-    // The main loop: it pings the watchdog itself, so a loop that hangs gets the daemon restarted.
-    let early = loop {
-        tokio::select! {
-            signal = control.signals.next() => match signal {
-                Signal::Stop(name) => {
-                    tracing::info!("{name} received");
-                    break None;
-                }
-                Signal::Reload => {
-                    control.notifier.reloading();
-                    control.reloader.reload(&core).await;
-                    control.notifier.ready(&crate::systemd::status_line(&core).await);
-                }
-            },
-            _ = tick(&mut watchdog) => control.notifier.watchdog(),
-            _ = core.replica_changed.notified() => {
-                control.notifier.status(&crate::systemd::status_line(&core).await);
-            }
-            result = &mut login => break Some(("login", result)),
-            result = &mut sync => break Some(("sync", result)),
-        }
-    };
+    let early = main_loop(&core, &mut control, &mut watchdog, &mut login, &mut sync).await;
     control.notifier.stopping();
     let _ = shutdown_tx.send(true);
     let mut outcome = Ok(());
@@ -294,6 +271,42 @@ pub async fn serve(
     let _ = std::fs::remove_file(settings.sync_addr_path());
     tracing::info!("stopped");
     outcome
+}
+
+type ListenerTask = tokio::task::JoinHandle<Result<(), DaemonError>>;
+type ListenerEnd = (
+    &'static str,
+    Result<Result<(), DaemonError>, tokio::task::JoinError>,
+);
+
+/// Runs until SIGTERM/SIGINT (`None`) or until a listener stops on its own. It pings the
+/// watchdog itself, so a main loop that hangs gets the daemon restarted.
+async fn main_loop(
+    core: &Core,
+    control: &mut Control,
+    watchdog: &mut Option<tokio::time::Interval>,
+    login: &mut ListenerTask,
+    sync: &mut ListenerTask,
+) -> Option<ListenerEnd> {
+    loop {
+        tokio::select! {
+            signal = control.signals.next() => match signal {
+                Signal::Stop(name) => {
+                    tracing::info!("{name} received");
+                    return None;
+                }
+                Signal::Reload => {
+                    control.notifier.reloading();
+                    control.reloader.reload(core).await;
+                    control.notifier.ready(core).await;
+                }
+            },
+            _ = tick(watchdog) => control.notifier.watchdog(),
+            _ = core.replica_changed.notified() => control.notifier.status(core).await,
+            result = &mut *login => return Some(("login", result)),
+            result = &mut *sync => return Some(("sync", result)),
+        }
+    }
 }
 
 /// The next watchdog tick, or never when the watchdog is off.

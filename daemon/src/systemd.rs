@@ -72,6 +72,8 @@ fn own_passed_fd(fd: RawFd) -> OwnedFd {
 /// kind only, so a gone manager cannot flood the log) and never stop the daemon.
 #[derive(Debug)]
 pub struct Notifier {
+    /// NOTIFY_SOCKET is set: there is a service manager to tell.
+    enabled: bool,
     watchdog: Option<Duration>,
     warned: AtomicBool,
 }
@@ -79,6 +81,7 @@ pub struct Notifier {
 impl Notifier {
     pub fn from_env() -> Notifier {
         Notifier {
+            enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
             watchdog: sd_notify::watchdog_enabled(),
             warned: AtomicBool::new(false),
         }
@@ -90,12 +93,20 @@ impl Notifier {
             .map(|limit| (limit / 2).max(Duration::from_millis(1)))
     }
 
-    pub fn ready(&self, status: &str) {
-        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    /// READY=1 with the replica's status line.
+    pub async fn ready(&self, core: &Core) {
+        if self.enabled {
+            let status = status_line(core).await;
+            self.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        }
     }
 
-    pub fn status(&self, status: &str) {
-        self.send(&[NotifyState::Status(status)]);
+    /// A fresh STATUS= line (after a sync changed the replica).
+    pub async fn status(&self, core: &Core) {
+        if self.enabled {
+            let status = status_line(core).await;
+            self.send(&[NotifyState::Status(&status)]);
+        }
     }
 
     /// RELOADING=1 with the monotonic timestamp newer managers expect; `ready` ends it.
@@ -126,7 +137,7 @@ impl Notifier {
 }
 
 /// The one-line STATUS= text: the replica's cursor and its user counts.
-pub async fn status_line(core: &Core) -> String {
+async fn status_line(core: &Core) -> String {
     let replica = core.replica.clone();
     let terminal = core.settings.terminal.clone();
     let read = tokio::task::spawn_blocking(move || {
@@ -155,11 +166,13 @@ mod tests {
     #[test]
     fn watchdog_pings_at_half_the_limit() {
         let notifier = Notifier {
+            enabled: true,
             watchdog: Some(Duration::from_secs(30)),
             warned: AtomicBool::new(false),
         };
         assert_eq!(notifier.watchdog_interval(), Some(Duration::from_secs(15)));
         let off = Notifier {
+            enabled: false,
             watchdog: None,
             warned: AtomicBool::new(false),
         };
