@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tillgate/v1/model.proto",
         "proto/tillgate/v1/login.proto",
         "proto/tillgate/v1/sync.proto",
+        "proto/tillgate/v1/devices.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -20,19 +20,21 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
+    /// One line (it goes into log lines too): where, then what.
+    #[error("config file {path}: {problem}")]
     Parse {
         path: PathBuf,
+        problem: String,
         #[source]
         source: Box<toml::de::Error>,
     },
     #[error("config key {key}: {problem}")]
-    Invalid { key: &'static str, problem: String },
+    Invalid { key: String, problem: String },
 }
 
-fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         problem: problem.into(),
     }
 }
@@ -51,6 +53,191 @@ pub struct Config {
     pub hashing: HashingConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub input: InputConfig,
+}
+
+/// Hardware input: which evdev devices and serial ports are PIN pads and key readers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Directory of evdev nodes, watched for hot-plug.
+    pub dir: PathBuf,
+    /// Matched in order against every evdev device; the first match decides.
+    pub rules: Vec<DeviceRule>,
+    pub serial: Vec<SerialReaderConfig>,
+    pub pin_pad: PinPadSettings,
+    /// Reader profiles of the site's own, by name; they may start from a built-in (`base`).
+    pub profiles: std::collections::BTreeMap<String, ProfileDef>,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            dir: "/dev/input".into(),
+            rules: Vec::new(),
+            serial: Vec::new(),
+            pin_pad: PinPadSettings::default(),
+            profiles: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminatorDef {
+    Enter,
+    Tab,
+    /// No terminator: `fixed_length` characters make a frame.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodingDef {
+    Text,
+    Hex,
+    Decimal,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RomPartsDef {
+    /// All 8 bytes: family, serial, CRC.
+    Full,
+    /// Family and serial, no CRC.
+    FamilySerial,
+    /// The 48-bit serial only (`family` must be given).
+    Serial,
+}
+
+/// A reader profile: framing of the burst, then canonicalisation of the id. Every key is
+/// optional and overrides `base` (or the generic defaults).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileDef {
+    /// A built-in profile to start from.
+    pub base: Option<String>,
+    pub max_gap_ms: Option<u64>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub terminator: Option<TerminatorDef>,
+    pub fixed_length: Option<usize>,
+    pub min_len: Option<usize>,
+    pub max_len: Option<usize>,
+    /// What the reader types when a key is pulled (e.g. "OUT").
+    pub removal_token: Option<String>,
+    pub encoding: Option<EncodingDef>,
+    pub reverse_bytes: Option<bool>,
+    /// Treat the id as a 1-Wire ROM id (hex encoding).
+    pub rom: Option<RomPartsDef>,
+    pub family: Option<u8>,
+    pub check_crc: Option<bool>,
+    pub strip_family: Option<bool>,
+    pub strip_crc: Option<bool>,
+    /// Zero-pad decimal ids to this width.
+    pub decimal_width: Option<usize>,
+    pub trim: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceRole {
+    PinPad,
+    KeyReader,
+}
+
+/// Matches evdev devices; every key given must match, and at least one must be given.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRule {
+    /// Device name, exact or a glob (`*`, `?`, `[…]`).
+    pub name: Option<String>,
+    /// `vvvv:pppp` in hex.
+    pub vendor_product: Option<String>,
+    /// Physical path glob, e.g. `usb-0000:00:14.0-2/input0`.
+    pub phys: Option<String>,
+    pub uniq: Option<String>,
+    /// A `/dev/input/by-id/…` (or by-path) link that must point at the device.
+    pub by_id: Option<PathBuf>,
+    pub role: Option<DeviceRole>,
+    /// Reader profile for key readers (see the README); default `generic-wedge`.
+    pub profile: Option<String>,
+    /// Take the device exclusively (EVIOCGRAB): default true for key readers, false for PIN pads.
+    pub grab: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialFramingConfig {
+    #[default]
+    Line,
+    StxEtx,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ParityConfig {
+    #[default]
+    None,
+    Odd,
+    Even,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SerialReaderConfig {
+    /// Label in logs and `tillctl devices`; defaults to the path.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub path: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    #[serde(default)]
+    pub parity: ParityConfig,
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    #[serde(default)]
+    pub framing: SerialFramingConfig,
+    #[serde(default = "default_profile")]
+    pub profile: String,
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_profile() -> String {
+    "generic-wedge".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PinPadSettings {
+    /// A partial entry is dropped after this long without a key.
+    pub idle_timeout_ms: u64,
+    pub min_len: usize,
+    pub max_len: usize,
+    /// Submit after this many digits without waiting for Enter.
+    pub fixed_len: Option<usize>,
+}
+
+impl Default for PinPadSettings {
+    fn default() -> Self {
+        PinPadSettings {
+            idle_timeout_ms: 10_000,
+            min_len: 4,
+            max_len: 8,
+            fixed_len: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,7 +317,7 @@ impl Default for SyncConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -187,6 +374,15 @@ impl Default for LogConfig {
     }
 }
 
+/// The part of the settings that SIGHUP applies to the running daemon (see `reload`). Everything
+/// else in [`Settings`] takes effect at the next start. A module whose settings can change live
+/// adds them here and follows `Core::live`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSettings {
+    /// The tracing filter from `log.level` (RUST_LOG, when set, wins over it).
+    pub log_level: String,
+}
+
 /// The configuration after checks, with derived values filled in.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -205,7 +401,14 @@ pub struct Settings {
     pub tls: Option<TlsConfig>,
     pub max_concurrent_hashes: usize,
     pub cost_limits: CostLimits,
-    pub log: LogConfig,
+    pub log_format: LogFormat,
+    /// The reloadable part, as read at start; the daemon's current values are in `Core::live`.
+    pub live: LiveSettings,
+    /// Read at start only: the hardware readers take it when they start. To make input rules
+    /// reloadable, move it into [`LiveSettings`] and have the readers follow `Core::live`.
+    pub input: crate::hardware::InputSettings,
+    /// The `[input]` section as written, so a reload can tell whether it changed.
+    pub input_config: InputConfig,
 }
 
 impl Settings {
@@ -220,6 +423,63 @@ impl Settings {
     pub fn sync_addr_path(&self) -> PathBuf {
         self.runtime_dir.join("sync.addr")
     }
+
+    /// The config keys whose values differ between `self` and `other` and that only take
+    /// effect at a restart (everything outside [`LiveSettings`]).
+    pub fn restart_only_changes(&self, other: &Settings) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut check = |key, differs: bool| {
+            if differs {
+                keys.push(key);
+            }
+        };
+        check(
+            "terminal.sales_point_id",
+            self.terminal.sales_point_id != other.terminal.sales_point_id,
+        );
+        check(
+            "terminal.sub_terminal_id",
+            self.terminal.sub_terminal_id != other.terminal.sub_terminal_id,
+        );
+        check("paths.state_dir", self.state_dir != other.state_dir);
+        check("paths.runtime_dir", self.runtime_dir != other.runtime_dir);
+        check("login_socket.path", self.socket_path != other.socket_path);
+        check(
+            "login_socket.group",
+            self.socket_group != other.socket_group,
+        );
+        check("login_socket.mode", self.socket_mode != other.socket_mode);
+        check(
+            "login_socket.allow_uids",
+            self.allow_uids != other.allow_uids,
+        );
+        check(
+            "login_socket.allow_gids",
+            self.allow_gids != other.allow_gids,
+        );
+        check(
+            "login_socket.admin_uids",
+            self.admin_uids != other.admin_uids,
+        );
+        check(
+            "login_socket.max_message_bytes",
+            self.login_max_message_bytes != other.login_max_message_bytes,
+        );
+        check("sync.listen", self.sync_listen != other.sync_listen);
+        check(
+            "sync.max_message_bytes",
+            self.sync_max_message_bytes != other.sync_max_message_bytes,
+        );
+        check("sync.tls", self.tls != other.tls);
+        check(
+            "hashing.max_concurrent",
+            self.max_concurrent_hashes != other.max_concurrent_hashes,
+        );
+        check("hashing.max_*_cost", self.cost_limits != other.cost_limits);
+        check("log.format", self.log_format != other.log_format);
+        check("input", self.input_config != other.input_config);
+        keys
+    }
 }
 
 impl Config {
@@ -229,8 +489,11 @@ impl Config {
             source,
         })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+            ConfigError::Parse {
+                problem, source, ..
+            } => ConfigError::Parse {
                 path: path.to_owned(),
+                problem,
                 source,
             },
             other => other,
@@ -238,9 +501,24 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: PathBuf::from("<inline>"),
-            source: Box::new(source),
+        toml::from_str(text).map_err(|source| {
+            let at = source
+                .span()
+                .map(|span| {
+                    let before = text.get(..span.start).unwrap_or(text);
+                    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                    format!(
+                        "line {}, column {}: ",
+                        before.matches('\n').count() + 1,
+                        before[line_start..].chars().count() + 1
+                    )
+                })
+                .unwrap_or_default();
+            ConfigError::Parse {
+                path: PathBuf::from("<inline>"),
+                problem: format!("{at}{}", source.message().trim_end()),
+                source: Box::new(source),
+            }
         })
     }
 
@@ -349,6 +627,7 @@ impl Config {
                 "cost limits must be at least 1",
             ));
         }
+        let input = crate::hardware::InputSettings::from_config(&self.input)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
         }
@@ -375,7 +654,12 @@ impl Config {
                 max_t_cost: self.hashing.max_t_cost,
                 max_p_cost: self.hashing.max_p_cost,
             },
-            log: self.log,
+            log_format: self.log.format,
+            live: LiveSettings {
+                log_level: self.log.level,
+            },
+            input,
+            input_config: self.input,
         })
     }
 }
@@ -399,6 +683,30 @@ mod tests {
         );
         assert_eq!(s.socket_mode, 0o660);
         assert_eq!(s.sync_listen.to_string(), DEFAULT_SYNC_LISTEN);
+        assert_eq!(s.live.log_level, "info");
+    }
+
+    #[test]
+    fn restart_only_changes_name_the_keys() {
+        let parse = |text: &str| Config::parse(text).unwrap().validate().unwrap();
+        let base = parse("[terminal]\nsales_point_id = \"sp-1\"\n");
+        let same_but_level =
+            parse("[terminal]\nsales_point_id = \"sp-1\"\n[log]\nlevel = \"debug\"\n");
+        assert!(base.restart_only_changes(&same_but_level).is_empty());
+        assert_ne!(base.live, same_but_level.live);
+        let moved = parse(
+            "[terminal]\nsales_point_id = \"sp-2\"\n[sync]\nlisten = \"127.0.0.1:7999\"\n\
+             [log]\nformat = \"json\"\n",
+        );
+        assert_eq!(
+            base.restart_only_changes(&moved),
+            vec!["terminal.sales_point_id", "sync.listen", "log.format"]
+        );
+        let reader = parse(
+            "[terminal]\nsales_point_id = \"sp-1\"\n\
+             [[input.serial]]\npath = \"/dev/ttyUSB0\"\n",
+        );
+        assert_eq!(base.restart_only_changes(&reader), vec!["input"]);
     }
 
     #[test]
@@ -437,6 +745,13 @@ mod tests {
         assert!(
             err.to_string().contains("unknown field `sales_pont`"),
             "{err}"
+        );
+
+        let err = Config::parse("[terminal]\nsales_point_id = \"a\"\n[log]\nformat = \"xml\"\n")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config file <inline>: line 4, column 10: unknown variant `xml`, expected `text` or `json`"
         );
 
         let err = Config::parse("[paths]\nstate_dir = \"/x\"\n").unwrap_err();

@@ -103,6 +103,21 @@ impl SessionManager {
         Some(self.publish(&mut state, EventKind::Logout, None, Some(previous), reason))
     }
 
+    /// A reader reported its key pulled: ends the session if a key from that same reader opened
+    /// it. Another user's session, or one opened by PIN, is left alone.
+    pub fn key_removed(&self, source: &str) -> Option<SessionEvent> {
+        let mut state = self.lock();
+        let opened_here = state
+            .current
+            .as_ref()
+            .is_some_and(|s| s.method == CredentialKind::Key && s.source == source);
+        if !opened_here {
+            return None;
+        }
+        let previous = state.current.take();
+        Some(self.publish(&mut state, EventKind::Logout, None, previous, "key removed"))
+    }
+
     /// The current state as a first message, plus a receiver for every later change. Both are
     /// taken under the lock, so no change falls between them.
     pub fn watch(&self) -> (SessionEvent, broadcast::Receiver<SessionEvent>) {

@@ -22,6 +22,8 @@ pub struct SyncService {
     pub key: Arc<TerminalKey>,
     pub limits: CostLimits,
     pub terminal: Terminal,
+    /// Signalled after every batch or snapshot that changed the replica.
+    pub applied: Arc<tokio::sync::Notify>,
 }
 
 fn caller<T>(request: &Request<T>) -> String {
@@ -133,7 +135,7 @@ impl Sync for SyncService {
         })
         .await
         .map_err(join_error)?;
-        log_outcome("snapshot", &token, &summary);
+        self.log_outcome("snapshot", &token, &summary);
         Ok(Response::new(result_to_pb(summary?)))
     }
 
@@ -158,22 +160,25 @@ impl Sync for SyncService {
         })
         .await
         .map_err(join_error)?;
-        log_outcome("changes", &token, &summary);
+        self.log_outcome("changes", &token, &summary);
         Ok(Response::new(result_to_pb(summary?)))
     }
 }
 
-fn log_outcome(what: &str, token: &str, outcome: &Result<ApplySummary, ApplyError>) {
-    match outcome {
-        Ok(s) if s.applied => {
-            tracing::info!(token, cursor = %s.cursor, users = s.users, roles = s.roles, "{what} applied")
+impl SyncService {
+    fn log_outcome(&self, what: &str, token: &str, outcome: &Result<ApplySummary, ApplyError>) {
+        match outcome {
+            Ok(s) if s.applied => {
+                tracing::info!(token, cursor = %s.cursor, users = s.users, roles = s.roles, "{what} applied");
+                self.applied.notify_one();
+            }
+            Ok(s) => {
+                tracing::info!(token, cursor = %s.cursor, "{what} already applied (replay acknowledged)")
+            }
+            Err(ApplyError::Store(e)) => {
+                tracing::error!(token, error = %e, "{what} failed; replica unchanged")
+            }
+            Err(e) => tracing::warn!(token, error = %e, "{what} refused; replica unchanged"),
         }
-        Ok(s) => {
-            tracing::info!(token, cursor = %s.cursor, "{what} already applied (replay acknowledged)")
-        }
-        Err(ApplyError::Store(e)) => {
-            tracing::error!(token, error = %e, "{what} failed; replica unchanged")
-        }
-        Err(e) => tracing::warn!(token, error = %e, "{what} refused; replica unchanged"),
     }
 }
