@@ -1,14 +1,18 @@
 //! tillgated: cashier login for point-of-sale terminals.
 //!
-//! Pure cores (`resolve`, `validate`, `credential` parsing) with thin adapters around them
+//! Pure cores (`resolve`, `validate`, `credential` parsing, `lockout`, `explain`, `audit`) with thin adapters around them
 //! (`store` for SQLite, `grpc` for the two listeners).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod credential;
 pub mod demo;
+pub mod explain;
+pub mod fleet;
 pub mod grpc;
+pub mod lockout;
 pub mod logging;
 pub mod login;
 pub mod model;

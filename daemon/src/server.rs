@@ -16,6 +16,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::Settings;
 use crate::credential::{KeyFileError, TerminalKey};
+use crate::fleet::DeviceRegistry;
 use crate::grpc::admin::AdminService;
 use crate::grpc::auth::BearerCheck;
 use crate::grpc::login::{ListenerInfo, LoginService};
@@ -70,6 +71,8 @@ pub struct Core {
     pub sessions: Arc<SessionManager>,
     pub auth: Arc<Authenticator>,
     pub tokens: Arc<TokenRegistry>,
+    /// Credential readers, as the hardware input module registers them (fleet health).
+    pub devices: Arc<DeviceRegistry>,
 }
 
 impl Core {
@@ -93,15 +96,24 @@ impl Core {
         }
         let state = replica.state()?;
         tracing::info!(path = %replica.path().display(), cursor = %state.cursor, "replica open");
+        let stats = replica.audit_stats()?;
+        if stats.backlog > settings.policy.audit_max_rows {
+            tracing::error!(
+                backlog = stats.backlog,
+                max_rows = settings.policy.audit_max_rows,
+                "audit outbox over its cap at start: central has not acknowledged audit rows; they are kept"
+            );
+        }
         let replica = Arc::new(replica);
         let key = Arc::new(key);
-        let sessions = Arc::new(SessionManager::default());
+        let sessions = Arc::new(SessionManager::new(settings.session));
         let auth = Arc::new(Authenticator::new(
             replica.clone(),
             key.clone(),
             settings.terminal.clone(),
             sessions.clone(),
             settings.max_concurrent_hashes,
+            settings.policy,
         ));
         let tokens = Arc::new(TokenRegistry::load(&replica)?);
         Ok(Core {
@@ -111,6 +123,7 @@ impl Core {
             sessions,
             auth,
             tokens,
+            devices: Arc::new(DeviceRegistry::default()),
         })
     }
 }
@@ -147,6 +160,7 @@ pub async fn serve(
     let sync = sync_server(&core, tcp, shutdown_rx)?;
     let mut login = tokio::spawn(login);
     let mut sync = tokio::spawn(sync);
+    let idle_lock = tokio::spawn(core.sessions.clone().run_idle_lock());
 
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -156,6 +170,7 @@ pub async fn serve(
         result = &mut sync => Some(("sync", result)),
     };
     let _ = shutdown_tx.send(true);
+    idle_lock.abort();
     let mut outcome = Ok(());
     if let Some((which, result)) = early {
         tracing::error!(
@@ -264,6 +279,8 @@ fn login_server(
         replica: core.replica.clone(),
         tokens: core.tokens.clone(),
         admin_uids,
+        auth: core.auth.clone(),
+        terminal: settings.terminal.clone(),
     };
     let policy = PeerPolicy {
         allow_uids: settings.allow_uids.clone(),
@@ -318,6 +335,8 @@ fn sync_server(
         key: core.key.clone(),
         limits: settings.cost_limits,
         terminal: settings.terminal.clone(),
+        auth: core.auth.clone(),
+        devices: core.devices.clone(),
     };
     let check = BearerCheck {
         tokens: core.tokens.clone(),
