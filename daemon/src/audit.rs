@@ -210,7 +210,7 @@ pub fn status(backlog: u64, max_rows: u64) -> String {
 /// Whether a write that left `backlog` rows should log the over-cap error: at the first row over
 /// the cap and every [`OVER_CAP_LOG_EVERY`] rows after, so the log stays loud but bounded.
 pub fn should_log_over_cap(backlog: u64, max_rows: u64) -> bool {
-    backlog > max_rows && (backlog - max_rows - 1) % OVER_CAP_LOG_EVERY == 0
+    backlog > max_rows && (backlog - max_rows - 1).is_multiple_of(OVER_CAP_LOG_EVERY)
 }
 
 /// Logs the over-cap error if this write calls for one.
