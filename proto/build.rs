@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tillgate/v1/policy.proto",
         "proto/tillgate/v1/login.proto",
         "proto/tillgate/v1/sync.proto",
+        "proto/tillgate/v1/devices.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

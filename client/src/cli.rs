@@ -122,6 +122,12 @@ pub enum Command {
         #[arg(long)]
         salt: Option<String>,
     },
+    /// List input devices: name, vendor:product, phys, links, matching rule, grab state.
+    Devices {
+        /// Follow attach/detach and framed input live (masked) instead of listing.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Manage sync tokens (admin uids only).
     Token {
         #[command(subcommand)]
@@ -360,14 +366,23 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             if state.replica_stale {
                 println!("replica:           STALE (logins refused until central syncs)");
             }
-            println!("input devices:     {}", state.input_devices.len());
+            println!(
+                "input devices:     {} ({} being read)",
+                state.input_devices.len(),
+                state.input_devices.iter().filter(|d| d.attached).count()
+            );
             for d in &state.input_devices {
+                let role = if d.role.is_empty() {
+                    "unused"
+                } else {
+                    d.role.as_str()
+                };
                 println!(
-                    "  {} {} ({}){}",
+                    "  {} [{} {role}] {}{}",
                     d.name,
                     d.kind,
                     d.path,
-                    if d.connected { "" } else { " disconnected" }
+                    if d.attached { "" } else { " (not read)" }
                 );
             }
             println!("lockouts:          {}", state.lockouts.len());
@@ -386,6 +401,26 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 p_cost: None,
             })?;
             println!("{}", hasher.hash(&secret)?);
+        }
+        Command::Devices { watch } => {
+            let mut client = TillClient::connect(&cli.socket).await?;
+            if watch {
+                let mut stream = client.watch_input().await?;
+                eprintln!("following input activity (Ctrl-C to stop)");
+                while let Some(activity) = stream.message().await? {
+                    print_activity(&activity);
+                }
+            } else {
+                let devices = client.list_devices().await?;
+                if devices.is_empty() {
+                    println!(
+                        "no input devices seen (no [input] rules or serial readers configured, or none present)"
+                    );
+                }
+                for device in devices {
+                    print_device(&device);
+                }
+            }
         }
         Command::Token { action } => {
             let mut client = TillClient::connect(&cli.socket).await?;
@@ -553,6 +588,59 @@ fn print_event(event: &pb::SessionEvent) {
         "#{} {} {kind} {who}{reason}",
         event.sequence,
         time_label(event.at.as_ref())
+    );
+    let _ = std::io::stdout().flush();
+}
+
+fn print_device(device: &pb::InputDevice) {
+    let state = match (device.attached, device.grabbed) {
+        (true, true) => "attached, grabbed",
+        (true, false) => "attached",
+        (false, _) if device.rule.is_empty() => "no rule matches: not read",
+        (false, _) => "not attached",
+    };
+    println!("{} [{}] {}", device.path, device.kind, device.name);
+    if !device.vendor_product.is_empty() {
+        println!("    id:      {}", device.vendor_product);
+    }
+    if !device.phys.is_empty() {
+        println!("    phys:    {}", device.phys);
+    }
+    if !device.uniq.is_empty() {
+        println!("    uniq:    {}", device.uniq);
+    }
+    for link in &device.links {
+        println!("    link:    {link}");
+    }
+    println!(
+        "    rule:    {}",
+        if device.rule.is_empty() {
+            "-"
+        } else {
+            &device.rule
+        }
+    );
+    println!("    state:   {state}");
+    if !device.error.is_empty() {
+        println!("    error:   {}", device.error);
+    }
+}
+
+fn print_activity(activity: &pb::InputActivity) {
+    let kind = pb::InputActivityKind::try_from(activity.kind)
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("INPUT_ACTIVITY_KIND_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| "unknown".into());
+    println!(
+        "{} {} ({}) {kind} {} {}",
+        time_label(activity.at.as_ref()),
+        activity.device,
+        activity.path,
+        activity.masked,
+        activity.outcome
     );
     let _ = std::io::stdout().flush();
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tillgate_proto::v1 as pb;
 use tillgate_proto::v1::admin_client::AdminClient;
+use tillgate_proto::v1::devices_client::DevicesClient;
 use tillgate_proto::v1::login_client::LoginClient;
 use tillgate_proto::v1::sync_client::SyncClient;
 use tokio::net::UnixStream;
@@ -111,6 +112,7 @@ pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Channel, ClientError
 pub struct TillClient {
     login: LoginClient<Channel>,
     admin: AdminClient<Channel>,
+    devices: DevicesClient<Channel>,
 }
 
 impl TillClient {
@@ -121,7 +123,8 @@ impl TillClient {
     pub fn from_channel(channel: Channel) -> TillClient {
         TillClient {
             login: LoginClient::new(channel.clone()),
-            admin: AdminClient::new(channel),
+            admin: AdminClient::new(channel.clone()),
+            devices: DevicesClient::new(channel),
         }
     }
 
@@ -207,6 +210,23 @@ impl TillClient {
         Ok(self
             .login
             .get_status(pb::GetStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    pub async fn list_devices(&mut self) -> Result<Vec<pb::InputDevice>, ClientError> {
+        Ok(self
+            .devices
+            .list_devices(pb::ListDevicesRequest {})
+            .await?
+            .into_inner()
+            .devices)
+    }
+
+    pub async fn watch_input(&mut self) -> Result<Streaming<pb::InputActivity>, ClientError> {
+        Ok(self
+            .devices
+            .watch_input(pb::WatchInputRequest {})
             .await?
             .into_inner())
     }

@@ -31,12 +31,12 @@ pub enum ConfigError {
         source: Box<toml::de::Error>,
     },
     #[error("config key {key}: {problem}")]
-    Invalid { key: &'static str, problem: String },
+    Invalid { key: String, problem: String },
 }
 
-fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         problem: problem.into(),
     }
 }
@@ -63,6 +63,191 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub replica: ReplicaConfig,
+    #[serde(default)]
+    pub input: InputConfig,
+}
+
+/// Hardware input: which evdev devices and serial ports are PIN pads and key readers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Directory of evdev nodes, watched for hot-plug.
+    pub dir: PathBuf,
+    /// Matched in order against every evdev device; the first match decides.
+    pub rules: Vec<DeviceRule>,
+    pub serial: Vec<SerialReaderConfig>,
+    pub pin_pad: PinPadSettings,
+    /// Reader profiles of the site's own, by name; they may start from a built-in (`base`).
+    pub profiles: std::collections::BTreeMap<String, ProfileDef>,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            dir: "/dev/input".into(),
+            rules: Vec::new(),
+            serial: Vec::new(),
+            pin_pad: PinPadSettings::default(),
+            profiles: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminatorDef {
+    Enter,
+    Tab,
+    /// No terminator: `fixed_length` characters make a frame.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodingDef {
+    Text,
+    Hex,
+    Decimal,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RomPartsDef {
+    /// All 8 bytes: family, serial, CRC.
+    Full,
+    /// Family and serial, no CRC.
+    FamilySerial,
+    /// The 48-bit serial only (`family` must be given).
+    Serial,
+}
+
+/// A reader profile: framing of the burst, then canonicalisation of the id. Every key is
+/// optional and overrides `base` (or the generic defaults).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileDef {
+    /// A built-in profile to start from.
+    pub base: Option<String>,
+    pub max_gap_ms: Option<u64>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub terminator: Option<TerminatorDef>,
+    pub fixed_length: Option<usize>,
+    pub min_len: Option<usize>,
+    pub max_len: Option<usize>,
+    /// What the reader types when a key is pulled (e.g. "OUT").
+    pub removal_token: Option<String>,
+    pub encoding: Option<EncodingDef>,
+    pub reverse_bytes: Option<bool>,
+    /// Treat the id as a 1-Wire ROM id (hex encoding).
+    pub rom: Option<RomPartsDef>,
+    pub family: Option<u8>,
+    pub check_crc: Option<bool>,
+    pub strip_family: Option<bool>,
+    pub strip_crc: Option<bool>,
+    /// Zero-pad decimal ids to this width.
+    pub decimal_width: Option<usize>,
+    pub trim: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceRole {
+    PinPad,
+    KeyReader,
+}
+
+/// Matches evdev devices; every key given must match, and at least one must be given.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRule {
+    /// Device name, exact or a glob (`*`, `?`, `[…]`).
+    pub name: Option<String>,
+    /// `vvvv:pppp` in hex.
+    pub vendor_product: Option<String>,
+    /// Physical path glob, e.g. `usb-0000:00:14.0-2/input0`.
+    pub phys: Option<String>,
+    pub uniq: Option<String>,
+    /// A `/dev/input/by-id/…` (or by-path) link that must point at the device.
+    pub by_id: Option<PathBuf>,
+    pub role: Option<DeviceRole>,
+    /// Reader profile for key readers (see the README); default `generic-wedge`.
+    pub profile: Option<String>,
+    /// Take the device exclusively (EVIOCGRAB): default true for key readers, false for PIN pads.
+    pub grab: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialFramingConfig {
+    #[default]
+    Line,
+    StxEtx,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ParityConfig {
+    #[default]
+    None,
+    Odd,
+    Even,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SerialReaderConfig {
+    /// Label in logs and `tillctl devices`; defaults to the path.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub path: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    #[serde(default)]
+    pub parity: ParityConfig,
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    #[serde(default)]
+    pub framing: SerialFramingConfig,
+    #[serde(default = "default_profile")]
+    pub profile: String,
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_profile() -> String {
+    "generic-wedge".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PinPadSettings {
+    /// A partial entry is dropped after this long without a key.
+    pub idle_timeout_ms: u64,
+    pub min_len: usize,
+    pub max_len: usize,
+    /// Submit after this many digits without waiting for Enter.
+    pub fixed_len: Option<usize>,
+}
+
+impl Default for PinPadSettings {
+    fn default() -> Self {
+        PinPadSettings {
+            idle_timeout_ms: 10_000,
+            min_len: 4,
+            max_len: 8,
+            fixed_len: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -340,6 +525,7 @@ pub struct Settings {
     pub log: LogConfig,
     pub policy: PolicySettings,
     pub session: SessionPolicy,
+    pub input: crate::hardware::InputSettings,
 }
 
 impl Settings {
@@ -520,6 +706,7 @@ impl Config {
         if self.audit.max_rows == 0 {
             return Err(invalid("audit.max_rows", "must be at least 1"));
         }
+        let input = crate::hardware::InputSettings::from_config(&self.input)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
         }
@@ -559,6 +746,7 @@ impl Config {
                     KeyRemovalConfig::Logout => KeyRemoval::Logout,
                 },
             },
+            input,
         })
     }
 }

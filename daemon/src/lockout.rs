@@ -5,7 +5,7 @@
 //! Rules:
 //! - A failure is a credential that matches nobody (a wrong PIN, an unknown key). A credential
 //!   of an inactive or unassigned user, a malformed request or a bad CRC read is not one.
-//! - Failures are counted per input source (a socket peer's uid, a device's name) and, with a
+//! - Failures are counted per input source (a socket peer's uid, a reader's name) and, with a
 //!   separate threshold, for the whole terminal.
 //! - `max_failures` failures within `window` of the first one lock the scope: PIN login (and PIN
 //!   authorization) from it is refused for `delay`, doubled with every further lockout
@@ -83,6 +83,12 @@ pub fn scope_of(source: &str) -> String {
         return "socket".to_owned();
     }
     if let Some(rest) = source.strip_prefix("device ") {
+        // `device "<name>" (<place>)`: the name is quoted (it may hold spaces).
+        if let Some(quoted) = rest.strip_prefix('"')
+            && let Some((name, _)) = quoted.split_once('"')
+        {
+            return format!("device {name}");
+        }
         let name = rest.split(" (").next().unwrap_or(rest).trim();
         return format!("device {name}");
     }
@@ -252,6 +258,10 @@ mod tests {
             "device front-reader"
         );
         assert_eq!(scope_of("device front-reader"), "device front-reader");
+        assert_eq!(
+            scope_of("device \"door reader\" (usb-0000:00:14.0-2/input0)"),
+            "device door reader"
+        );
         assert_eq!(scope_of("socket unknown peer"), "socket");
         assert_eq!(scope_of("other"), "other");
         let p = policy();

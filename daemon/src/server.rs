@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tillgate_proto::v1::admin_server::AdminServer;
+use tillgate_proto::v1::devices_server::DevicesServer;
 use tillgate_proto::v1::login_server::LoginServer;
 use tillgate_proto::v1::sync_server::SyncServer;
 use tokio::net::UnixListener;
@@ -16,11 +17,12 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::Settings;
 use crate::credential::{KeyFileError, TerminalKey};
-use crate::fleet::DeviceRegistry;
 use crate::grpc::admin::AdminService;
 use crate::grpc::auth::BearerCheck;
+use crate::grpc::devices::DevicesService;
 use crate::grpc::login::{ListenerInfo, LoginService};
 use crate::grpc::sync::SyncService;
+use crate::hardware::{DeviceRegistry, Dispatcher};
 use crate::login::Authenticator;
 use crate::session::SessionManager;
 use crate::store::{OpenOutcome, Replica, StoreError};
@@ -161,6 +163,13 @@ pub async fn serve(
     let mut login = tokio::spawn(login);
     let mut sync = tokio::spawn(sync);
     let idle_lock = tokio::spawn(core.sessions.clone().run_idle_lock());
+    let input = crate::hardware::spawn(
+        Arc::new(settings.input.clone()),
+        Arc::new(Dispatcher {
+            auth: core.auth.clone(),
+            registry: core.devices.clone(),
+        }),
+    );
 
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -198,6 +207,9 @@ pub async fn serve(
                 handle.abort();
             }
         }
+    }
+    for task in input {
+        task.abort();
     }
     if let Err(e) = core.replica.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
@@ -282,6 +294,10 @@ fn login_server(
         auth: core.auth.clone(),
         terminal: settings.terminal.clone(),
     };
+    let devices = DevicesService {
+        registry: core.devices.clone(),
+        shutdown: shutdown.clone(),
+    };
     let policy = PeerPolicy {
         allow_uids: settings.allow_uids.clone(),
         allow_gids: settings.allow_gids.clone(),
@@ -292,6 +308,7 @@ fn login_server(
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<LoginServer<LoginService>>().await;
         health.set_serving::<AdminServer<AdminService>>().await;
+        health.set_serving::<DevicesServer<DevicesService>>().await;
         let incoming =
             UnixListenerStream::new(listener).filter_map(move |accepted| match accepted {
                 Ok(stream) => policy.admit(stream).map(Ok::<_, std::io::Error>),
@@ -306,6 +323,11 @@ fn login_server(
             .add_service(v1alpha)
             .add_service(
                 LoginServer::new(login)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+            .add_service(
+                DevicesServer::new(devices)
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max),
             )

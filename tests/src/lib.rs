@@ -332,3 +332,43 @@ pub fn run_tillctl(
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A pseudo-terminal whose slave side is reachable at `link` (a symlink the daemon opens as a
+/// serial reader). The master is close-on-exec, so no daemon spawned by a parallel test keeps it.
+#[derive(Debug)]
+pub struct Pty {
+    master: nix::pty::PtyMaster,
+}
+
+impl Pty {
+    pub fn open(link: &Path) -> Pty {
+        use nix::fcntl::OFlag;
+        use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let slave = ptsname_r(&master).unwrap();
+        let _ = std::fs::remove_file(link);
+        std::os::unix::fs::symlink(slave, link).unwrap();
+        Pty { master }
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).unwrap();
+    }
+}
+
+/// Waits until the daemon reads (or stops reading) the device at `path`.
+pub async fn wait_device(client: &mut TillClient, path: &Path, attached: bool) {
+    for _ in 0..400 {
+        let devices = client.list_devices().await.unwrap();
+        if devices
+            .iter()
+            .any(|d| Path::new(&d.path) == path && d.attached == attached)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} never became attached={attached}", path.display());
+}

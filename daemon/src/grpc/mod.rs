@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod devices;
 pub mod login;
 pub mod policy;
 pub mod sync;

@@ -1,5 +1,5 @@
 //! Session-policy messages shared by the Admin service (socket) and the Sync service (TCP):
-//! audit rows, lockout counters, explanations, collision reports, input devices.
+//! audit rows, lockout counters, explanations, collision reports.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,7 +9,6 @@ use tonic::Status;
 use super::{join_error, method_to_pb, timestamp};
 use crate::audit::AuditRow;
 use crate::explain::{self, Collision, CredentialCheck, Explanation, Person};
-use crate::fleet::InputDeviceInfo;
 use crate::lockout::{Counter, LockoutPolicy};
 use crate::model::Terminal;
 use crate::store::{AckError, Replica, StoreError};
@@ -43,15 +42,6 @@ pub fn lockout_to_pb(scope: String, counter: Counter, now: SystemTime) -> pb::Lo
         locked_until: counter
             .retry_after(now_ms)
             .map(|_| timestamp(UNIX_EPOCH + Duration::from_millis(counter.locked_until_ms))),
-    }
-}
-
-pub fn device_to_pb(device: InputDeviceInfo) -> pb::InputDevice {
-    pb::InputDevice {
-        name: device.name,
-        path: device.path,
-        kind: device.kind,
-        connected: device.connected,
     }
 }
 

@@ -8,11 +8,12 @@ use tillgate_proto::v1::sync_server::Sync;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::TokenName;
-use super::policy::{audit_to_pb, collision_report, device_to_pb, explain_user, lockout_states};
+use super::devices::device_to_pb;
+use super::policy::{audit_to_pb, collision_report, explain_user, lockout_states};
 use super::{cursor_from_pb, cursor_to_pb, join_error, login::replica_status, timestamp};
 use crate::audit;
 use crate::credential::{CostLimits, TerminalKey};
-use crate::fleet::DeviceRegistry;
+use crate::hardware::DeviceRegistry;
 use crate::login::{Authenticator, replica_too_old};
 use crate::model::{Cursor, Terminal};
 use crate::store::{ApplyError, ApplySummary, Replica};

@@ -249,6 +249,20 @@ fn check_and_migrate(
         tx.pragma_update(None, "user_version", index as i64 + 1)?;
         tracing::info!(version = index + 1, "replica schema migrated");
     }
+    // A database can pass quick_check and carry our version number yet miss tables (a bad
+    // restore, a hand edit): probe every table the daemon reads so that shows up here, as damage,
+    // rather than as a failure on every request.
+    if let Err(e) = tx.query_row(
+        "SELECT (SELECT COUNT(*) FROM meta) + (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM roles)
+              + (SELECT COUNT(*) FROM credentials) + (SELECT COUNT(*) FROM user_roles)
+              + (SELECT COUNT(*) FROM user_access) + (SELECT COUNT(*) FROM role_permissions)
+              + (SELECT COUNT(*) FROM sync_tokens) + (SELECT COUNT(*) FROM audit_events)
+              + (SELECT COUNT(*) FROM lockouts)",
+        [],
+        |row| row.get::<_, i64>(0),
+    ) {
+        return Ok(Err(Damage::Corrupt(format!("schema check: {e}"))));
+    }
     let fingerprint = hex(key_fingerprint);
     let stored: Option<String> = tx
         .query_row(

@@ -448,3 +448,20 @@ fn shared_digests_are_grouped_with_who_holds_them() {
     assert_eq!(facts.person.ordinal, 1);
     assert!(replica.user_facts("nobody", &terminal()).unwrap().is_none());
 }
+
+#[test]
+fn missing_tables_are_quarantined_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    drop(seeded(&dir));
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE user_access;")
+        .unwrap();
+    drop(conn);
+    let (replica, outcome) = Replica::open(&path, &KEY).unwrap();
+    assert!(
+        matches!(outcome, OpenOutcome::Quarantined { ref reason, .. } if reason.contains("no such table")),
+        "{outcome:?}"
+    );
+    assert!(replica.state().unwrap().cursor.needs_snapshot());
+}

@@ -1,0 +1,213 @@
+//! From framed input to a login: the shared path of evdev and serial readers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tracing::instrument;
+use zeroize::Zeroizing;
+
+use super::registry::{ActivityKind, DeviceRegistry, InputActivity, mask};
+use crate::audit::ReadFault;
+use crate::input::event::InputEvent;
+use crate::input::key_reader::{KeyReader, ReaderOutcome};
+use crate::input::pin_pad::{PinOutcome, PinPad};
+use crate::input::profile::Profile;
+use crate::input::profile::ProfileError;
+use crate::input::secret::Secret;
+use crate::login::{Authenticator, LoginError};
+use crate::model::CredentialKind;
+
+/// What a device produced, independent of how it was framed.
+#[derive(Debug)]
+pub enum Framed {
+    Pin(Secret),
+    /// Raw reader text, before the profile's canonicalisation.
+    Key(Secret),
+    Removal,
+    /// A frame refused before any lookup (bad length, missing suffix, lost sync...).
+    Rejected(String),
+}
+
+/// A device's framing state machine.
+#[derive(Debug)]
+pub enum Framer {
+    PinPad(PinPad),
+    KeyReader(KeyReader),
+}
+
+impl Framer {
+    pub fn feed(&mut self, event: &InputEvent) -> Vec<Framed> {
+        match self {
+            Framer::PinPad(pad) => pad.feed(event).into_iter().filter_map(from_pin).collect(),
+            Framer::KeyReader(reader) => reader.feed(event).into_iter().map(from_reader).collect(),
+        }
+    }
+
+    /// Kernel-clock instant (since the epoch) at which a partial entry expires.
+    pub fn deadline(&self) -> Option<Duration> {
+        match self {
+            Framer::PinPad(pad) => pad.deadline(),
+            Framer::KeyReader(reader) => reader.deadline(),
+        }
+    }
+
+    pub fn expire(&mut self, now: Duration) -> Option<Framed> {
+        match self {
+            Framer::PinPad(pad) => pad.expire(now).and_then(from_pin),
+            Framer::KeyReader(reader) => reader.expire(now).map(from_reader),
+        }
+    }
+}
+
+fn from_pin(outcome: PinOutcome) -> Option<Framed> {
+    match outcome {
+        PinOutcome::Submitted(pin) => Some(Framed::Pin(pin)),
+        PinOutcome::Rejected(reason) => Some(Framed::Rejected(format!("{reason:?}"))),
+        // Cleared and idle-dropped entries are a person changing their mind: not an attempt.
+        PinOutcome::Cleared | PinOutcome::Dropped(_) => None,
+    }
+}
+
+fn from_reader(outcome: ReaderOutcome) -> Framed {
+    match outcome {
+        ReaderOutcome::Frame(raw) => Framed::Key(raw),
+        ReaderOutcome::Removed => Framed::Removal,
+        ReaderOutcome::Rejected(reason) => Framed::Rejected(format!("{reason:?}")),
+    }
+}
+
+/// The audit outbox's name for a misread (a fixed text, never the content).
+fn read_fault(e: ProfileError) -> ReadFault {
+    match e {
+        ProfileError::BadCrc => ReadFault::Crc,
+        ProfileError::BlankRom => ReadFault::Other("blank 1-Wire id"),
+        _ => ReadFault::Other("misread"),
+    }
+}
+
+/// Who a device is, for logs, sessions and `tillctl devices --watch`.
+#[derive(Debug, Clone)]
+pub struct DeviceLabel {
+    pub name: String,
+    pub path: PathBuf,
+    /// Stable across re-plugs on the same port: `device "<name>" (<phys or path>)`.
+    pub source: String,
+}
+
+impl DeviceLabel {
+    pub fn new(name: &str, phys: &str, path: PathBuf) -> DeviceLabel {
+        let place = if phys.is_empty() {
+            path.display().to_string()
+        } else {
+            phys.to_owned()
+        };
+        DeviceLabel {
+            source: format!("device {name:?} ({place})"),
+            name: name.to_owned(),
+            path,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Dispatcher {
+    pub auth: Arc<Authenticator>,
+    pub registry: Arc<DeviceRegistry>,
+}
+
+impl Dispatcher {
+    /// Handles one framed item from `device`; `profile` canonicalises key ids.
+    #[instrument(skip_all, fields(device = %device.source))]
+    pub async fn handle(&self, device: &DeviceLabel, profile: Option<&Profile>, framed: Framed) {
+        match framed {
+            Framed::Pin(pin) => {
+                let masked = mask(pin.len());
+                let outcome = self.login(device, CredentialKind::Pin, pin.expose()).await;
+                self.activity(device, ActivityKind::Pin, masked, outcome);
+            }
+            Framed::Key(raw) => {
+                let masked = mask(raw.len());
+                let Some(profile) = profile else {
+                    self.activity(
+                        device,
+                        ActivityKind::Rejected,
+                        masked,
+                        "no reader profile".into(),
+                    );
+                    return;
+                };
+                match profile.canonical_id(&raw) {
+                    Ok(id) => {
+                        let outcome = self.login(device, CredentialKind::Key, id.expose()).await;
+                        self.activity(device, ActivityKind::Key, masked, outcome);
+                    }
+                    Err(e) if e.is_bad_read() => {
+                        // A misread, not a wrong key: no login attempt is made and no failure
+                        // is counted, but the audit outbox records it.
+                        tracing::warn!(profile = profile.name(), error = %e, "bad key read ignored");
+                        if let Err(audit) = self
+                            .auth
+                            .report_bad_read(&device.source, read_fault(e))
+                            .await
+                        {
+                            tracing::error!(error = %audit, "could not audit a bad key read");
+                        }
+                        self.activity(device, ActivityKind::BadRead, masked, e.to_string());
+                    }
+                    Err(e) => {
+                        tracing::info!(profile = profile.name(), error = %e, "key frame refused by the reader profile");
+                        self.activity(device, ActivityKind::Rejected, masked, e.to_string());
+                    }
+                }
+            }
+            Framed::Removal => {
+                // Locks or ends the session per `session.on_key_removal`.
+                let changed = self.auth.sessions().key_removed(&device.source);
+                let outcome = match changed {
+                    Some(event) => {
+                        let user = event.previous.map(|s| s.user_id).unwrap_or_default();
+                        let what = match event.session {
+                            Some(_) => "locked",
+                            None => "ended",
+                        };
+                        tracing::info!(user_id = %user, "key removed: session {what}");
+                        format!("session of {user} {what}")
+                    }
+                    None => "no session opened by this reader".into(),
+                };
+                self.activity(device, ActivityKind::Removal, String::new(), outcome);
+            }
+            Framed::Rejected(reason) => {
+                tracing::info!(%reason, "input frame refused");
+                self.activity(device, ActivityKind::Rejected, String::new(), reason);
+            }
+        }
+    }
+
+    async fn login(&self, device: &DeviceLabel, kind: CredentialKind, secret: &str) -> String {
+        let secret = Zeroizing::new(secret.to_owned());
+        match self.auth.login(kind, secret, &device.source).await {
+            Ok(session) => format!("logged in {}", session.user_id),
+            Err(LoginError::NoMatch) => "no match".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    pub fn activity(
+        &self,
+        device: &DeviceLabel,
+        kind: ActivityKind,
+        masked: String,
+        outcome: String,
+    ) {
+        self.registry.publish(InputActivity {
+            at: SystemTime::now(),
+            device: device.name.clone(),
+            path: device.path.clone(),
+            kind,
+            masked,
+            outcome,
+        });
+    }
+}

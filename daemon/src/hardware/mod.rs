@@ -1,0 +1,213 @@
+//! Hardware input adapters: evdev PIN pads and key readers (grabbed, decoded by key position, so
+//! independent of the keyboard layout) and serial key readers. Framed PINs and key ids go through
+//! exactly the same resolution as a gRPC login; the session change reaches WatchSession.
+
+pub mod dispatch;
+pub mod evdev_reader;
+pub mod matching;
+pub mod profiles;
+pub mod registry;
+pub mod serial_reader;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{ConfigError, InputConfig, ParityConfig, SerialFramingConfig, invalid};
+use crate::input::pin_pad::PinPadConfig;
+use crate::input::profile::Profile;
+use crate::input::serial_frame::{SerialFramerConfig, SerialFraming};
+
+pub use dispatch::Dispatcher;
+pub use matching::{CompiledRule, DeviceInfo};
+pub use registry::{ActivityKind, DeviceRegistry, DeviceState, InputActivity};
+
+/// The validated `[input]` section.
+#[derive(Debug, Clone)]
+pub struct InputSettings {
+    pub dir: PathBuf,
+    pub rules: Vec<CompiledRule>,
+    pub serial: Vec<SerialSettings>,
+    pub pin_pad: PinPadConfig,
+    /// Built-in and configured reader profiles by name.
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialSettings {
+    pub label: String,
+    pub path: PathBuf,
+    pub baud: u32,
+    pub parity: ParityConfig,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+    pub framer: SerialFramerConfig,
+    pub profile: String,
+}
+
+impl InputSettings {
+    pub fn from_config(config: &InputConfig) -> Result<InputSettings, ConfigError> {
+        let profiles = profiles::build(&config.profiles)?;
+        let known = |name: &str| profiles.contains_key(name);
+        let rules = config
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| CompiledRule::compile(i, rule, &known))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pin_pad = PinPadConfig {
+            idle_timeout: Duration::from_millis(config.pin_pad.idle_timeout_ms),
+            min_len: config.pin_pad.min_len,
+            max_len: config.pin_pad.max_len,
+            fixed_len: config.pin_pad.fixed_len,
+            ..PinPadConfig::default()
+        };
+        pin_pad
+            .validate()
+            .map_err(|e| invalid("input.pin_pad", e.to_string()))?;
+        let mut serial = Vec::with_capacity(config.serial.len());
+        for (i, port) in config.serial.iter().enumerate() {
+            let key = |field: &str| format!("input.serial[{i}].{field}");
+            if port.path.as_os_str().is_empty() {
+                return Err(invalid(key("path"), "must not be empty"));
+            }
+            if port.baud == 0 {
+                return Err(invalid(key("baud"), "must be greater than 0"));
+            }
+            if !(5..=8).contains(&port.data_bits) {
+                return Err(invalid(
+                    key("data_bits"),
+                    format!("{} is not 5, 6, 7 or 8", port.data_bits),
+                ));
+            }
+            if !(1..=2).contains(&port.stop_bits) {
+                return Err(invalid(
+                    key("stop_bits"),
+                    format!("{} is not 1 or 2", port.stop_bits),
+                ));
+            }
+            let Some(profile) = profiles.get(&port.profile) else {
+                return Err(invalid(
+                    key("profile"),
+                    format!(
+                        "unknown profile {:?}; known: {}",
+                        port.profile,
+                        known_names(&profiles)
+                    ),
+                ));
+            };
+            serial.push(SerialSettings {
+                label: port
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| port.path.display().to_string()),
+                path: port.path.clone(),
+                baud: port.baud,
+                parity: port.parity,
+                data_bits: port.data_bits,
+                stop_bits: port.stop_bits,
+                framer: SerialFramerConfig {
+                    framing: match port.framing {
+                        SerialFramingConfig::Line => SerialFraming::Lines,
+                        SerialFramingConfig::StxEtx => SerialFraming::StxEtx,
+                    },
+                    max_len: profile.reader_config().max_frame_len().max(16),
+                },
+                profile: port.profile.clone(),
+            });
+        }
+        Ok(InputSettings {
+            dir: config.dir.clone(),
+            rules,
+            serial,
+            pin_pad,
+            profiles,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty() && self.serial.is_empty()
+    }
+}
+
+pub fn known_names(profiles: &BTreeMap<String, Profile>) -> String {
+    profiles
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Starts the evdev watcher (when rules exist) and one task per serial reader.
+pub fn spawn(
+    settings: Arc<InputSettings>,
+    dispatcher: Arc<Dispatcher>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if !settings.rules.is_empty() {
+        tasks.push(tokio::spawn(evdev_reader::run(
+            settings.clone(),
+            dispatcher.clone(),
+        )));
+    }
+    for port in settings.serial.iter().cloned() {
+        let profile = settings.profiles.get(&port.profile).cloned();
+        tasks.push(tokio::spawn(serial_reader::run(
+            port,
+            profile,
+            dispatcher.clone(),
+        )));
+    }
+    tasks
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn settings(input: &str) -> Result<InputSettings, ConfigError> {
+        Config::parse(&format!("[terminal]\nsales_point_id = \"sp\"\n{input}"))?
+            .validate()
+            .map(|s| s.input)
+    }
+
+    #[test]
+    fn input_section_parses_and_validates() {
+        let s = settings(
+            "[[input.rules]]\nname = \"Addimat*\"\nrole = \"key_reader\"\nprofile = \"addimat\"\n\
+             [[input.rules]]\nvendor_product = \"04d9:1203\"\nrole = \"pin_pad\"\n\
+             [[input.serial]]\npath = \"/dev/ttyUSB0\"\nbaud = 19200\nframing = \"stx_etx\"\n\
+             [input.pin_pad]\nidle_timeout_ms = 5000\n",
+        )
+        .unwrap();
+        assert_eq!(s.rules.len(), 2);
+        assert!(s.rules[0].grab && !s.rules[1].grab);
+        assert_eq!(s.serial[0].framer.framing, SerialFraming::StxEtx);
+        assert_eq!(s.pin_pad.idle_timeout, Duration::from_secs(5));
+        assert!(settings("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn input_errors_name_the_key() {
+        let err = settings("[[input.serial]]\npath = \"/dev/ttyS0\"\nstop_bits = 3\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("config key input.serial[0].stop_bits"),
+            "{err}"
+        );
+        let err = settings("[input.pin_pad]\nmin_len = 9\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("config key input.pin_pad:"),
+            "{err}"
+        );
+        let err = settings("[[input.rules]]\nname = \"x\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("config key input.rules[0].role"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,199 @@
+//! Serial key readers end to end: the real daemon reads a real pseudo-terminal, logs the key in,
+//! survives the other end closing, and re-opens the port when it comes back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+
+use nix::fcntl::OFlag;
+use nix::pty::{PtyMaster, grantpt, posix_openpt, ptsname_r, unlockpt};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use tillgate_client::TillClient;
+use tillgate_client::proto as pb;
+use tillgate_tests::*;
+
+/// A pseudo-terminal whose slave side is reachable at `link` (a symlink the daemon opens).
+/// The master is opened close-on-exec, so no daemon spawned by a parallel test inherits it and
+/// keeps the terminal alive after we close it.
+struct Pty {
+    master: PtyMaster,
+}
+
+impl Pty {
+    fn open(link: &Path) -> Pty {
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let slave = ptsname_r(&master).unwrap();
+        let _ = std::fs::remove_file(link);
+        std::os::unix::fs::symlink(slave, link).unwrap();
+        Pty { master }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).unwrap();
+    }
+}
+
+async fn wait_attached(client: &mut TillClient, path: &Path, attached: bool) -> pb::InputDevice {
+    for _ in 0..400 {
+        let devices = client.list_devices().await.unwrap();
+        if let Some(device) = devices.into_iter().find(|d| Path::new(&d.path) == path)
+            && device.attached == attached
+        {
+            return device;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} never became attached={attached}", path.display());
+}
+
+async fn next_event(watch: &mut tonic::Streaming<pb::SessionEvent>) -> pb::SessionEvent {
+    tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("a session event within 20 s")
+        .unwrap()
+        .unwrap()
+}
+
+fn key_user(id: &str, ordinal: i64, key: &str) -> serde_json::Value {
+    let mut u = user(id, ordinal, None);
+    u["keys"] = json!([key]);
+    u
+}
+
+#[tokio::test]
+async fn serial_reader_logs_in_and_reopens_after_the_other_end_comes_back() {
+    let temp = tempfile::tempdir().unwrap();
+    let link = temp.path().join("reader");
+    let mut pty = Pty::open(&link);
+    let daemon = Daemon::start_with(
+        "",
+        &format!(
+            "[[input.serial]]\nname = \"door reader\"\npath = \"{}\"\nbaud = 9600\nprofile = \"generic-wedge\"\n",
+            link.display()
+        ),
+    );
+    daemon
+        .authorized_sync()
+        .await
+        .apply_snapshot(snapshot(
+            1,
+            1,
+            vec![role("cashier", &["sale.create"], &[])],
+            vec![
+                key_user("kim", 1, "04A1B2C3D4"),
+                key_user("lou", 2, "04FFEEDDCC"),
+            ],
+        ))
+        .await
+        .unwrap();
+    let mut client = daemon.client().await;
+    let device = wait_attached(&mut client, &link, true).await;
+    assert_eq!(
+        (device.kind.as_str(), device.role.as_str()),
+        ("serial", "key_reader")
+    );
+
+    let mut watch = client.watch().await.unwrap();
+    assert_eq!(
+        next_event(&mut watch).await.kind,
+        pb::SessionEventKind::Current as i32
+    );
+    pty.write(b"04A1B2C3D4\r\n");
+    let login = next_event(&mut watch).await;
+    assert_eq!(login.kind, pb::SessionEventKind::Login as i32);
+    let session = login.session.unwrap();
+    assert_eq!(session.user.unwrap().id, "kim");
+    assert_eq!(session.method, pb::LoginMethod::Key as i32);
+    assert!(session.source.contains("door reader"), "{}", session.source);
+
+    // The other end goes away: the daemon notices and keeps trying.
+    drop(pty);
+    wait_attached(&mut client, &link, false).await;
+    // It comes back (a new pseudo-terminal behind the same path): the daemon re-opens it.
+    let mut pty = Pty::open(&link);
+    wait_attached(&mut client, &link, true).await;
+    pty.write(b"04FFEEDDCC\n");
+    let switch = next_event(&mut watch).await;
+    assert_eq!(switch.session.unwrap().user.unwrap().id, "lou");
+
+    let log = daemon.log_text();
+    assert!(
+        log.contains("serial reader attached") && log.contains("serial reader detached"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("04A1B2C3D4") && !log.contains("04FFEEDDCC"),
+        "key ids never reach the log"
+    );
+}
+
+#[tokio::test]
+async fn addimat_over_serial_removal_ends_the_session_and_bad_crc_is_not_a_login() {
+    let temp = tempfile::tempdir().unwrap();
+    let link = temp.path().join("lock");
+    let mut pty = Pty::open(&link);
+    let daemon = Daemon::start_with(
+        "",
+        &format!(
+            "[[input.serial]]\npath = \"{}\"\nframing = \"stx_etx\"\nprofile = \"addimat\"\n",
+            link.display()
+        ),
+    );
+    // The Addimat prints CRC first, family last; the canonical id is the 1-Wire read order.
+    daemon
+        .authorized_sync()
+        .await
+        .apply_snapshot(snapshot(
+            1,
+            1,
+            vec![role("cashier", &[], &[])],
+            vec![
+                key_user("waiter", 1, "017A6945260000AC"),
+                user("pinny", 2, Some("1111")),
+            ],
+        ))
+        .await
+        .unwrap();
+    let mut client = daemon.client().await;
+    wait_attached(&mut client, &link, true).await;
+    let mut activity = client.watch_input().await.unwrap();
+    let mut watch = client.watch().await.unwrap();
+    next_event(&mut watch).await;
+
+    // A damaged read (bad CRC) is reported as such and is not a login attempt.
+    pty.write(b"\x029B00002645697A01\x03");
+    let bad = tokio::time::timeout(Duration::from_secs(20), activity.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(bad.kind, pb::InputActivityKind::BadRead as i32);
+    assert_eq!(bad.masked, "**** (16)");
+    assert!(client.session().await.unwrap().is_none());
+
+    pty.write(b"\x02AC00002645697A01\x03");
+    let login = next_event(&mut watch).await;
+    assert_eq!(login.session.unwrap().user.unwrap().id, "waiter");
+
+    // Pulling the key ends the session it opened.
+    pty.write(b"\x02OUT\x03");
+    let logout = next_event(&mut watch).await;
+    assert_eq!(logout.kind, pb::SessionEventKind::Logout as i32);
+    assert_eq!(logout.reason, "key removed");
+    assert_eq!(logout.previous.unwrap().user.unwrap().id, "waiter");
+
+    // A removal never ends a session the key did not open.
+    client.login_with_pin("1111").await.unwrap();
+    next_event(&mut watch).await;
+    pty.write(b"\x02OUT\x03");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        client.session().await.unwrap().unwrap().user.unwrap().id,
+        "pinny"
+    );
+    assert!(!daemon.log_text().contains("AC00002645697A01"));
+}
