@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditKind, AuditOutcome, AuditRecord, ReadFault};
 use crate::credential::{HashError, TerminalKey, argon2id};
-use crate::lockout::LockoutPolicy;
+use crate::lockout::{LockoutPolicy, TERMINAL_SCOPE};
 use crate::model::{CredentialKind, Terminal};
 use crate::resolve::{Candidate, DenialReason, Resolution, resolve};
 use crate::session::{Session, SessionEvent, SessionManager, profile_change};
@@ -36,10 +36,15 @@ pub enum LoginError {
     #[error("{0}")]
     BadInput(&'static str),
     #[error(
-        "too many failed attempts from this source: PIN entry is refused for another {}",
+        "too many failed attempts {}: PIN entry is refused for another {}",
+        if *terminal_wide { "at this terminal" } else { "from this source" },
         humantime::format_duration(round_up_to_seconds(*retry_after))
     )]
-    LockedOut { retry_after: Duration },
+    LockedOut {
+        retry_after: Duration,
+        /// The terminal-wide counter (rather than the source's) caused it.
+        terminal_wide: bool,
+    },
     #[error(
         "replica is stale: the last successful sync was {} and replica.max_age is {}; \
          logins are refused until central syncs this terminal",
@@ -425,8 +430,11 @@ impl Authenticator {
             let scopes = self.policy.lockout.scopes(source);
             let replica = self.replica.clone();
             let locked = blocking(move || replica.locked_for(&scopes, SystemTime::now())).await??;
-            if let Some(retry_after) = locked {
-                let e = LoginError::LockedOut { retry_after };
+            if let Some((scope, retry_after)) = locked {
+                let e = LoginError::LockedOut {
+                    retry_after,
+                    terminal_wide: scope == TERMINAL_SCOPE,
+                };
                 self.record(
                     refuse(AuditOutcome::LockedOut, &e),
                     CounterChange::Unchanged,

@@ -97,7 +97,7 @@ impl From<LoginError> for Status {
             LoginError::NoMatch => Status::unauthenticated("no user matches this credential"),
             LoginError::Denied(reason) => Status::permission_denied(reason.to_string()),
             LoginError::BadInput(problem) => Status::invalid_argument(problem),
-            LoginError::LockedOut { retry_after } => Status::with_error_details(
+            LoginError::LockedOut { retry_after, .. } => Status::with_error_details(
                 Code::ResourceExhausted,
                 e.to_string(),
                 ErrorDetails::with_retry_info(Some(round_up_to_seconds(retry_after))),

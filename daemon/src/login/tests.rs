@@ -161,8 +161,12 @@ async fn wrong_pins_lock_pin_entry_per_uid_but_not_keys() {
         .auth
         .login(CredentialKind::Pin, pin("1111"), OTHER_PID)
         .await;
-    let Err(LoginError::LockedOut { retry_after }) = e else {
-        panic!("expected a lockout, got {e:?}");
+    let Err(LoginError::LockedOut {
+        retry_after,
+        terminal_wide: false,
+    }) = e
+    else {
+        panic!("expected a lockout of the source, got {e:?}");
     };
     assert!(retry_after <= Duration::from_secs(30) && retry_after > Duration::from_secs(25));
     // Manager override by PIN from that source is refused too.
@@ -235,9 +239,20 @@ async fn success_resets_the_source_but_not_the_terminal_counter() {
         .auth
         .login(CredentialKind::Pin, pin("1111"), "socket uid=3 gid=3 pid=3")
         .await;
+    let Err(
+        e @ LoginError::LockedOut {
+            terminal_wide: true,
+            ..
+        },
+    ) = e
+    else {
+        panic!("expected a terminal-wide lockout, got {e:?}");
+    };
     assert!(
-        matches!(e, Err(LoginError::LockedOut { .. })),
-        "terminal-wide lockout: {e:?}"
+        e.to_string().starts_with(
+            "too many failed attempts at this terminal: PIN entry is refused for another 30s"
+        ),
+        "{e}"
     );
     // An admin clears it; audited.
     let cleared = f

@@ -89,18 +89,20 @@ fn all(conn: &Connection) -> Result<Vec<(String, Counter)>, rusqlite::Error> {
 }
 
 impl Replica {
-    /// The longest running lockout among `scopes`, if any.
+    /// The longest running lockout among `scopes`, if any: its scope and remaining time.
     pub fn locked_for(
         &self,
         scopes: &[String],
         now: SystemTime,
-    ) -> Result<Option<Duration>, StoreError> {
+    ) -> Result<Option<(String, Duration)>, StoreError> {
         let conn = self.reader()?;
         let now_ms = unix_millis(now);
-        let mut longest: Option<Duration> = None;
+        let mut longest: Option<(String, Duration)> = None;
         for scope in scopes {
-            if let Some(wait) = load(&conn, scope)?.and_then(|c| c.retry_after(now_ms)) {
-                longest = Some(longest.map_or(wait, |l| l.max(wait)));
+            if let Some(wait) = load(&conn, scope)?.and_then(|c| c.retry_after(now_ms))
+                && longest.as_ref().is_none_or(|(_, l)| wait > *l)
+            {
+                longest = Some((scope.clone(), wait));
             }
         }
         Ok(longest)
