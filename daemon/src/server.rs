@@ -77,6 +77,8 @@ pub struct Core {
     pub settings: Settings,
     /// The reloadable settings in force; SIGHUP replaces them. Subscribe to follow changes.
     pub live: watch::Sender<LiveSettings>,
+    /// The input settings in force; a reload publishes new ones and the readers follow.
+    pub input: watch::Sender<Arc<crate::hardware::InputSettings>>,
     /// Signalled after each sync that changed the replica.
     pub replica_changed: Arc<Notify>,
     pub replica: Arc<Replica>,
@@ -121,6 +123,7 @@ impl Core {
         let tokens = Arc::new(TokenRegistry::load(&replica)?);
         Ok(Core {
             live: watch::Sender::new(settings.live.clone()),
+            input: watch::Sender::new(Arc::new(settings.input.clone())),
             replica_changed: Arc::new(Notify::new()),
             settings,
             replica,
@@ -203,8 +206,8 @@ pub async fn serve(
     let sync = sync_server(&core, tcp, shutdown_rx)?;
     let mut login = tokio::spawn(login);
     let mut sync = tokio::spawn(sync);
-    let input = crate::hardware::spawn(
-        Arc::new(settings.input.clone()),
+    let input = crate::hardware::supervise(
+        core.input.subscribe(),
         Arc::new(Dispatcher {
             auth: core.auth.clone(),
             registry: core.devices.clone(),
@@ -258,9 +261,7 @@ pub async fn serve(
             }
         }
     }
-    for task in input {
-        task.abort();
-    }
+    input.abort();
     if let Err(e) = core.replica.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
     }
