@@ -24,9 +24,11 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
+    /// One line (it goes into log lines too): where, then what.
+    #[error("config file {path}: {problem}")]
     Parse {
         path: PathBuf,
+        problem: String,
         #[source]
         source: Box<toml::de::Error>,
     },
@@ -327,7 +329,7 @@ impl Default for SyncConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -504,6 +506,15 @@ fn required_duration(
     duration(key, text, false, min)?.ok_or_else(|| invalid(key, "must be set"))
 }
 
+/// The part of the settings that SIGHUP applies to the running daemon (see `reload`). Everything
+/// else in [`Settings`] takes effect at the next start. A module whose settings can change live
+/// adds them here and follows `Core::live`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSettings {
+    /// The tracing filter from `log.level` (RUST_LOG, when set, wins over it).
+    pub log_level: String,
+}
+
 /// The configuration after checks, with derived values filled in.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -522,9 +533,12 @@ pub struct Settings {
     pub tls: Option<TlsConfig>,
     pub max_concurrent_hashes: usize,
     pub cost_limits: CostLimits,
-    pub log: LogConfig,
     pub policy: PolicySettings,
     pub session: SessionPolicy,
+    pub log_format: LogFormat,
+    /// The reloadable part, as read at start; the daemon's current values are in `Core::live`.
+    pub live: LiveSettings,
+    /// Input rules at start; a reload publishes new ones through `Core::input`.
     pub input: crate::hardware::InputSettings,
 }
 
@@ -540,6 +554,79 @@ impl Settings {
     pub fn sync_addr_path(&self) -> PathBuf {
         self.runtime_dir.join("sync.addr")
     }
+
+    /// The config keys whose values differ between `self` and `other` and that only take
+    /// effect at a restart (everything outside [`LiveSettings`]).
+    pub fn restart_only_changes(&self, other: &Settings) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut check = |key, differs: bool| {
+            if differs {
+                keys.push(key);
+            }
+        };
+        check(
+            "terminal.sales_point_id",
+            self.terminal.sales_point_id != other.terminal.sales_point_id,
+        );
+        check(
+            "terminal.sub_terminal_id",
+            self.terminal.sub_terminal_id != other.terminal.sub_terminal_id,
+        );
+        check("paths.state_dir", self.state_dir != other.state_dir);
+        check("paths.runtime_dir", self.runtime_dir != other.runtime_dir);
+        check("login_socket.path", self.socket_path != other.socket_path);
+        check(
+            "login_socket.group",
+            self.socket_group != other.socket_group,
+        );
+        check("login_socket.mode", self.socket_mode != other.socket_mode);
+        check(
+            "login_socket.allow_uids",
+            self.allow_uids != other.allow_uids,
+        );
+        check(
+            "login_socket.allow_gids",
+            self.allow_gids != other.allow_gids,
+        );
+        check(
+            "login_socket.admin_uids",
+            self.admin_uids != other.admin_uids,
+        );
+        check(
+            "login_socket.max_message_bytes",
+            self.login_max_message_bytes != other.login_max_message_bytes,
+        );
+        check("sync.listen", self.sync_listen != other.sync_listen);
+        check(
+            "sync.max_message_bytes",
+            self.sync_max_message_bytes != other.sync_max_message_bytes,
+        );
+        check("sync.tls", self.tls != other.tls);
+        check(
+            "hashing.max_concurrent",
+            self.max_concurrent_hashes != other.max_concurrent_hashes,
+        );
+        check("hashing.max_*_cost", self.cost_limits != other.cost_limits);
+        check("log.format", self.log_format != other.log_format);
+        check("lockout.*", self.policy.lockout != other.policy.lockout);
+        check(
+            "session.idle_lock",
+            self.session.idle_lock != other.session.idle_lock,
+        );
+        check(
+            "session.on_key_removal",
+            self.session.on_key_removal != other.session.on_key_removal,
+        );
+        check(
+            "audit.max_rows",
+            self.policy.audit_max_rows != other.policy.audit_max_rows,
+        );
+        check(
+            "replica.max_age",
+            self.policy.max_replica_age != other.policy.max_replica_age,
+        );
+        keys
+    }
 }
 
 impl Config {
@@ -549,8 +636,11 @@ impl Config {
             source,
         })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+            ConfigError::Parse {
+                problem, source, ..
+            } => ConfigError::Parse {
                 path: path.to_owned(),
+                problem,
                 source,
             },
             other => other,
@@ -558,9 +648,24 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: PathBuf::from("<inline>"),
-            source: Box::new(source),
+        toml::from_str(text).map_err(|source| {
+            let at = source
+                .span()
+                .map(|span| {
+                    let before = text.get(..span.start).unwrap_or(text);
+                    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                    format!(
+                        "line {}, column {}: ",
+                        before.matches('\n').count() + 1,
+                        before[line_start..].chars().count() + 1
+                    )
+                })
+                .unwrap_or_default();
+            ConfigError::Parse {
+                path: PathBuf::from("<inline>"),
+                problem: format!("{at}{}", source.message().trim_end()),
+                source: Box::new(source),
+            }
         })
     }
 
@@ -733,7 +838,6 @@ impl Config {
                 max_t_cost: self.hashing.max_t_cost,
                 max_p_cost: self.hashing.max_p_cost,
             },
-            log: self.log,
             policy: PolicySettings {
                 lockout,
                 max_replica_age,
@@ -745,6 +849,10 @@ impl Config {
                     KeyRemovalConfig::Lock => KeyRemoval::Lock,
                     KeyRemovalConfig::Logout => KeyRemoval::Logout,
                 },
+            },
+            log_format: self.log.format,
+            live: LiveSettings {
+                log_level: self.log.level,
             },
             input,
         })
@@ -777,6 +885,7 @@ mod tests {
         assert_eq!(s.policy.audit_max_rows, 100_000);
         assert_eq!(s.session.idle_lock, Some(Duration::from_secs(300)));
         assert_eq!(s.session.on_key_removal, KeyRemoval::Logout);
+        assert_eq!(s.live.log_level, "info");
     }
 
     #[test]
@@ -846,6 +955,40 @@ mod tests {
     }
 
     #[test]
+    fn restart_only_changes_name_the_keys() {
+        let parse = |text: &str| Config::parse(text).unwrap().validate().unwrap();
+        let base = parse("[terminal]\nsales_point_id = \"sp-1\"\n");
+        let same_but_level =
+            parse("[terminal]\nsales_point_id = \"sp-1\"\n[log]\nlevel = \"debug\"\n");
+        assert!(base.restart_only_changes(&same_but_level).is_empty());
+        assert_ne!(base.live, same_but_level.live);
+        let moved = parse(
+            "[terminal]\nsales_point_id = \"sp-2\"\n[sync]\nlisten = \"127.0.0.1:7999\"\n\
+             [log]\nformat = \"json\"\n",
+        );
+        assert_eq!(
+            base.restart_only_changes(&moved),
+            vec!["terminal.sales_point_id", "sync.listen", "log.format"]
+        );
+        let reader = parse(
+            "[terminal]\nsales_point_id = \"sp-1\"\n\
+             [[input.serial]]\npath = \"/dev/ttyUSB0\"\n",
+        );
+        assert!(
+            base.restart_only_changes(&reader).is_empty(),
+            "input rules reload live"
+        );
+        let policy = parse(
+            "[terminal]\nsales_point_id = \"sp-1\"\n[lockout]\nmax_failures = 3\n\
+             [session]\nidle_lock = \"off\"\n[replica]\nmax_age = \"1h\"\n",
+        );
+        assert_eq!(
+            base.restart_only_changes(&policy),
+            vec!["lockout.*", "session.idle_lock", "replica.max_age"]
+        );
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let err = Config::parse("[terminal]\nsales_point_id = \"\"\n")
             .unwrap()
@@ -881,6 +1024,13 @@ mod tests {
         assert!(
             err.to_string().contains("unknown field `sales_pont`"),
             "{err}"
+        );
+
+        let err = Config::parse("[terminal]\nsales_point_id = \"a\"\n[log]\nformat = \"xml\"\n")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config file <inline>: line 4, column 10: unknown variant `xml`, expected `text` or `json`"
         );
 
         let err = Config::parse("[paths]\nstate_dir = \"/x\"\n").unwrap_err();

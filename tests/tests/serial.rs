@@ -197,3 +197,49 @@ async fn addimat_over_serial_removal_ends_the_session_and_bad_crc_is_not_a_login
     );
     assert!(!daemon.log_text().contains("AC00002645697A01"));
 }
+
+#[tokio::test]
+async fn a_reader_added_to_the_config_is_read_after_sighup() {
+    let temp = tempfile::tempdir().unwrap();
+    let link = temp.path().join("late-reader");
+    let mut pty = Pty::open(&link);
+    let daemon = Daemon::start();
+    daemon
+        .authorized_sync()
+        .await
+        .apply_snapshot(snapshot(
+            1,
+            1,
+            vec![role("cashier", &[], &[])],
+            vec![key_user("kim", 1, "04A1B2C3D4")],
+        ))
+        .await
+        .unwrap();
+    let mut client = daemon.client().await;
+    assert!(client.list_devices().await.unwrap().is_empty());
+
+    let config = daemon.dir.join("tillgated.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[input.serial]]\npath = \"{}\"\n",
+        link.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_attached(&mut client, &link, true).await;
+
+    let mut watch = client.watch().await.unwrap();
+    next_event(&mut watch).await;
+    pty.write(b"04A1B2C3D4\r");
+    assert_eq!(
+        next_event(&mut watch)
+            .await
+            .session
+            .unwrap()
+            .user
+            .unwrap()
+            .id,
+        "kim"
+    );
+    assert!(daemon.log_text().contains("input rules reloaded"));
+}

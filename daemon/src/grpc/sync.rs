@@ -31,6 +31,8 @@ pub struct SyncService {
     pub key: Arc<TerminalKey>,
     pub limits: CostLimits,
     pub terminal: Terminal,
+    /// Signalled after every batch or snapshot that changed the replica.
+    pub applied: Arc<tokio::sync::Notify>,
     /// Re-evaluates the current session after every applied change.
     pub auth: Arc<Authenticator>,
     pub devices: Arc<DeviceRegistry>,
@@ -177,7 +179,7 @@ impl Sync for SyncService {
         })
         .await
         .map_err(join_error)?;
-        log_outcome("snapshot", &token, &summary);
+        self.log_outcome("snapshot", &token, &summary);
         self.reevaluate_session(&summary).await;
         Ok(Response::new(result_to_pb(summary?)))
     }
@@ -203,7 +205,7 @@ impl Sync for SyncService {
         })
         .await
         .map_err(join_error)?;
-        log_outcome("changes", &token, &summary);
+        self.log_outcome("changes", &token, &summary);
         self.reevaluate_session(&summary).await;
         Ok(Response::new(result_to_pb(summary?)))
     }
@@ -291,17 +293,20 @@ impl Sync for SyncService {
     }
 }
 
-fn log_outcome(what: &str, token: &str, outcome: &Result<ApplySummary, ApplyError>) {
-    match outcome {
-        Ok(s) if s.applied => {
-            tracing::info!(token, cursor = %s.cursor, users = s.users, roles = s.roles, "{what} applied")
+impl SyncService {
+    fn log_outcome(&self, what: &str, token: &str, outcome: &Result<ApplySummary, ApplyError>) {
+        match outcome {
+            Ok(s) if s.applied => {
+                tracing::info!(token, cursor = %s.cursor, users = s.users, roles = s.roles, "{what} applied");
+                self.applied.notify_one();
+            }
+            Ok(s) => {
+                tracing::info!(token, cursor = %s.cursor, "{what} already applied (replay acknowledged)")
+            }
+            Err(ApplyError::Store(e)) => {
+                tracing::error!(token, error = %e, "{what} failed; replica unchanged")
+            }
+            Err(e) => tracing::warn!(token, error = %e, "{what} refused; replica unchanged"),
         }
-        Ok(s) => {
-            tracing::info!(token, cursor = %s.cursor, "{what} already applied (replay acknowledged)")
-        }
-        Err(ApplyError::Store(e)) => {
-            tracing::error!(token, error = %e, "{what} failed; replica unchanged")
-        }
-        Err(e) => tracing::warn!(token, error = %e, "{what} refused; replica unchanged"),
     }
 }
