@@ -86,7 +86,7 @@ pub struct Core {
     pub sessions: Arc<SessionManager>,
     pub auth: Arc<Authenticator>,
     pub tokens: Arc<TokenRegistry>,
-    /// Credential readers, as the hardware input module registers them (fleet health).
+    /// Input devices as the hardware module sees them (`tillctl devices`, `GetSyncState`).
     pub devices: Arc<DeviceRegistry>,
 }
 
