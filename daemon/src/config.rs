@@ -2,11 +2,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::credential::CostLimits;
+use crate::lockout::LockoutPolicy;
+use crate::login::PolicySettings;
 use crate::model::Terminal;
+use crate::session::{KeyRemoval, SessionPolicy};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tillgate";
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/tillgate";
@@ -53,6 +57,14 @@ pub struct Config {
     pub hashing: HashingConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub lockout: LockoutConfig,
+    #[serde(default)]
+    pub session: SessionConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub replica: ReplicaConfig,
     #[serde(default)]
     pub input: InputConfig,
 }
@@ -374,6 +386,126 @@ impl Default for LogConfig {
     }
 }
 
+/// Failed-attempt lockout. Durations are humantime strings such as "30s", "15m", "1h 30m".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockoutConfig {
+    /// Failed attempts (wrong PIN, unknown key) from one source within `window` that lock PIN
+    /// entry from that source.
+    pub max_failures: u32,
+    /// The same for all sources together; 0 turns the terminal-wide counter off.
+    pub terminal_max_failures: u32,
+    pub window: String,
+    /// First lockout; each further one doubles, up to `max_delay`.
+    pub delay: String,
+    pub max_delay: String,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        let p = LockoutPolicy::default();
+        LockoutConfig {
+            max_failures: p.max_failures,
+            terminal_max_failures: p.terminal_max_failures,
+            window: humantime::format_duration(p.window).to_string(),
+            delay: humantime::format_duration(p.delay).to_string(),
+            max_delay: humantime::format_duration(p.max_delay).to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyRemovalConfig {
+    Lock,
+    #[default]
+    Logout,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Lock the session after this long without activity; "off" never locks.
+    pub idle_lock: String,
+    /// What removing the key that opened the session does: "logout" or "lock".
+    pub on_key_removal: KeyRemovalConfig,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            idle_lock: "5m".into(),
+            on_key_removal: KeyRemovalConfig::Logout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Unacknowledged audit rows beyond which the outbox reports a loud status (rows are kept).
+    pub max_rows: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { max_rows: 100_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicaConfig {
+    /// Refuse logins when the last successful sync is older than this; "off" never does.
+    pub max_age: String,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            max_age: "off".into(),
+        }
+    }
+}
+
+/// Parses a duration key; `allow_off` accepts "off" as None.
+fn duration(
+    key: &'static str,
+    text: &str,
+    allow_off: bool,
+    min: Duration,
+) -> Result<Option<Duration>, ConfigError> {
+    let text = text.trim();
+    if allow_off && text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let value = humantime::parse_duration(text).map_err(|e| {
+        let off = if allow_off { ", or \"off\"" } else { "" };
+        invalid(
+            key,
+            format!("{text:?} is not a duration such as \"30s\" or \"15m\"{off} ({e})"),
+        )
+    })?;
+    if value < min {
+        return Err(invalid(
+            key,
+            format!(
+                "{text:?} is shorter than the minimum {}",
+                humantime::format_duration(min)
+            ),
+        ));
+    }
+    Ok(Some(value))
+}
+
+fn required_duration(
+    key: &'static str,
+    text: &str,
+    min: Duration,
+) -> Result<Duration, ConfigError> {
+    duration(key, text, false, min)?.ok_or_else(|| invalid(key, "must be set"))
+}
+
 /// The part of the settings that SIGHUP applies to the running daemon (see `reload`). Everything
 /// else in [`Settings`] takes effect at the next start. A module whose settings can change live
 /// adds them here and follows `Core::live`.
@@ -401,14 +533,13 @@ pub struct Settings {
     pub tls: Option<TlsConfig>,
     pub max_concurrent_hashes: usize,
     pub cost_limits: CostLimits,
+    pub policy: PolicySettings,
+    pub session: SessionPolicy,
     pub log_format: LogFormat,
     /// The reloadable part, as read at start; the daemon's current values are in `Core::live`.
     pub live: LiveSettings,
-    /// Read at start only: the hardware readers take it when they start. To make input rules
-    /// reloadable, move it into [`LiveSettings`] and have the readers follow `Core::live`.
+    /// Input rules at start; a reload publishes new ones through `Core::input`.
     pub input: crate::hardware::InputSettings,
-    /// The `[input]` section as written, so a reload can tell whether it changed.
-    pub input_config: InputConfig,
 }
 
 impl Settings {
@@ -477,7 +608,23 @@ impl Settings {
         );
         check("hashing.max_*_cost", self.cost_limits != other.cost_limits);
         check("log.format", self.log_format != other.log_format);
-        check("input", self.input_config != other.input_config);
+        check("lockout.*", self.policy.lockout != other.policy.lockout);
+        check(
+            "session.idle_lock",
+            self.session.idle_lock != other.session.idle_lock,
+        );
+        check(
+            "session.on_key_removal",
+            self.session.on_key_removal != other.session.on_key_removal,
+        );
+        check(
+            "audit.max_rows",
+            self.policy.audit_max_rows != other.policy.audit_max_rows,
+        );
+        check(
+            "replica.max_age",
+            self.policy.max_replica_age != other.policy.max_replica_age,
+        );
         keys
     }
 }
@@ -627,6 +774,43 @@ impl Config {
                 "cost limits must be at least 1",
             ));
         }
+        let second = Duration::from_secs(1);
+        if !(1..=1000).contains(&self.lockout.max_failures) {
+            return Err(invalid(
+                "lockout.max_failures",
+                format!("{} is outside 1..=1000", self.lockout.max_failures),
+            ));
+        }
+        if self.lockout.terminal_max_failures > 10_000 {
+            return Err(invalid(
+                "lockout.terminal_max_failures",
+                format!(
+                    "{} is outside 0..=10000 (0 turns it off)",
+                    self.lockout.terminal_max_failures
+                ),
+            ));
+        }
+        let lockout = LockoutPolicy {
+            max_failures: self.lockout.max_failures,
+            terminal_max_failures: self.lockout.terminal_max_failures,
+            window: required_duration("lockout.window", &self.lockout.window, second)?,
+            delay: required_duration("lockout.delay", &self.lockout.delay, second)?,
+            max_delay: required_duration("lockout.max_delay", &self.lockout.max_delay, second)?,
+        };
+        if lockout.max_delay < lockout.delay {
+            return Err(invalid(
+                "lockout.max_delay",
+                format!(
+                    "{:?} is shorter than lockout.delay {:?}",
+                    self.lockout.max_delay, self.lockout.delay
+                ),
+            ));
+        }
+        let idle_lock = duration("session.idle_lock", &self.session.idle_lock, true, second)?;
+        let max_replica_age = duration("replica.max_age", &self.replica.max_age, true, second)?;
+        if self.audit.max_rows == 0 {
+            return Err(invalid("audit.max_rows", "must be at least 1"));
+        }
         let input = crate::hardware::InputSettings::from_config(&self.input)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
@@ -654,12 +838,23 @@ impl Config {
                 max_t_cost: self.hashing.max_t_cost,
                 max_p_cost: self.hashing.max_p_cost,
             },
+            policy: PolicySettings {
+                lockout,
+                max_replica_age,
+                audit_max_rows: self.audit.max_rows,
+            },
+            session: SessionPolicy {
+                idle_lock,
+                on_key_removal: match self.session.on_key_removal {
+                    KeyRemovalConfig::Lock => KeyRemoval::Lock,
+                    KeyRemovalConfig::Logout => KeyRemoval::Logout,
+                },
+            },
             log_format: self.log.format,
             live: LiveSettings {
                 log_level: self.log.level,
             },
             input,
-            input_config: self.input,
         })
     }
 }
@@ -683,7 +878,80 @@ mod tests {
         );
         assert_eq!(s.socket_mode, 0o660);
         assert_eq!(s.sync_listen.to_string(), DEFAULT_SYNC_LISTEN);
+        assert_eq!(s.policy.lockout, LockoutPolicy::default());
+        assert_eq!(s.policy.lockout.max_failures, 5);
+        assert_eq!(s.policy.lockout.window, Duration::from_secs(60));
+        assert_eq!(s.policy.max_replica_age, None);
+        assert_eq!(s.policy.audit_max_rows, 100_000);
+        assert_eq!(s.session.idle_lock, Some(Duration::from_secs(300)));
+        assert_eq!(s.session.on_key_removal, KeyRemoval::Logout);
         assert_eq!(s.live.log_level, "info");
+    }
+
+    #[test]
+    fn policy_keys_parse_and_name_the_key_on_errors() {
+        let base = "[terminal]\nsales_point_id = \"a\"\n";
+        let s = Config::parse(&format!(
+            "{base}[lockout]\nmax_failures = 3\nterminal_max_failures = 0\nwindow = \"2m\"\ndelay = \"10s\"\nmax_delay = \"1h\"\n\
+             [session]\nidle_lock = \"off\"\non_key_removal = \"lock\"\n[audit]\nmax_rows = 50\n[replica]\nmax_age = \"72h\"\n"
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(
+            s.policy.lockout,
+            LockoutPolicy {
+                max_failures: 3,
+                terminal_max_failures: 0,
+                window: Duration::from_secs(120),
+                delay: Duration::from_secs(10),
+                max_delay: Duration::from_secs(3600),
+            }
+        );
+        assert_eq!(s.session.idle_lock, None);
+        assert_eq!(s.session.on_key_removal, KeyRemoval::Lock);
+        assert_eq!(s.policy.audit_max_rows, 50);
+        assert_eq!(
+            s.policy.max_replica_age,
+            Some(Duration::from_secs(72 * 3600))
+        );
+
+        for (extra, key) in [
+            (
+                "[lockout]\nwindow = \"soon\"\n",
+                "config key lockout.window:",
+            ),
+            (
+                "[lockout]\nwindow = \"off\"\n",
+                "config key lockout.window:",
+            ),
+            (
+                "[lockout]\nmax_failures = 0\n",
+                "config key lockout.max_failures:",
+            ),
+            (
+                "[lockout]\ndelay = \"10m\"\nmax_delay = \"1m\"\n",
+                "config key lockout.max_delay:",
+            ),
+            (
+                "[session]\nidle_lock = \"10ms\"\n",
+                "config key session.idle_lock:",
+            ),
+            (
+                "[replica]\nmax_age = \"-1\"\n",
+                "config key replica.max_age:",
+            ),
+            ("[audit]\nmax_rows = 0\n", "config key audit.max_rows:"),
+        ] {
+            let err = Config::parse(&format!("{base}{extra}"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().starts_with(key), "{extra}: {err}");
+        }
+        let err =
+            Config::parse(&format!("{base}[session]\non_key_removal = \"eject\"\n")).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `eject`"), "{err}");
     }
 
     #[test]
@@ -706,7 +974,18 @@ mod tests {
             "[terminal]\nsales_point_id = \"sp-1\"\n\
              [[input.serial]]\npath = \"/dev/ttyUSB0\"\n",
         );
-        assert_eq!(base.restart_only_changes(&reader), vec!["input"]);
+        assert!(
+            base.restart_only_changes(&reader).is_empty(),
+            "input rules reload live"
+        );
+        let policy = parse(
+            "[terminal]\nsales_point_id = \"sp-1\"\n[lockout]\nmax_failures = 3\n\
+             [session]\nidle_lock = \"off\"\n[replica]\nmax_age = \"1h\"\n",
+        );
+        assert_eq!(
+            base.restart_only_changes(&policy),
+            vec!["lockout.*", "session.idle_lock", "replica.max_age"]
+        );
     }
 
     #[test]

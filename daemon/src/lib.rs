@@ -1,17 +1,20 @@
 //! tillgated: cashier login for point-of-sale terminals.
 //!
-//! Pure cores (`resolve`, `validate`, `credential` parsing) with thin adapters around them
-//! (`store` for SQLite, `grpc` for the two listeners, `systemd` for the service manager,
-//! `reload` and `signals` for SIGHUP/SIGTERM).
+//! Pure cores (`resolve`, `validate`, `credential` parsing, `lockout`, `explain`, `audit`) with
+//! thin adapters around them (`store` for SQLite, `grpc` for the two listeners, `systemd` for the
+//! service manager, `reload` and `signals` for SIGHUP/SIGTERM).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod credential;
 pub mod demo;
+pub mod explain;
 pub mod grpc;
 pub mod hardware;
 pub mod input;
+pub mod lockout;
 pub mod logging;
 pub mod login;
 pub mod model;

@@ -68,7 +68,9 @@ impl Reloader {
                 .map_err(ReloadError::from)
                 .and_then(|new| {
                     report.restart_needed = core.settings.restart_only_changes(&new);
-                    self.apply(&core.live, new.live, &mut report.applied)
+                    self.apply(&core.live, new.live, &mut report.applied)?;
+                    apply_input(&core.input, new.input, &mut report.applied);
+                    Ok(())
                 });
             if let Err(e) = outcome {
                 tracing::error!(error = %e, "config reload refused; keeping the running configuration");
@@ -120,6 +122,19 @@ impl Reloader {
             changed
         });
         Ok(())
+    }
+}
+
+/// Publishes new input rules if the `[input]` section changed; the readers restart under them.
+fn apply_input(
+    input: &watch::Sender<Arc<crate::hardware::InputSettings>>,
+    new: crate::hardware::InputSettings,
+    applied: &mut Vec<&'static str>,
+) {
+    if input.borrow().source != new.source {
+        input.send_replace(Arc::new(new));
+        tracing::info!("input rules changed");
+        applied.push("input");
     }
 }
 

@@ -77,6 +77,8 @@ pub struct Core {
     pub settings: Settings,
     /// The reloadable settings in force; SIGHUP replaces them. Subscribe to follow changes.
     pub live: watch::Sender<LiveSettings>,
+    /// The input settings in force; a reload publishes new ones and the readers follow.
+    pub input: watch::Sender<Arc<crate::hardware::InputSettings>>,
     /// Signalled after each sync that changed the replica.
     pub replica_changed: Arc<Notify>,
     pub replica: Arc<Replica>,
@@ -84,6 +86,7 @@ pub struct Core {
     pub sessions: Arc<SessionManager>,
     pub auth: Arc<Authenticator>,
     pub tokens: Arc<TokenRegistry>,
+    /// Input devices as the hardware module sees them (`tillctl devices`, `GetSyncState`).
     pub devices: Arc<DeviceRegistry>,
 }
 
@@ -108,19 +111,29 @@ impl Core {
         }
         let state = replica.state()?;
         tracing::info!(path = %replica.path().display(), cursor = %state.cursor, "replica open");
+        let stats = replica.audit_stats()?;
+        if stats.backlog > settings.policy.audit_max_rows {
+            tracing::error!(
+                backlog = stats.backlog,
+                max_rows = settings.policy.audit_max_rows,
+                "audit outbox over its cap at start: central has not acknowledged audit rows; they are kept"
+            );
+        }
         let replica = Arc::new(replica);
         let key = Arc::new(key);
-        let sessions = Arc::new(SessionManager::default());
+        let sessions = Arc::new(SessionManager::new(settings.session));
         let auth = Arc::new(Authenticator::new(
             replica.clone(),
             key.clone(),
             settings.terminal.clone(),
             sessions.clone(),
             settings.max_concurrent_hashes,
+            settings.policy,
         ));
         let tokens = Arc::new(TokenRegistry::load(&replica)?);
         Ok(Core {
             live: watch::Sender::new(settings.live.clone()),
+            input: watch::Sender::new(Arc::new(settings.input.clone())),
             replica_changed: Arc::new(Notify::new()),
             settings,
             replica,
@@ -203,8 +216,9 @@ pub async fn serve(
     let sync = sync_server(&core, tcp, shutdown_rx)?;
     let mut login = tokio::spawn(login);
     let mut sync = tokio::spawn(sync);
-    let input = crate::hardware::spawn(
-        Arc::new(settings.input.clone()),
+    let idle_lock = tokio::spawn(core.sessions.clone().run_idle_lock());
+    let input = crate::hardware::supervise(
+        core.input.subscribe(),
         Arc::new(Dispatcher {
             auth: core.auth.clone(),
             registry: core.devices.clone(),
@@ -221,6 +235,7 @@ pub async fn serve(
     let early = main_loop(&core, &mut control, &mut watchdog, &mut login, &mut sync).await;
     control.notifier.stopping();
     let _ = shutdown_tx.send(true);
+    idle_lock.abort();
     let mut outcome = Ok(());
     if let Some((which, result)) = early {
         tracing::error!(
@@ -258,9 +273,7 @@ pub async fn serve(
             }
         }
     }
-    for task in input {
-        task.abort();
-    }
+    input.abort();
     if let Err(e) = core.replica.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
     }
@@ -380,6 +393,8 @@ fn login_server(
         replica: core.replica.clone(),
         tokens: core.tokens.clone(),
         admin_uids,
+        auth: core.auth.clone(),
+        terminal: settings.terminal.clone(),
     };
     let devices = DevicesService {
         registry: core.devices.clone(),
@@ -444,6 +459,8 @@ fn sync_server(
         key: core.key.clone(),
         limits: settings.cost_limits,
         terminal: settings.terminal.clone(),
+        auth: core.auth.clone(),
+        devices: core.devices.clone(),
         applied: core.replica_changed.clone(),
     };
     let check = BearerCheck {

@@ -2,12 +2,14 @@
 //! (sync listener on port 0, socket in the temp dir) and talks to it over real sockets.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tillgate_client::export::{ChangesExport, SnapshotExport};
+use tillgate_client::proto as pb;
 use tillgate_client::{ClientError, TillClient, TillSyncClient};
 
 /// Directory holding the workspace's built binaries (`target/<profile>`), found from the test
@@ -310,6 +312,121 @@ pub fn code(result: Result<impl std::fmt::Debug, ClientError>) -> (tonic::Code, 
         Err(ClientError::Rpc(status)) => (status.code(), status.message().to_owned()),
         other => panic!("expected an RPC error, got {other:?}"),
     }
+}
+
+/// The gRPC status of a failed call.
+pub fn status(result: Result<impl std::fmt::Debug, ClientError>) -> tonic::Status {
+    match result {
+        Err(ClientError::Rpc(status)) => status,
+        other => panic!("expected an RPC error, got {other:?}"),
+    }
+}
+
+/// A user with key ids as well as an optional PIN.
+pub fn user_with_keys(id: &str, ordinal: i64, pin: Option<&str>, keys: &[&str]) -> Value {
+    let mut u = user(id, ordinal, pin);
+    u["keys"] = json!(keys);
+    u
+}
+
+/// This process's lockout source on the login socket ("socket uid=<uid>").
+pub fn my_socket_source() -> String {
+    format!("socket uid={}", nix::unistd::geteuid().as_raw())
+}
+
+/// The next session event, failing after `within`.
+pub async fn next_event(
+    watch: &mut tonic::Streaming<pb::SessionEvent>,
+    within: Duration,
+) -> pb::SessionEvent {
+    tokio::time::timeout(within, watch.message())
+        .await
+        .expect("a session event in time")
+        .expect("watch stream ok")
+        .expect("watch stream still open")
+}
+
+/// Asserts that no session event arrives within `within`.
+pub async fn no_event(watch: &mut tonic::Streaming<pb::SessionEvent>, within: Duration) {
+    if let Ok(event) = tokio::time::timeout(within, watch.message()).await {
+        panic!("unexpected session event: {event:?}");
+    }
+}
+
+pub fn kind(event: &pb::SessionEvent) -> pb::SessionEventKind {
+    pb::SessionEventKind::try_from(event.kind).expect("known event kind")
+}
+
+/// Runs `tillctl` against `daemon` with `stdin`; returns (success, stdout, stderr).
+pub fn run_tillctl(
+    daemon: &Daemon,
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let mut child = Command::new(bin("tillctl"))
+        .args(args)
+        .env("TILLGATE_SOCKET", &daemon.socket)
+        .env("TILLGATE_SYNC_ADDR", &daemon.sync_addr)
+        .env_remove("TILLGATE_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A pseudo-terminal whose slave side is reachable at `link` (a symlink the daemon opens as a
+/// serial reader). The master is close-on-exec, so no daemon spawned by a parallel test keeps it.
+#[derive(Debug)]
+pub struct Pty {
+    master: nix::pty::PtyMaster,
+}
+
+impl Pty {
+    pub fn open(link: &Path) -> Pty {
+        use nix::fcntl::OFlag;
+        use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let slave = ptsname_r(&master).unwrap();
+        let _ = std::fs::remove_file(link);
+        std::os::unix::fs::symlink(slave, link).unwrap();
+        Pty { master }
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).unwrap();
+    }
+}
+
+/// Waits until the daemon reads (or stops reading) the device at `path`.
+pub async fn wait_device(client: &mut TillClient, path: &Path, attached: bool) {
+    for _ in 0..400 {
+        let devices = client.list_devices().await.unwrap();
+        if devices
+            .iter()
+            .any(|d| Path::new(&d.path) == path && d.attached == attached)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} never became attached={attached}", path.display());
 }
 
 /// Finds a systemd tool (Debian package `systemd`) on PATH. When it is missing the test fails

@@ -1,4 +1,5 @@
-//! Central's Sync service: state, snapshots, incremental batches.
+//! Central's Sync service: state and fleet health, snapshots, incremental batches, the audit
+//! outbox, explain and collision reports.
 
 use std::sync::Arc;
 
@@ -7,14 +8,22 @@ use tillgate_proto::v1::sync_server::Sync;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::TokenName;
+use super::devices::device_to_pb;
+use super::policy::{audit_to_pb, collision_report, explain_user, lockout_states};
 use super::{cursor_from_pb, cursor_to_pb, join_error, login::replica_status, timestamp};
+use crate::audit;
 use crate::credential::{CostLimits, TerminalKey};
+use crate::hardware::DeviceRegistry;
+use crate::login::{Authenticator, replica_too_old};
 use crate::model::{Cursor, Terminal};
 use crate::store::{ApplyError, ApplySummary, Replica};
 use crate::validate::{Ingest, ValidationError, validate_changes, validate_snapshot};
 
 /// Upper bound on users plus roles in one snapshot, so a runaway stream cannot exhaust memory.
 pub const MAX_SNAPSHOT_RECORDS: usize = 2_000_000;
+
+/// Audit rows per pull when central does not say.
+const DEFAULT_AUDIT_PULL: u32 = 100;
 
 #[derive(Debug)]
 pub struct SyncService {
@@ -24,6 +33,21 @@ pub struct SyncService {
     pub terminal: Terminal,
     /// Signalled after every batch or snapshot that changed the replica.
     pub applied: Arc<tokio::sync::Notify>,
+    /// Re-evaluates the current session after every applied change.
+    pub auth: Arc<Authenticator>,
+    pub devices: Arc<DeviceRegistry>,
+}
+
+impl SyncService {
+    /// After a sync that changed the replica: the current session's user may have been
+    /// deleted, deactivated, moved away from this terminal or given other permissions.
+    async fn reevaluate_session(&self, outcome: &Result<ApplySummary, ApplyError>) {
+        if matches!(outcome, Ok(s) if s.applied)
+            && let Err(e) = self.auth.replica_changed().await
+        {
+            tracing::error!(error = %e, "re-evaluating the session after a sync failed");
+        }
+    }
 }
 
 fn caller<T>(request: &Request<T>) -> String {
@@ -51,11 +75,17 @@ impl Sync for SyncService {
     ) -> Result<Response<pb::SyncState>, Status> {
         let replica = self.replica.clone();
         let terminal = self.terminal.clone();
-        let (state, counts) = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::store::StoreError>((replica.state()?, replica.counts(&terminal)?))
+        let (state, counts, audit_stats) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((
+                replica.state()?,
+                replica.counts(&terminal)?,
+                replica.audit_stats()?,
+            ))
         })
         .await
         .map_err(join_error)??;
+        let policy = self.auth.policy();
+        let session = self.auth.sessions().current();
         Ok(Response::new(pb::SyncState {
             cursor: Some(cursor_to_pb(state.cursor)),
             status: replica_status(state.cursor).into(),
@@ -66,6 +96,20 @@ impl Sync for SyncService {
             sales_point_id: self.terminal.sales_point_id.clone(),
             sub_terminal_id: self.terminal.sub_terminal_id.clone().unwrap_or_default(),
             version: env!("CARGO_PKG_VERSION").into(),
+            audit_backlog: audit_stats.backlog,
+            audit_max_rows: policy.audit_max_rows,
+            audit_status: audit::status(audit_stats.backlog, policy.audit_max_rows),
+            lockouts: lockout_states(&self.replica, policy.lockout).await?,
+            input_devices: self.devices.list().into_iter().map(device_to_pb).collect(),
+            replica_stale: !state.cursor.needs_snapshot()
+                && policy.max_replica_age.is_some_and(|max| {
+                    replica_too_old(state.last_sync_at, std::time::SystemTime::now(), max)
+                }),
+            session_user_id: session
+                .as_ref()
+                .map(|s| s.user_id.clone())
+                .unwrap_or_default(),
+            session_locked: session.is_some_and(|s| s.locked),
         }))
     }
 
@@ -136,6 +180,7 @@ impl Sync for SyncService {
         .await
         .map_err(join_error)?;
         self.log_outcome("snapshot", &token, &summary);
+        self.reevaluate_session(&summary).await;
         Ok(Response::new(result_to_pb(summary?)))
     }
 
@@ -161,7 +206,90 @@ impl Sync for SyncService {
         .await
         .map_err(join_error)?;
         self.log_outcome("changes", &token, &summary);
+        self.reevaluate_session(&summary).await;
         Ok(Response::new(result_to_pb(summary?)))
+    }
+
+    async fn pull_audit_events(
+        &self,
+        request: Request<pb::PullAuditEventsRequest>,
+    ) -> Result<Response<pb::PullAuditEventsResponse>, Status> {
+        let token = caller(&request);
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => DEFAULT_AUDIT_PULL,
+            n => n,
+        };
+        let replica = self.replica.clone();
+        let (rows, stats) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((
+                replica.audit_after(request.after_seq, limit)?,
+                replica.audit_stats()?,
+            ))
+        })
+        .await
+        .map_err(join_error)??;
+        tracing::debug!(
+            token,
+            after_seq = request.after_seq,
+            rows = rows.len(),
+            backlog = stats.backlog,
+            "audit pulled"
+        );
+        Ok(Response::new(pb::PullAuditEventsResponse {
+            events: rows.into_iter().map(audit_to_pb).collect(),
+            backlog: stats.backlog,
+            last_seq: stats.last_seq,
+        }))
+    }
+
+    async fn ack_audit_events(
+        &self,
+        request: Request<pb::AckAuditEventsRequest>,
+    ) -> Result<Response<pb::AckAuditEventsResponse>, Status> {
+        let token = caller(&request);
+        let seq = request.into_inner().seq;
+        let replica = self.replica.clone();
+        let outcome = tokio::task::spawn_blocking(move || replica.audit_ack(seq))
+            .await
+            .map_err(join_error)?;
+        match &outcome {
+            Ok(ack) => tracing::info!(
+                token,
+                seq,
+                deleted = ack.deleted,
+                backlog = ack.stats.backlog,
+                "audit acknowledged"
+            ),
+            Err(e) => tracing::warn!(token, seq, error = %e, "audit acknowledgement refused"),
+        }
+        let ack = outcome?;
+        Ok(Response::new(pb::AckAuditEventsResponse {
+            deleted: ack.deleted,
+            backlog: ack.stats.backlog,
+        }))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::Explanation>, Status> {
+        let token = caller(&request);
+        let user_id = request.into_inner().user_id;
+        tracing::info!(token, user_id = %user_id, "explain");
+        Ok(Response::new(
+            explain_user(&self.replica, &self.terminal, user_id).await?,
+        ))
+    }
+
+    async fn list_collisions(
+        &self,
+        request: Request<pb::ListCollisionsRequest>,
+    ) -> Result<Response<pb::CollisionReport>, Status> {
+        tracing::info!(token = caller(&request), "collision report");
+        Ok(Response::new(
+            collision_report(&self.replica, &self.terminal).await?,
+        ))
     }
 }
 

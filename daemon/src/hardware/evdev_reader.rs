@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use evdev::raw_stream::RawDevice;
 use futures::StreamExt;
 use inotify::{Inotify, WatchMask};
+use tokio::task::JoinSet;
 
 use super::InputSettings;
 use super::dispatch::{DeviceLabel, Dispatcher, Framer};
@@ -44,12 +45,20 @@ pub async fn run(settings: Arc<InputSettings>, dispatcher: Arc<Dispatcher>) {
         busy: Mutex::new(HashSet::new()),
     });
     let dir = ctx.settings.dir.clone();
+    // Device tasks belong to this set: when this task is aborted (shutdown, reload), dropping
+    // the set aborts them and releases (ungrabs) every device.
+    let mut devices = JoinSet::new();
     loop {
         // Watch first, then scan, so a node created in between is not missed.
         match watch(&dir) {
             Ok(mut events) => {
-                scan(&ctx, &dir);
-                while let Some(event) = events.next().await {
+                scan(&ctx, &dir, &mut devices);
+                loop {
+                    let event = tokio::select! {
+                        event = events.next() => event,
+                        Some(_) = devices.join_next(), if !devices.is_empty() => continue,
+                    };
+                    let Some(event) = event else { break };
                     match event {
                         Ok(event) => {
                             let Some(name) = event.name.as_deref().filter(|n| is_event_node(n))
@@ -60,7 +69,7 @@ pub async fn run(settings: Arc<InputSettings>, dispatcher: Arc<Dispatcher>) {
                             if event.mask.contains(inotify::EventMask::DELETE) {
                                 ctx.dispatcher.registry.remove(&path);
                             } else {
-                                attach(&ctx, path);
+                                attach(&ctx, path, &mut devices);
                             }
                         }
                         Err(e) => {
@@ -91,7 +100,7 @@ fn is_event_node(name: &OsStr) -> bool {
     name.to_str().is_some_and(|n| n.starts_with("event"))
 }
 
-fn scan(ctx: &Arc<Context>, dir: &Path) {
+fn scan(ctx: &Arc<Context>, dir: &Path, devices: &mut JoinSet<()>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -101,7 +110,7 @@ fn scan(ctx: &Arc<Context>, dir: &Path) {
     };
     for entry in entries.flatten() {
         if is_event_node(&entry.file_name()) {
-            attach(ctx, entry.path());
+            attach(ctx, entry.path(), devices);
         }
     }
 }
@@ -109,12 +118,12 @@ fn scan(ctx: &Arc<Context>, dir: &Path) {
 /// Starts a task that opens, matches and reads `path`, unless one is already on it. A node
 /// re-created under the same name while the old task is still winding down (a fast re-plug) is
 /// tried once more a moment later.
-fn attach(ctx: &Arc<Context>, path: PathBuf) {
+fn attach(ctx: &Arc<Context>, path: PathBuf, devices: &mut JoinSet<()>) {
     let ctx = ctx.clone();
     if claim(&ctx, &path) {
-        tokio::spawn(async move { serve_claimed(&ctx, &path).await });
+        devices.spawn(async move { serve_claimed(&ctx, &path).await });
     } else {
-        tokio::spawn(async move {
+        devices.spawn(async move {
             tokio::time::sleep(BUSY_RETRY).await;
             if claim(&ctx, &path) {
                 serve_claimed(&ctx, &path).await;

@@ -32,6 +32,8 @@ pub struct InputSettings {
     pub pin_pad: PinPadConfig,
     /// Built-in and configured reader profiles by name.
     pub profiles: BTreeMap<String, Profile>,
+    /// The `[input]` section as written, so a reload can tell whether it changed.
+    pub source: InputConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +125,7 @@ impl InputSettings {
             serial,
             pin_pad,
             profiles,
+            source: config.clone(),
         })
     }
 
@@ -139,27 +142,56 @@ pub fn known_names(profiles: &BTreeMap<String, Profile>) -> String {
         .join(", ")
 }
 
+/// Aborts its task when dropped, so tearing down a reader set never leaves one running.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Starts the evdev watcher (when rules exist) and one task per serial reader.
-pub fn spawn(
-    settings: Arc<InputSettings>,
-    dispatcher: Arc<Dispatcher>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_readers(settings: &Arc<InputSettings>, dispatcher: &Arc<Dispatcher>) -> Vec<AbortOnDrop> {
     let mut tasks = Vec::new();
     if !settings.rules.is_empty() {
-        tasks.push(tokio::spawn(evdev_reader::run(
+        tasks.push(AbortOnDrop(tokio::spawn(evdev_reader::run(
             settings.clone(),
             dispatcher.clone(),
-        )));
+        ))));
     }
     for port in settings.serial.iter().cloned() {
         let profile = settings.profiles.get(&port.profile).cloned();
-        tasks.push(tokio::spawn(serial_reader::run(
+        tasks.push(AbortOnDrop(tokio::spawn(serial_reader::run(
             port,
             profile,
             dispatcher.clone(),
-        )));
+        ))));
     }
     tasks
+}
+
+/// Runs the readers for the current input settings, and replaces them all whenever a reload
+/// publishes new ones (devices are released, re-matched and grabbed again under the new
+/// rules). Aborting the returned task stops every reader.
+pub fn supervise(
+    mut settings: tokio::sync::watch::Receiver<Arc<InputSettings>>,
+    dispatcher: Arc<Dispatcher>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let current = settings.borrow_and_update().clone();
+            let readers = spawn_readers(&current, &dispatcher);
+            if settings.changed().await.is_err() {
+                // The sender is gone: keep these readers until the task is aborted.
+                std::future::pending::<()>().await;
+            }
+            drop(readers);
+            dispatcher.registry.clear();
+            tracing::info!("input rules reloaded: readers restarted");
+        }
+    })
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
-//! The SQLite replica: what central pushed, re-keyed, plus the sync tokens.
+//! The SQLite replica: what central pushed, re-keyed, plus the sync tokens, the failed-attempt
+//! counters and the audit outbox.
 //!
 //! One writer connection and one reader connection (WAL lets logins read while a snapshot is
 //! being written). Every change is one IMMEDIATE transaction that rolls back on drop, so a crash
 //! leaves the old state or the new one.
 
+mod audit;
+mod explain;
+mod lockout;
 mod read;
 mod schema;
 mod tokens;
@@ -15,6 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
+pub use audit::{AckError, AckSummary, MAX_AUDIT_BATCH};
+pub use lockout::{AttemptRecorded, CounterChange};
 pub use read::{Counts, UserProfile};
 pub use tokens::TokenRow;
 pub use write::{ApplyError, ApplySummary};
@@ -250,7 +256,8 @@ fn check_and_migrate(
         "SELECT (SELECT COUNT(*) FROM meta) + (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM roles)
               + (SELECT COUNT(*) FROM credentials) + (SELECT COUNT(*) FROM user_roles)
               + (SELECT COUNT(*) FROM user_access) + (SELECT COUNT(*) FROM role_permissions)
-              + (SELECT COUNT(*) FROM sync_tokens)",
+              + (SELECT COUNT(*) FROM sync_tokens) + (SELECT COUNT(*) FROM audit_events)
+              + (SELECT COUNT(*) FROM lockouts)",
         [],
         |row| row.get::<_, i64>(0),
     ) {

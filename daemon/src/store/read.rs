@@ -27,7 +27,7 @@ pub struct Counts {
     pub users_at_terminal: u64,
 }
 
-const ASSIGNED_HERE: &str = "EXISTS (SELECT 1 FROM user_access a WHERE a.user_id = u.id
+pub(super) const ASSIGNED_HERE: &str = "EXISTS (SELECT 1 FROM user_access a WHERE a.user_id = u.id
       AND ((a.kind = 1 AND a.target = ?1) OR (a.kind = 2 AND a.target = ?2)))";
 
 impl Replica {
