@@ -403,7 +403,7 @@ async fn tillctl_push_login_and_secrets_stay_out_of_logs_and_disk() {
             "account": account(),
             "cursor": { "epoch": 1, "revision": 1 },
             "roles": [role("cashier", &["sale.create"], &["drawer.open"])],
-            "users": [{ "id": "amy", "ordinal": 1, "first_name": "Amy", "pin": "4821", "keys": ["K-77EE3129"],
+            "users": [{ "id": "amy", "ordinal": 1, "first_name": "Amy", "pin": "582046193", "keys": ["K-77EE3129"],
                         "sales_points": [SALES_POINT], "roles": [{ "role": "cashier" }] }]
         })
         .to_string(),
@@ -428,7 +428,7 @@ async fn tillctl_push_login_and_secrets_stay_out_of_logs_and_disk() {
     assert!(ok, "{err}");
     assert!(out.contains("applied at 1:1 (1 users, 1 roles)"), "{out}");
 
-    let (ok, out, err) = run_tillctl(&daemon, &["login", "--pin"], "4821\n", &[]);
+    let (ok, out, err) = run_tillctl(&daemon, &["login", "--pin"], "582046193\n", &[]);
     assert!(ok, "{err}");
     assert!(
         out.contains("amy (Amy Test)") || out.contains("amy (Amy"),
@@ -446,7 +446,7 @@ async fn tillctl_push_login_and_secrets_stay_out_of_logs_and_disk() {
     assert!(ok && out.contains("1:1 (ok)"), "{out}");
     let (ok, out, err) = run_tillctl(&daemon, &["sync-state"], "", &[("TILLGATE_TOKEN", &token)]);
     assert!(ok && out.contains("1 at this terminal"), "{out}{err}");
-    let (ok, out, _) = run_tillctl(&daemon, &["hash", "--account", "acme"], "4821\n", &[]);
+    let (ok, out, _) = run_tillctl(&daemon, &["hash", "--account", "acme"], "582046193\n", &[]);
     assert!(ok && out.starts_with("$argon2id$v=19$"), "{out}");
 
     // No PIN, key id or token in the debug-level log or in any file of the state directory.
@@ -455,7 +455,7 @@ async fn tillctl_push_login_and_secrets_stay_out_of_logs_and_disk() {
         log.contains("login accepted"),
         "the log is at debug level and saw the logins"
     );
-    for secret in ["4821", "K-77EE3129", token.as_str()] {
+    for secret in ["582046193", "K-77EE3129", token.as_str()] {
         assert!(!log.contains(secret), "{secret:?} leaked into the log");
         for entry in std::fs::read_dir(daemon.state_dir()).unwrap() {
             let bytes = std::fs::read(entry.unwrap().path()).unwrap();
