@@ -252,6 +252,36 @@ impl Authenticator {
         Ok(event.session.unwrap_or(session))
     }
 
+    /// [`Authenticator::login`] run to completion in a task of its own, so a cancelled caller (a
+    /// client deadline or disconnect, a reader restarted by a reload) cannot split the audit row
+    /// from the session change.
+    pub async fn login_detached(
+        self: &Arc<Self>,
+        kind: CredentialKind,
+        secret: Zeroizing<String>,
+        source: String,
+    ) -> Result<Session, LoginError> {
+        let auth = self.clone();
+        tokio::spawn(async move { auth.login(kind, secret, &source).await })
+            .await
+            .map_err(|e| LoginError::Task(e.to_string()))?
+    }
+
+    /// [`Authenticator::authorize`] run to completion in a task of its own (see
+    /// [`Authenticator::login_detached`]).
+    pub async fn authorize_detached(
+        self: &Arc<Self>,
+        kind: CredentialKind,
+        secret: Zeroizing<String>,
+        permission: String,
+        source: String,
+    ) -> Result<Authorization, LoginError> {
+        let auth = self.clone();
+        tokio::spawn(async move { auth.authorize(kind, secret, &permission, &source).await })
+            .await
+            .map_err(|e| LoginError::Task(e.to_string()))?
+    }
+
     /// Manager override: does the user this credential resolves to (same rules as login) hold
     /// `permission`? Never changes the current session; audited with both users. Counts as
     /// activity at the till.
@@ -397,7 +427,8 @@ impl Authenticator {
             .await?;
             return Err(e);
         }
-        let state = self.replica.state()?;
+        let replica = self.replica.clone();
+        let state = blocking(move || replica.state()).await??;
         if state.cursor.needs_snapshot() {
             let e = LoginError::NoReplica;
             self.record(
@@ -469,8 +500,9 @@ impl Authenticator {
         }
     }
 
-    /// The resolved user's profile here. A sync may have deleted the user since the lookup:
-    /// then the attempt is refused as no match (audited, not counted).
+    /// The resolved user's profile here, read again under the profile gate. A sync may have
+    /// deleted, deactivated or unassigned the user since the lookup: then the attempt is refused
+    /// (audited, not counted) — never a session from a stale decision.
     async fn profile(
         &self,
         verified: &Verified<'_>,
@@ -484,7 +516,21 @@ impl Authenticator {
             verified.user_id.clone(),
         );
         match blocking(move || replica.user_profile(&user_id, &terminal)).await?? {
-            Some(profile) => Ok(profile),
+            Some(profile) if profile.active && profile.assigned_here => Ok(profile),
+            Some(profile) => {
+                let reason = if profile.active {
+                    DenialReason::NoAccessHere
+                } else {
+                    DenialReason::Inactive
+                };
+                let e = LoginError::Denied(reason);
+                let record = purpose
+                    .record(kind, source, AuditOutcome::Denied)
+                    .user(&verified.user_id)
+                    .reason(e.to_string());
+                self.record(record, CounterChange::Unchanged).await?;
+                Err(e)
+            }
             None => {
                 let record = purpose
                     .record(kind, source, AuditOutcome::NoMatch)
@@ -521,7 +567,8 @@ impl Authenticator {
         kind: CredentialKind,
         secret: Arc<Zeroizing<String>>,
     ) -> Result<Vec<Candidate>, LoginError> {
-        let schemes = self.replica.hash_schemes(kind)?;
+        let replica = self.replica.clone();
+        let schemes = blocking(move || replica.hash_schemes(kind)).await??;
         let mut by_user: HashMap<String, Candidate> = HashMap::new();
         for scheme in schemes {
             let secret = secret.clone();

@@ -169,6 +169,13 @@ impl SessionManager {
             // The credential that resumed it now holds the session (its key's removal locks it).
             current.method = session.method;
             current.source = session.source;
+            // What the replica says now (a sync may have changed it while the session was locked).
+            current.first_name = session.first_name;
+            current.last_name = session.last_name;
+            current.role_ids = session.role_ids;
+            current.permissions = session.permissions;
+            current.replica = session.replica;
+            current.last_sync_at = session.last_sync_at;
             let resumed = current.clone();
             return self.publish(
                 &mut state,

@@ -64,7 +64,10 @@ impl Login for LoginService {
     ) -> Result<Response<pb::Session>, Status> {
         let source = format!("socket {}", peer_label(&request));
         let pin = Zeroizing::new(request.into_inner().pin);
-        let session = self.auth.login(CredentialKind::Pin, pin, &source).await?;
+        let session = self
+            .auth
+            .login_detached(CredentialKind::Pin, pin, source)
+            .await?;
         Ok(Response::new(session_to_pb(&session)))
     }
 
@@ -76,7 +79,7 @@ impl Login for LoginService {
         let key_id = Zeroizing::new(request.into_inner().key_id);
         let session = self
             .auth
-            .login(CredentialKind::Key, key_id, &source)
+            .login_detached(CredentialKind::Key, key_id, source)
             .await?;
         Ok(Response::new(session_to_pb(&session)))
     }
@@ -180,9 +183,10 @@ impl Login for LoginService {
                 ));
             }
         };
+        let permission = request.permission.clone();
         let answer = self
             .auth
-            .authorize(kind, secret, &request.permission, &source)
+            .authorize_detached(kind, secret, permission, source)
             .await?;
         Ok(Response::new(pb::AuthorizeResponse {
             granted: answer.granted,

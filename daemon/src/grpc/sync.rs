@@ -21,6 +21,9 @@ use crate::validate::{Ingest, ValidationError, validate_changes, validate_snapsh
 
 /// Upper bound on users plus roles in one snapshot, so a runaway stream cannot exhaust memory.
 pub const MAX_SNAPSHOT_RECORDS: usize = 2_000_000;
+/// Upper bound on the encoded size of one snapshot (all chunks), for the same reason: the whole
+/// snapshot is held in memory until its final chunk.
+pub const MAX_SNAPSHOT_BYTES: usize = 512 << 20;
 
 /// Audit rows per pull when central does not say.
 const DEFAULT_AUDIT_PULL: u32 = 100;
@@ -39,14 +42,30 @@ pub struct SyncService {
 }
 
 impl SyncService {
-    /// After a sync that changed the replica: the current session's user may have been
-    /// deleted, deactivated, moved away from this terminal or given other permissions.
-    async fn reevaluate_session(&self, outcome: &Result<ApplySummary, ApplyError>) {
-        if matches!(outcome, Ok(s) if s.applied)
-            && let Err(e) = self.auth.replica_changed().await
-        {
-            tracing::error!(error = %e, "re-evaluating the session after a sync failed");
-        }
+    /// Applies a change and then re-evaluates the current session, in a task of its own: a
+    /// cancelled request (central's deadline, a reset stream) cannot commit the change and skip
+    /// ending the session of a user it deleted or deactivated. Replays re-evaluate too, so a
+    /// retry after such a cancellation still catches up.
+    async fn apply(
+        &self,
+        what: &'static str,
+        token: String,
+        work: impl FnOnce() -> Result<ApplySummary, ApplyError> + Send + 'static,
+    ) -> Result<ApplySummary, Status> {
+        let (auth, applied) = (self.auth.clone(), self.applied.clone());
+        let task = tokio::spawn(async move {
+            let summary = tokio::task::spawn_blocking(work)
+                .await
+                .map_err(join_error)?;
+            log_outcome(what, &token, &summary, &applied);
+            if summary.is_ok()
+                && let Err(e) = auth.replica_changed().await
+            {
+                tracing::error!(error = %e, "re-evaluating the session after a sync failed");
+            }
+            Ok::<_, Status>(summary?)
+        });
+        task.await.map_err(join_error)?
     }
 }
 
@@ -123,6 +142,7 @@ impl Sync for SyncService {
         let mut users = Vec::new();
         let mut roles = Vec::new();
         let mut complete = false;
+        let mut total_bytes = 0usize;
         let mut index = 0usize;
         // Nothing is written until the final chunk is in: an aborted stream changes nothing.
         while let Some(chunk) = stream.message().await.map_err(|e| {
@@ -147,6 +167,13 @@ impl Sync for SyncService {
                 }
                 _ => {}
             }
+            total_bytes += prost::Message::encoded_len(&chunk);
+            if total_bytes > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot is larger than {} MiB; replica unchanged",
+                    MAX_SNAPSHOT_BYTES >> 20
+                )));
+            }
             users.extend(chunk.users);
             roles.extend(chunk.roles);
             if users.len() + roles.len() > MAX_SNAPSHOT_RECORDS {
@@ -169,19 +196,17 @@ impl Sync for SyncService {
             ));
         }
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
-        let summary = tokio::task::spawn_blocking(move || {
-            let ingest = Ingest {
-                key: &key,
-                limits: &limits,
-            };
-            let snapshot = validate_snapshot(users, roles, ingest)?;
-            replica.apply_snapshot(target, &snapshot)
-        })
-        .await
-        .map_err(join_error)?;
-        self.log_outcome("snapshot", &token, &summary);
-        self.reevaluate_session(&summary).await;
-        Ok(Response::new(result_to_pb(summary?)))
+        let summary = self
+            .apply("snapshot", token, move || {
+                let ingest = Ingest {
+                    key: &key,
+                    limits: &limits,
+                };
+                let snapshot = validate_snapshot(users, roles, ingest)?;
+                replica.apply_snapshot(target, &snapshot)
+            })
+            .await?;
+        Ok(Response::new(result_to_pb(summary)))
     }
 
     async fn apply_changes(
@@ -194,20 +219,18 @@ impl Sync for SyncService {
             .ok_or_else(|| Status::invalid_argument(ValidationError::MissingBase.to_string()))?;
         let new_revision = batch.new_revision;
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
-        let summary = tokio::task::spawn_blocking(move || {
-            replica.apply_changes(base, new_revision, |role_in_replica| {
-                let ingest = Ingest {
-                    key: &key,
-                    limits: &limits,
-                };
-                validate_changes(batch, ingest, role_in_replica)
+        let summary = self
+            .apply("changes", token, move || {
+                replica.apply_changes(base, new_revision, |role_in_replica| {
+                    let ingest = Ingest {
+                        key: &key,
+                        limits: &limits,
+                    };
+                    validate_changes(batch, ingest, role_in_replica)
+                })
             })
-        })
-        .await
-        .map_err(join_error)?;
-        self.log_outcome("changes", &token, &summary);
-        self.reevaluate_session(&summary).await;
-        Ok(Response::new(result_to_pb(summary?)))
+            .await?;
+        Ok(Response::new(result_to_pb(summary)))
     }
 
     async fn pull_audit_events(
@@ -293,20 +316,23 @@ impl Sync for SyncService {
     }
 }
 
-impl SyncService {
-    fn log_outcome(&self, what: &str, token: &str, outcome: &Result<ApplySummary, ApplyError>) {
-        match outcome {
-            Ok(s) if s.applied => {
-                tracing::info!(token, cursor = %s.cursor, users = s.users, roles = s.roles, "{what} applied");
-                self.applied.notify_one();
-            }
-            Ok(s) => {
-                tracing::info!(token, cursor = %s.cursor, "{what} already applied (replay acknowledged)")
-            }
-            Err(ApplyError::Store(e)) => {
-                tracing::error!(token, error = %e, "{what} failed; replica unchanged")
-            }
-            Err(e) => tracing::warn!(token, error = %e, "{what} refused; replica unchanged"),
+fn log_outcome(
+    what: &str,
+    token: &str,
+    outcome: &Result<ApplySummary, ApplyError>,
+    applied: &tokio::sync::Notify,
+) {
+    match outcome {
+        Ok(s) if s.applied => {
+            tracing::info!(token, cursor = %s.cursor, users = s.users, roles = s.roles, "{what} applied");
+            applied.notify_one();
         }
+        Ok(s) => {
+            tracing::info!(token, cursor = %s.cursor, "{what} already applied (replay acknowledged)")
+        }
+        Err(ApplyError::Store(e)) => {
+            tracing::error!(token, error = %e, "{what} failed; replica unchanged")
+        }
+        Err(e) => tracing::warn!(token, error = %e, "{what} refused; replica unchanged"),
     }
 }

@@ -187,7 +187,11 @@ impl Dispatcher {
 
     async fn login(&self, device: &DeviceLabel, kind: CredentialKind, secret: &str) -> String {
         let secret = Zeroizing::new(secret.to_owned());
-        match self.auth.login(kind, secret, &device.source).await {
+        match self
+            .auth
+            .login_detached(kind, secret, device.source.clone())
+            .await
+        {
             Ok(session) => format!("logged in {}", session.user_id),
             Err(LoginError::NoMatch) => "no match".into(),
             Err(e) => e.to_string(),

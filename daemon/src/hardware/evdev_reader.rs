@@ -29,6 +29,7 @@ const OPEN_RETRY: Duration = Duration::from_millis(100);
 const GRAB_WAIT: Duration = Duration::from_secs(2);
 const DIR_RETRY: Duration = Duration::from_secs(5);
 const BUSY_RETRY: Duration = Duration::from_millis(500);
+const GRAB_BUSY_ATTEMPTS: u32 = 30;
 
 struct Context {
     settings: Arc<InputSettings>,
@@ -37,8 +38,13 @@ struct Context {
     busy: Mutex<HashSet<PathBuf>>,
 }
 
-/// Runs until the daemon stops.
-pub async fn run(settings: Arc<InputSettings>, dispatcher: Arc<Dispatcher>) {
+/// Runs until `stop` turns true (then every device is released before it returns) or the task
+/// is aborted.
+pub async fn run(
+    settings: Arc<InputSettings>,
+    dispatcher: Arc<Dispatcher>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let ctx = Arc::new(Context {
         settings,
         dispatcher,
@@ -57,6 +63,10 @@ pub async fn run(settings: Arc<InputSettings>, dispatcher: Arc<Dispatcher>) {
                     let event = tokio::select! {
                         event = events.next() => event,
                         Some(_) = devices.join_next(), if !devices.is_empty() => continue,
+                        () = stopped(&mut stop) => {
+                            devices.shutdown().await;
+                            return;
+                        }
                     };
                     let Some(event) = event else { break };
                     match event {
@@ -83,7 +93,13 @@ pub async fn run(settings: Arc<InputSettings>, dispatcher: Arc<Dispatcher>) {
                 tracing::warn!(dir = %dir.display(), error = %e, retry = ?DIR_RETRY, "cannot watch the input directory");
             }
         }
-        tokio::time::sleep(DIR_RETRY).await;
+        tokio::select! {
+            () = tokio::time::sleep(DIR_RETRY) => {}
+            () = stopped(&mut stop) => {
+                devices.shutdown().await;
+                return;
+            }
+        }
     }
 }
 
@@ -232,7 +248,7 @@ async fn serve_device(ctx: &Context, path: &Path) {
     };
     if rule.grab {
         wait_for_release(&device).await;
-        if let Err(e) = device.grab() {
+        if let Err(e) = grab(&mut device).await {
             tracing::warn!(device = %label.source, error = %e, "could not grab the device; its keystrokes also reach other readers");
             state.error = format!("grab failed: {e}");
         } else {
@@ -314,6 +330,28 @@ fn framer_for(rule: &CompiledRule, ctx: &Context) -> Result<(Framer, Option<Prof
                 .cloned()
                 .ok_or_else(|| format!("unknown profile {}", rule.profile))?;
             Ok((Framer::KeyReader(profile.key_reader()), Some(profile)))
+        }
+    }
+}
+
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    // The borrow the wait returns is dropped here, before the caller awaits anything else.
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// EVIOCGRAB; EBUSY means another descriptor still holds the grab (a reader set being
+/// replaced by a reload is closing it): retry for a moment before giving up.
+async fn grab(device: &mut RawDevice) -> io::Result<()> {
+    let mut attempts = 0;
+    loop {
+        match device.grab() {
+            Err(e)
+                if e.raw_os_error() == Some(nix::libc::EBUSY) && attempts < GRAB_BUSY_ATTEMPTS =>
+            {
+                attempts += 1;
+                tokio::time::sleep(OPEN_RETRY).await;
+            }
+            other => return other,
         }
     }
 }

@@ -142,34 +142,70 @@ pub fn known_names(profiles: &BTreeMap<String, Profile>) -> String {
         .join(", ")
 }
 
-/// Aborts its task when dropped, so tearing down a reader set never leaves one running.
+/// The readers of one input configuration.
 #[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct Readers {
+    /// The evdev watcher and the signal that asks it to release its devices and stop.
+    evdev: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::watch::Sender<bool>,
+    )>,
+    serial: Vec<tokio::task::JoinHandle<()>>,
+}
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+/// How long a reader set may take to release its devices before it is aborted.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Readers {
+    fn start(settings: &Arc<InputSettings>, dispatcher: &Arc<Dispatcher>) -> Readers {
+        let evdev = (!settings.rules.is_empty()).then(|| {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(evdev_reader::run(
+                settings.clone(),
+                dispatcher.clone(),
+                stopped,
+            ));
+            (task, stop)
+        });
+        let serial = settings
+            .serial
+            .iter()
+            .cloned()
+            .map(|port| {
+                let profile = settings.profiles.get(&port.profile).cloned();
+                tokio::spawn(serial_reader::run(port, profile, dispatcher.clone()))
+            })
+            .collect();
+        Readers { evdev, serial }
+    }
+
+    /// Stops every reader and waits until their devices are closed, so readers started next
+    /// can grab them (a grab fails while an old descriptor still holds it).
+    async fn stop(mut self) {
+        if let Some((task, stop)) = self.evdev.take() {
+            let _ = stop.send(true);
+            let abort = task.abort_handle();
+            if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
+                abort.abort();
+            }
+        }
+        for task in std::mem::take(&mut self.serial) {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 
-/// Starts the evdev watcher (when rules exist) and one task per serial reader.
-fn spawn_readers(settings: &Arc<InputSettings>, dispatcher: &Arc<Dispatcher>) -> Vec<AbortOnDrop> {
-    let mut tasks = Vec::new();
-    if !settings.rules.is_empty() {
-        tasks.push(AbortOnDrop(tokio::spawn(evdev_reader::run(
-            settings.clone(),
-            dispatcher.clone(),
-        ))));
+impl Drop for Readers {
+    /// The supervisor itself was aborted (shutdown): stop everything without waiting.
+    fn drop(&mut self) {
+        if let Some((task, _)) = &self.evdev {
+            task.abort();
+        }
+        for task in &self.serial {
+            task.abort();
+        }
     }
-    for port in settings.serial.iter().cloned() {
-        let profile = settings.profiles.get(&port.profile).cloned();
-        tasks.push(AbortOnDrop(tokio::spawn(serial_reader::run(
-            port,
-            profile,
-            dispatcher.clone(),
-        ))));
-    }
-    tasks
 }
 
 /// Runs the readers for the current input settings, and replaces them all whenever a reload
@@ -182,12 +218,12 @@ pub fn supervise(
     tokio::spawn(async move {
         loop {
             let current = settings.borrow_and_update().clone();
-            let readers = spawn_readers(&current, &dispatcher);
+            let readers = Readers::start(&current, &dispatcher);
             if settings.changed().await.is_err() {
                 // The sender is gone: keep these readers until the task is aborted.
                 std::future::pending::<()>().await;
             }
-            drop(readers);
+            readers.stop().await;
             dispatcher.registry.clear();
             tracing::info!("input rules reloaded: readers restarted");
         }

@@ -84,6 +84,9 @@ pub struct Replica {
     /// Distinct hash schemes per credential kind; `None` after a write until the next login
     /// reads them again (a scan of the credentials table, so not done per attempt).
     schemes: RwLock<Option<Vec<(CredentialKind, HashScheme)>>>,
+    /// Bumped by every invalidation, so a load that read the old data cannot store it after
+    /// a write invalidated the cache in the meantime.
+    schemes_generation: std::sync::atomic::AtomicU64,
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -152,11 +155,14 @@ impl Replica {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             schemes: RwLock::new(None),
+            schemes_generation: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
     fn invalidate_schemes(&self) {
         if let Ok(mut schemes) = self.schemes.write() {
+            self.schemes_generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             *schemes = None;
         }
     }

@@ -1,5 +1,7 @@
 //! Lookups for login and status.
 
+use std::sync::atomic::Ordering;
+
 use rusqlite::OptionalExtension;
 
 use super::{Replica, StoreError};
@@ -42,8 +44,13 @@ impl Replica {
         let all = match cached {
             Some(all) => all,
             None => {
+                let generation = self.schemes_generation.load(Ordering::SeqCst);
                 let all = self.load_schemes()?;
-                *self.schemes.write().map_err(|_| StoreError::Poisoned)? = Some(all.clone());
+                let mut cache = self.schemes.write().map_err(|_| StoreError::Poisoned)?;
+                // A write since the load may have changed the schemes: use, don't cache.
+                if self.schemes_generation.load(Ordering::SeqCst) == generation {
+                    *cache = Some(all.clone());
+                }
                 all
             }
         };
