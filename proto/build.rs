@@ -6,6 +6,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/tillgate/v1/model.proto",
+        "proto/tillgate/v1/policy.proto",
         "proto/tillgate/v1/login.proto",
         "proto/tillgate/v1/sync.proto",
         "proto/tillgate/v1/devices.proto",

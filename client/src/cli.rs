@@ -11,15 +11,15 @@ use zeroize::Zeroizing;
 use crate::export::{Account, AccountHasher, ChangesExport, SnapshotExport};
 use crate::proto as pb;
 use crate::{
-    ClientError, DEFAULT_SOCKET, DEFAULT_SYNC_ADDR, SyncTls, TillClient, TillSyncClient,
-    cursor_from_status,
+    ClientError, Credential, DEFAULT_SOCKET, DEFAULT_SYNC_ADDR, SyncTls, TillClient,
+    TillSyncClient, cursor_from_status, retry_after_from_status,
 };
 
 #[derive(Debug, Parser)]
 #[command(
     name = "tillctl",
     version,
-    about = "Operate tillgated: sessions, status, sync pushes, tokens"
+    about = "Operate tillgated: sessions, status, sync pushes, tokens, lockouts, audit, explain"
 )]
 pub struct Cli {
     /// The daemon's login socket.
@@ -74,6 +74,33 @@ pub enum Command {
     Watch,
     /// Does the current user hold PERMISSION? Exit 0 if so, 1 if not.
     Can { permission: String },
+    /// Manager override: does the user of a PIN or key hold PERMISSION? Exit 0 if so, 1 if not.
+    /// The current session is not changed.
+    Authorize {
+        permission: String,
+        /// Read a PIN.
+        #[arg(long, conflicts_with = "key", required_unless_present = "key")]
+        pin: bool,
+        /// Use a key id; without a value it is read like a PIN.
+        #[arg(long, num_args = 0..=1, default_missing_value = "")]
+        key: Option<String>,
+    },
+    /// Clear failed-attempt lockouts: of SOURCE (as `lockouts` shows it), or of every source
+    /// (admin uids only).
+    Unlock { source: Option<String> },
+    /// Sources with failed attempts or a running lockout (admin uids only).
+    Lockouts,
+    /// The newest audit rows, oldest first (admin uids only).
+    Audit {
+        /// How many rows (at most 1000).
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: u32,
+    },
+    /// Why USER can or cannot log in at this terminal; exit 0 if they can, 1 if not (admin uids
+    /// only).
+    Explain { user: String },
+    /// Users at this terminal sharing a PIN or a key, and who wins (admin uids only).
+    Collisions,
     /// Push an account export to the sync endpoint.
     Push {
         #[command(subcommand)]
@@ -151,6 +178,11 @@ pub fn main() -> ExitCode {
                     cursor.epoch, cursor.revision
                 );
             }
+            if let ClientError::Rpc(status) = &e
+                && let Some(wait) = retry_after_from_status(status)
+            {
+                eprintln!("tillctl: retry in {}", humantime::format_duration(wait));
+            }
             ExitCode::from(2)
         }
     }
@@ -164,22 +196,86 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         }
         Command::Login { pin, key } => {
             let mut client = TillClient::connect(&cli.socket).await?;
+            let secret = read_credential(pin, key)?;
             let session = if pin {
-                let pin = read_secret("PIN: ")?;
-                client.login_with_pin(&pin).await?
+                client.login_with_pin(&secret).await?
             } else {
-                let key = match key {
-                    Some(k) if !k.is_empty() => {
-                        eprintln!(
-                            "tillctl: warning: a key id on the command line is visible to other users; omit the value to be prompted"
-                        );
-                        Zeroizing::new(k)
-                    }
-                    _ => read_secret("Key id: ")?,
-                };
-                client.login_with_key(&key).await?
+                client.login_with_key(&secret).await?
             };
             print_session(&session);
+        }
+        Command::Authorize {
+            permission,
+            pin,
+            key,
+        } => {
+            let mut client = TillClient::connect(&cli.socket).await?;
+            let secret = read_credential(pin, key)?;
+            let credential = if pin {
+                Credential::Pin(&secret)
+            } else {
+                Credential::Key(&secret)
+            };
+            let answer = client.authorize(credential, &permission).await?;
+            let who = answer
+                .authorizer
+                .as_ref()
+                .map(|u| format!("{} ({} {})", u.id, u.first_name, u.last_name))
+                .unwrap_or_default();
+            println!(
+                "{}: {who} {permission}",
+                if answer.granted { "granted" } else { "denied" }
+            );
+            if !answer.granted {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Unlock { source } => {
+            let cleared = TillClient::connect(&cli.socket)
+                .await?
+                .unlock(source.as_deref().unwrap_or(""))
+                .await?;
+            if cleared.is_empty() {
+                println!("nothing to clear");
+            } else {
+                println!("cleared {}", cleared.join(", "));
+            }
+        }
+        Command::Lockouts => {
+            let lockouts = TillClient::connect(&cli.socket).await?.lockouts().await?;
+            if lockouts.is_empty() {
+                println!("no failed attempts");
+            }
+            for l in lockouts {
+                print_lockout(&l);
+            }
+        }
+        Command::Audit { limit } => {
+            let tail = TillClient::connect(&cli.socket)
+                .await?
+                .audit_tail(limit)
+                .await?;
+            println!(
+                "backlog: {} rows not yet acknowledged by central ({})",
+                tail.backlog, tail.audit_status
+            );
+            for event in &tail.events {
+                print_audit(event);
+            }
+        }
+        Command::Explain { user } => {
+            let explanation = TillClient::connect(&cli.socket)
+                .await?
+                .explain(&user)
+                .await?;
+            print_explanation(&explanation);
+            if !explanation.can_log_in {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Collisions => {
+            let report = TillClient::connect(&cli.socket).await?.collisions().await?;
+            print_collisions(&report);
         }
         Command::Logout => match TillClient::connect(&cli.socket).await?.logout().await? {
             Some(ended) => println!("logged out {}", user_label(&ended)),
@@ -255,6 +351,45 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 time_label(state.last_sync_at.as_ref())
             );
             println!("version:           {}", state.version);
+            println!(
+                "audit backlog:     {} (cap {}; {})",
+                state.audit_backlog, state.audit_max_rows, state.audit_status
+            );
+            println!(
+                "session:           {}",
+                match (state.session_user_id.as_str(), state.session_locked) {
+                    ("", _) => "nobody logged in".to_owned(),
+                    (user, true) => format!("{user} (locked)"),
+                    (user, false) => user.to_owned(),
+                }
+            );
+            if state.replica_stale {
+                println!("replica:           STALE (logins refused until central syncs)");
+            }
+            println!(
+                "input devices:     {} ({} being read)",
+                state.input_devices.len(),
+                state.input_devices.iter().filter(|d| d.attached).count()
+            );
+            for d in &state.input_devices {
+                let role = if d.role.is_empty() {
+                    "unused"
+                } else {
+                    d.role.as_str()
+                };
+                println!(
+                    "  {} [{} {role}] {}{}",
+                    d.name,
+                    d.kind,
+                    d.path,
+                    if d.attached { "" } else { " (not read)" }
+                );
+            }
+            println!("lockouts:          {}", state.lockouts.len());
+            for l in &state.lockouts {
+                print!("  ");
+                print_lockout(l);
+            }
         }
         Command::Hash { account, salt } => {
             let secret = read_secret("Secret: ")?;
@@ -354,6 +489,22 @@ fn read_bytes(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
     std::fs::read(path).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))
 }
 
+/// The PIN (`--pin`) or key id (`--key [ID]`) of a login or authorization.
+fn read_credential(pin: bool, key: Option<String>) -> Result<Zeroizing<String>, ClientError> {
+    if pin {
+        return read_secret("PIN: ");
+    }
+    match key {
+        Some(k) if !k.is_empty() => {
+            eprintln!(
+                "tillctl: warning: a key id on the command line is visible to other users; omit the value to be prompted"
+            );
+            Ok(Zeroizing::new(k))
+        }
+        _ => read_secret("Key id: "),
+    }
+}
+
 /// Reads a secret without echo from the terminal, or one line from stdin when piped.
 fn read_secret(prompt: &str) -> Result<Zeroizing<String>, ClientError> {
     let secret = if std::io::stdin().is_terminal() {
@@ -401,6 +552,9 @@ fn print_session(session: &pb::Session) {
     println!("session:     {}", session.session_id);
     println!("method:      {method}");
     println!("started:     {}", time_label(session.started_at.as_ref()));
+    if session.locked {
+        println!("locked:      yes (the same user's PIN or key resumes it)");
+    }
     println!("roles:       {}", session.role_ids.join(", "));
     println!("permissions: {}", session.permissions.join(", "));
     println!(
@@ -516,4 +670,149 @@ fn print_status(status: &pb::DaemonStatus) {
         if status.sync_tls { " (TLS)" } else { "" }
     );
     println!("version:     {}", status.version);
+}
+
+fn print_lockout(l: &pb::LockoutState) {
+    let until = match &l.locked_until {
+        Some(t) => format!("PIN entry locked until {}", time_label(Some(t))),
+        None => "not locked".to_owned(),
+    };
+    println!(
+        "{}\t{} failures in the window, {} lockouts\t{until}",
+        l.source, l.failures, l.strikes
+    );
+}
+
+fn method_label(method: i32) -> &'static str {
+    match pb::LoginMethod::try_from(method) {
+        Ok(pb::LoginMethod::Pin) => "pin",
+        Ok(pb::LoginMethod::Key) => "key",
+        _ => "-",
+    }
+}
+
+fn print_audit(e: &pb::AuditEvent) {
+    let mut line = format!(
+        "#{} {} {} {} {} [{}]",
+        e.seq,
+        time_label(e.at.as_ref()),
+        e.kind,
+        method_label(e.method),
+        e.outcome,
+        e.source
+    );
+    if !e.user_id.is_empty() {
+        line.push_str(&format!(" user={}", e.user_id));
+    }
+    if !e.session_user_id.is_empty() {
+        line.push_str(&format!(" session_user={}", e.session_user_id));
+    }
+    if !e.permission.is_empty() {
+        line.push_str(&format!(" permission={}", e.permission));
+    }
+    if !e.reason.is_empty() {
+        line.push_str(&format!(" ({})", e.reason));
+    }
+    println!("{line}");
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value { "yes" } else { "no" }
+}
+
+fn print_explanation(e: &pb::Explanation) {
+    let terminal = if e.sub_terminal_id.is_empty() {
+        format!("Sales Point {}", e.sales_point_id)
+    } else {
+        format!(
+            "Sales Point {} / sub-terminal {}",
+            e.sales_point_id, e.sub_terminal_id
+        )
+    };
+    println!("user:              {}", e.user_id);
+    println!("terminal:          {terminal}");
+    println!("in replica:        {}", yes_no(e.present));
+    if e.present {
+        if let Some(u) = &e.user {
+            println!(
+                "name:              {} {} (ordinal {})",
+                u.first_name, u.last_name, e.ordinal
+            );
+        }
+        println!("active:            {}", yes_no(e.active));
+        println!(
+            "assigned here:     {} (via Sales Point: {}, via sub-terminal: {})",
+            yes_no(e.assigned_to_sales_point || e.assigned_to_sub_terminal),
+            yes_no(e.assigned_to_sales_point),
+            yes_no(e.assigned_to_sub_terminal)
+        );
+        println!("has PIN:           {}", yes_no(e.has_pin));
+        println!("keys:              {}", e.keys);
+        println!("roles here:        {}", e.role_ids.join(", "));
+        println!("permissions here:  {}", e.permissions.join(", "));
+        for c in &e.credentials {
+            let name = match pb::LoginMethod::try_from(c.method) {
+                Ok(pb::LoginMethod::Pin) => "PIN".to_owned(),
+                _ => format!("key {}", c.index),
+            };
+            let shared = if c.shared_with.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " [shared with {}]",
+                    c.shared_with
+                        .iter()
+                        .map(|u| u.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            println!("{:<19}{}{shared}", format!("{name}:"), c.outcome);
+        }
+    }
+    println!("can log in here:   {}", yes_no(e.can_log_in));
+    if !e.problems.is_empty() {
+        println!("problems:");
+        for p in &e.problems {
+            println!("  - {p}");
+        }
+    }
+}
+
+fn print_collisions(report: &pb::CollisionReport) {
+    if report.collisions.is_empty() {
+        println!("no shared PINs or keys among the users at this terminal");
+        return;
+    }
+    for c in &report.collisions {
+        let members: Vec<String> = c
+            .members
+            .iter()
+            .map(|m| {
+                let id = m.user.as_ref().map(|u| u.id.as_str()).unwrap_or("?");
+                let mut flags = vec![format!("ordinal {}", m.ordinal)];
+                if !m.active {
+                    flags.push("inactive".into());
+                }
+                if !m.assigned_here {
+                    flags.push("not here".into());
+                }
+                format!("{id} ({})", flags.join(", "))
+            })
+            .collect();
+        let winner = c
+            .winner
+            .as_ref()
+            .map(|u| format!("{} logs in", u.id))
+            .unwrap_or_else(|| "nobody may log in with it".into());
+        println!(
+            "{} shared by {} -> {winner}",
+            if method_label(c.method) == "pin" {
+                "PIN"
+            } else {
+                "key"
+            },
+            members.join(", ")
+        );
+    }
 }

@@ -260,9 +260,27 @@ pub struct Snapshot {
     pub roles: Vec<pb::Role>,
 }
 
+/// serde_json's type errors quote the offending value ("invalid type: integer `1234`"), and
+/// in an export that value may be a PIN or a key id: say where and what kind of problem only.
+fn export_error(what: &str, e: &serde_json::Error) -> ClientError {
+    let message = e.to_string();
+    let quotes_a_value = ["invalid type", "invalid value", "invalid length"]
+        .iter()
+        .any(|m| message.contains(m));
+    if quotes_a_value {
+        ClientError::Export(format!(
+            "{what}: a value has the wrong type or form at line {} column {} (value not shown: it may be a secret)",
+            e.line(),
+            e.column()
+        ))
+    } else {
+        ClientError::Export(format!("{what}: {message}"))
+    }
+}
+
 impl SnapshotExport {
     pub fn parse(json: &str) -> Result<SnapshotExport, ClientError> {
-        serde_json::from_str(json).map_err(|e| ClientError::Export(format!("snapshot export: {e}")))
+        serde_json::from_str(json).map_err(|e| export_error("snapshot export", &e))
     }
 
     pub fn into_snapshot(self) -> Result<Snapshot, ClientError> {
@@ -277,7 +295,7 @@ impl SnapshotExport {
 
 impl ChangesExport {
     pub fn parse(json: &str) -> Result<ChangesExport, ClientError> {
-        serde_json::from_str(json).map_err(|e| ClientError::Export(format!("changes export: {e}")))
+        serde_json::from_str(json).map_err(|e| export_error("changes export", &e))
     }
 
     pub fn into_batch(self) -> Result<pb::ChangeBatch, ClientError> {
@@ -321,6 +339,21 @@ mod tests {
         let encoded = format!("{:?}", snapshot.users);
         assert!(!encoded.contains("1234") && !encoded.contains("\"K1\""));
         assert_eq!(snapshot.roles[0].permissions.len(), 2);
+    }
+
+    #[test]
+    fn type_errors_never_quote_the_value() {
+        let err = SnapshotExport::parse(
+            r#"{"account": {"id": "a"}, "cursor": {"epoch": 1, "revision": 1},
+                "users": [{"id": "u", "ordinal": 1, "pin": 918273, "keys": "0001234567"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            !err.contains("918273") && !err.contains("0001234567"),
+            "{err}"
+        );
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -57,6 +57,32 @@ fn code_name(code: tonic::Code) -> String {
         .to_owned()
 }
 
+/// How long to wait before retrying, from the RetryInfo detail of a RESOURCE_EXHAUSTED lockout.
+pub fn retry_after_from_status(status: &Status) -> Option<Duration> {
+    status.get_error_details().retry_info()?.retry_delay
+}
+
+/// The ErrorInfo reason of a status (e.g. `REPLICA_STALE`, `CURSOR_MISMATCH`), if any.
+pub fn error_reason(status: &Status) -> Option<String> {
+    Some(status.get_error_details().error_info()?.reason.clone())
+}
+
+/// A PIN or a key id, for a manager override.
+#[derive(Clone, Copy)]
+pub enum Credential<'a> {
+    Pin(&'a str),
+    Key(&'a str),
+}
+
+impl std::fmt::Debug for Credential<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credential::Pin(_) => "Pin(****)",
+            Credential::Key(_) => "Key(****)",
+        })
+    }
+}
+
 /// The replica cursor a FAILED_PRECONDITION from the Sync API carries, if any.
 pub fn cursor_from_status(status: &Status) -> Option<pb::Cursor> {
     let info = status.get_error_details().error_info()?.clone();
@@ -152,6 +178,34 @@ impl TillClient {
         Ok(self.login.check_permission(request).await?.into_inner())
     }
 
+    /// Manager override: does the user this credential resolves to hold `permission`? The
+    /// current session is not changed.
+    pub async fn authorize(
+        &mut self,
+        credential: Credential<'_>,
+        permission: &str,
+    ) -> Result<pb::AuthorizeResponse, ClientError> {
+        use pb::authorize_request::Credential as C;
+        let request = pb::AuthorizeRequest {
+            credential: Some(match credential {
+                Credential::Pin(pin) => C::Pin(pin.to_owned()),
+                Credential::Key(key) => C::KeyId(key.to_owned()),
+            }),
+            permission: permission.to_owned(),
+        };
+        Ok(self.login.authorize(request).await?.into_inner())
+    }
+
+    /// Reports activity at the till (restarts the idle timer); returns the current session.
+    pub async fn touch(&mut self) -> Result<Option<pb::Session>, ClientError> {
+        Ok(self
+            .login
+            .touch(pb::TouchRequest {})
+            .await?
+            .into_inner()
+            .session)
+    }
+
     pub async fn status(&mut self) -> Result<pb::DaemonStatus, ClientError> {
         Ok(self
             .login
@@ -201,6 +255,47 @@ impl TillClient {
             name: name.to_owned(),
         };
         Ok(self.admin.revoke_token(request).await?.into_inner().revoked)
+    }
+
+    /// Clears the lockout of `source` ("" for every source); returns the sources cleared.
+    pub async fn unlock(&mut self, source: &str) -> Result<Vec<String>, ClientError> {
+        let request = pb::UnlockRequest {
+            source: source.to_owned(),
+        };
+        Ok(self.admin.unlock(request).await?.into_inner().cleared)
+    }
+
+    pub async fn lockouts(&mut self) -> Result<Vec<pb::LockoutState>, ClientError> {
+        Ok(self
+            .admin
+            .list_lockouts(pb::ListLockoutsRequest {})
+            .await?
+            .into_inner()
+            .lockouts)
+    }
+
+    /// The newest `limit` audit rows (0: the daemon's default), oldest first.
+    pub async fn audit_tail(
+        &mut self,
+        limit: u32,
+    ) -> Result<pb::ListAuditEventsResponse, ClientError> {
+        let request = pb::ListAuditEventsRequest { limit };
+        Ok(self.admin.list_audit_events(request).await?.into_inner())
+    }
+
+    pub async fn explain(&mut self, user_id: &str) -> Result<pb::Explanation, ClientError> {
+        let request = pb::ExplainRequest {
+            user_id: user_id.to_owned(),
+        };
+        Ok(self.admin.explain(request).await?.into_inner())
+    }
+
+    pub async fn collisions(&mut self) -> Result<pb::CollisionReport, ClientError> {
+        Ok(self
+            .admin
+            .list_collisions(pb::ListCollisionsRequest {})
+            .await?
+            .into_inner())
     }
 }
 
@@ -328,6 +423,37 @@ impl TillSyncClient {
         batch: pb::ChangeBatch,
     ) -> Result<pb::ApplyResult, ClientError> {
         Ok(self.inner.apply_changes(batch).await?.into_inner())
+    }
+
+    /// Audit rows after `after_seq` (at most `limit`; 0: the daemon's default).
+    pub async fn pull_audit(
+        &mut self,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<pb::PullAuditEventsResponse, ClientError> {
+        let request = pb::PullAuditEventsRequest { after_seq, limit };
+        Ok(self.inner.pull_audit_events(request).await?.into_inner())
+    }
+
+    /// Acknowledges (and so deletes) every audit row up to `seq`.
+    pub async fn ack_audit(&mut self, seq: u64) -> Result<pb::AckAuditEventsResponse, ClientError> {
+        let request = pb::AckAuditEventsRequest { seq };
+        Ok(self.inner.ack_audit_events(request).await?.into_inner())
+    }
+
+    pub async fn explain(&mut self, user_id: &str) -> Result<pb::Explanation, ClientError> {
+        let request = pb::ExplainRequest {
+            user_id: user_id.to_owned(),
+        };
+        Ok(self.inner.explain(request).await?.into_inner())
+    }
+
+    pub async fn collisions(&mut self) -> Result<pb::CollisionReport, ClientError> {
+        Ok(self
+            .inner
+            .list_collisions(pb::ListCollisionsRequest {})
+            .await?
+            .into_inner())
     }
 }
 

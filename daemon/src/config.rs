@@ -2,11 +2,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::credential::CostLimits;
+use crate::lockout::LockoutPolicy;
+use crate::login::PolicySettings;
 use crate::model::Terminal;
+use crate::session::{KeyRemoval, SessionPolicy};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tillgate";
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/tillgate";
@@ -20,9 +24,11 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
+    /// One line (it goes into log lines too): where, then what.
+    #[error("config file {path}: {problem}")]
     Parse {
         path: PathBuf,
+        problem: String,
         #[source]
         source: Box<toml::de::Error>,
     },
@@ -52,6 +58,14 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub lockout: LockoutConfig,
+    #[serde(default)]
+    pub session: SessionConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub replica: ReplicaConfig,
+    #[serde(default)]
     pub input: InputConfig,
 }
 
@@ -65,6 +79,8 @@ pub struct InputConfig {
     pub rules: Vec<DeviceRule>,
     pub serial: Vec<SerialReaderConfig>,
     pub pin_pad: PinPadSettings,
+    /// Reader profiles of the site's own, by name; they may start from a built-in (`base`).
+    pub profiles: std::collections::BTreeMap<String, ProfileDef>,
 }
 
 impl Default for InputConfig {
@@ -74,8 +90,66 @@ impl Default for InputConfig {
             rules: Vec::new(),
             serial: Vec::new(),
             pin_pad: PinPadSettings::default(),
+            profiles: std::collections::BTreeMap::new(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminatorDef {
+    Enter,
+    Tab,
+    /// No terminator: `fixed_length` characters make a frame.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodingDef {
+    Text,
+    Hex,
+    Decimal,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RomPartsDef {
+    /// All 8 bytes: family, serial, CRC.
+    Full,
+    /// Family and serial, no CRC.
+    FamilySerial,
+    /// The 48-bit serial only (`family` must be given).
+    Serial,
+}
+
+/// A reader profile: framing of the burst, then canonicalisation of the id. Every key is
+/// optional and overrides `base` (or the generic defaults).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileDef {
+    /// A built-in profile to start from.
+    pub base: Option<String>,
+    pub max_gap_ms: Option<u64>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub terminator: Option<TerminatorDef>,
+    pub fixed_length: Option<usize>,
+    pub min_len: Option<usize>,
+    pub max_len: Option<usize>,
+    /// What the reader types when a key is pulled (e.g. "OUT").
+    pub removal_token: Option<String>,
+    pub encoding: Option<EncodingDef>,
+    pub reverse_bytes: Option<bool>,
+    /// Treat the id as a 1-Wire ROM id (hex encoding).
+    pub rom: Option<RomPartsDef>,
+    pub family: Option<u8>,
+    pub check_crc: Option<bool>,
+    pub strip_family: Option<bool>,
+    pub strip_crc: Option<bool>,
+    /// Zero-pad decimal ids to this width.
+    pub decimal_width: Option<usize>,
+    pub trim: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -255,7 +329,7 @@ impl Default for SyncConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -312,6 +386,135 @@ impl Default for LogConfig {
     }
 }
 
+/// Failed-attempt lockout. Durations are humantime strings such as "30s", "15m", "1h 30m".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockoutConfig {
+    /// Failed attempts (wrong PIN, unknown key) from one source within `window` that lock PIN
+    /// entry from that source.
+    pub max_failures: u32,
+    /// The same for all sources together; 0 turns the terminal-wide counter off.
+    pub terminal_max_failures: u32,
+    pub window: String,
+    /// First lockout; each further one doubles, up to `max_delay`.
+    pub delay: String,
+    pub max_delay: String,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        let p = LockoutPolicy::default();
+        LockoutConfig {
+            max_failures: p.max_failures,
+            terminal_max_failures: p.terminal_max_failures,
+            window: humantime::format_duration(p.window).to_string(),
+            delay: humantime::format_duration(p.delay).to_string(),
+            max_delay: humantime::format_duration(p.max_delay).to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyRemovalConfig {
+    Lock,
+    #[default]
+    Logout,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Lock the session after this long without activity; "off" never locks.
+    pub idle_lock: String,
+    /// What removing the key that opened the session does: "logout" or "lock".
+    pub on_key_removal: KeyRemovalConfig,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            idle_lock: "5m".into(),
+            on_key_removal: KeyRemovalConfig::Logout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Unacknowledged audit rows beyond which the outbox reports a loud status (rows are kept).
+    pub max_rows: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { max_rows: 100_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicaConfig {
+    /// Refuse logins when the last successful sync is older than this; "off" never does.
+    pub max_age: String,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            max_age: "off".into(),
+        }
+    }
+}
+
+/// Parses a duration key; `allow_off` accepts "off" as None.
+fn duration(
+    key: &'static str,
+    text: &str,
+    allow_off: bool,
+    min: Duration,
+) -> Result<Option<Duration>, ConfigError> {
+    let text = text.trim();
+    if allow_off && text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let value = humantime::parse_duration(text).map_err(|e| {
+        let off = if allow_off { ", or \"off\"" } else { "" };
+        invalid(
+            key,
+            format!("{text:?} is not a duration such as \"30s\" or \"15m\"{off} ({e})"),
+        )
+    })?;
+    if value < min {
+        return Err(invalid(
+            key,
+            format!(
+                "{text:?} is shorter than the minimum {}",
+                humantime::format_duration(min)
+            ),
+        ));
+    }
+    Ok(Some(value))
+}
+
+fn required_duration(
+    key: &'static str,
+    text: &str,
+    min: Duration,
+) -> Result<Duration, ConfigError> {
+    duration(key, text, false, min)?.ok_or_else(|| invalid(key, "must be set"))
+}
+
+/// The part of the settings that SIGHUP applies to the running daemon (see `reload`). Everything
+/// else in [`Settings`] takes effect at the next start. A module whose settings can change live
+/// adds them here and follows `Core::live`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSettings {
+    /// The tracing filter from `log.level` (RUST_LOG, when set, wins over it).
+    pub log_level: String,
+}
+
 /// The configuration after checks, with derived values filled in.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -330,7 +533,12 @@ pub struct Settings {
     pub tls: Option<TlsConfig>,
     pub max_concurrent_hashes: usize,
     pub cost_limits: CostLimits,
-    pub log: LogConfig,
+    pub policy: PolicySettings,
+    pub session: SessionPolicy,
+    pub log_format: LogFormat,
+    /// The reloadable part, as read at start; the daemon's current values are in `Core::live`.
+    pub live: LiveSettings,
+    /// Input rules at start; a reload publishes new ones through `Core::input`.
     pub input: crate::hardware::InputSettings,
 }
 
@@ -346,6 +554,79 @@ impl Settings {
     pub fn sync_addr_path(&self) -> PathBuf {
         self.runtime_dir.join("sync.addr")
     }
+
+    /// The config keys whose values differ between `self` and `other` and that only take
+    /// effect at a restart (everything outside [`LiveSettings`]).
+    pub fn restart_only_changes(&self, other: &Settings) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut check = |key, differs: bool| {
+            if differs {
+                keys.push(key);
+            }
+        };
+        check(
+            "terminal.sales_point_id",
+            self.terminal.sales_point_id != other.terminal.sales_point_id,
+        );
+        check(
+            "terminal.sub_terminal_id",
+            self.terminal.sub_terminal_id != other.terminal.sub_terminal_id,
+        );
+        check("paths.state_dir", self.state_dir != other.state_dir);
+        check("paths.runtime_dir", self.runtime_dir != other.runtime_dir);
+        check("login_socket.path", self.socket_path != other.socket_path);
+        check(
+            "login_socket.group",
+            self.socket_group != other.socket_group,
+        );
+        check("login_socket.mode", self.socket_mode != other.socket_mode);
+        check(
+            "login_socket.allow_uids",
+            self.allow_uids != other.allow_uids,
+        );
+        check(
+            "login_socket.allow_gids",
+            self.allow_gids != other.allow_gids,
+        );
+        check(
+            "login_socket.admin_uids",
+            self.admin_uids != other.admin_uids,
+        );
+        check(
+            "login_socket.max_message_bytes",
+            self.login_max_message_bytes != other.login_max_message_bytes,
+        );
+        check("sync.listen", self.sync_listen != other.sync_listen);
+        check(
+            "sync.max_message_bytes",
+            self.sync_max_message_bytes != other.sync_max_message_bytes,
+        );
+        check("sync.tls", self.tls != other.tls);
+        check(
+            "hashing.max_concurrent",
+            self.max_concurrent_hashes != other.max_concurrent_hashes,
+        );
+        check("hashing.max_*_cost", self.cost_limits != other.cost_limits);
+        check("log.format", self.log_format != other.log_format);
+        check("lockout.*", self.policy.lockout != other.policy.lockout);
+        check(
+            "session.idle_lock",
+            self.session.idle_lock != other.session.idle_lock,
+        );
+        check(
+            "session.on_key_removal",
+            self.session.on_key_removal != other.session.on_key_removal,
+        );
+        check(
+            "audit.max_rows",
+            self.policy.audit_max_rows != other.policy.audit_max_rows,
+        );
+        check(
+            "replica.max_age",
+            self.policy.max_replica_age != other.policy.max_replica_age,
+        );
+        keys
+    }
 }
 
 impl Config {
@@ -355,8 +636,11 @@ impl Config {
             source,
         })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+            ConfigError::Parse {
+                problem, source, ..
+            } => ConfigError::Parse {
                 path: path.to_owned(),
+                problem,
                 source,
             },
             other => other,
@@ -364,9 +648,24 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: PathBuf::from("<inline>"),
-            source: Box::new(source),
+        toml::from_str(text).map_err(|source| {
+            let at = source
+                .span()
+                .map(|span| {
+                    let before = text.get(..span.start).unwrap_or(text);
+                    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                    format!(
+                        "line {}, column {}: ",
+                        before.matches('\n').count() + 1,
+                        before[line_start..].chars().count() + 1
+                    )
+                })
+                .unwrap_or_default();
+            ConfigError::Parse {
+                path: PathBuf::from("<inline>"),
+                problem: format!("{at}{}", source.message().trim_end()),
+                source: Box::new(source),
+            }
         })
     }
 
@@ -475,6 +774,43 @@ impl Config {
                 "cost limits must be at least 1",
             ));
         }
+        let second = Duration::from_secs(1);
+        if !(1..=1000).contains(&self.lockout.max_failures) {
+            return Err(invalid(
+                "lockout.max_failures",
+                format!("{} is outside 1..=1000", self.lockout.max_failures),
+            ));
+        }
+        if self.lockout.terminal_max_failures > 10_000 {
+            return Err(invalid(
+                "lockout.terminal_max_failures",
+                format!(
+                    "{} is outside 0..=10000 (0 turns it off)",
+                    self.lockout.terminal_max_failures
+                ),
+            ));
+        }
+        let lockout = LockoutPolicy {
+            max_failures: self.lockout.max_failures,
+            terminal_max_failures: self.lockout.terminal_max_failures,
+            window: required_duration("lockout.window", &self.lockout.window, second)?,
+            delay: required_duration("lockout.delay", &self.lockout.delay, second)?,
+            max_delay: required_duration("lockout.max_delay", &self.lockout.max_delay, second)?,
+        };
+        if lockout.max_delay < lockout.delay {
+            return Err(invalid(
+                "lockout.max_delay",
+                format!(
+                    "{:?} is shorter than lockout.delay {:?}",
+                    self.lockout.max_delay, self.lockout.delay
+                ),
+            ));
+        }
+        let idle_lock = duration("session.idle_lock", &self.session.idle_lock, true, second)?;
+        let max_replica_age = duration("replica.max_age", &self.replica.max_age, true, second)?;
+        if self.audit.max_rows == 0 {
+            return Err(invalid("audit.max_rows", "must be at least 1"));
+        }
         let input = crate::hardware::InputSettings::from_config(&self.input)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
@@ -502,7 +838,22 @@ impl Config {
                 max_t_cost: self.hashing.max_t_cost,
                 max_p_cost: self.hashing.max_p_cost,
             },
-            log: self.log,
+            policy: PolicySettings {
+                lockout,
+                max_replica_age,
+                audit_max_rows: self.audit.max_rows,
+            },
+            session: SessionPolicy {
+                idle_lock,
+                on_key_removal: match self.session.on_key_removal {
+                    KeyRemovalConfig::Lock => KeyRemoval::Lock,
+                    KeyRemovalConfig::Logout => KeyRemoval::Logout,
+                },
+            },
+            log_format: self.log.format,
+            live: LiveSettings {
+                log_level: self.log.level,
+            },
             input,
         })
     }
@@ -527,6 +878,114 @@ mod tests {
         );
         assert_eq!(s.socket_mode, 0o660);
         assert_eq!(s.sync_listen.to_string(), DEFAULT_SYNC_LISTEN);
+        assert_eq!(s.policy.lockout, LockoutPolicy::default());
+        assert_eq!(s.policy.lockout.max_failures, 5);
+        assert_eq!(s.policy.lockout.window, Duration::from_secs(60));
+        assert_eq!(s.policy.max_replica_age, None);
+        assert_eq!(s.policy.audit_max_rows, 100_000);
+        assert_eq!(s.session.idle_lock, Some(Duration::from_secs(300)));
+        assert_eq!(s.session.on_key_removal, KeyRemoval::Logout);
+        assert_eq!(s.live.log_level, "info");
+    }
+
+    #[test]
+    fn policy_keys_parse_and_name_the_key_on_errors() {
+        let base = "[terminal]\nsales_point_id = \"a\"\n";
+        let s = Config::parse(&format!(
+            "{base}[lockout]\nmax_failures = 3\nterminal_max_failures = 0\nwindow = \"2m\"\ndelay = \"10s\"\nmax_delay = \"1h\"\n\
+             [session]\nidle_lock = \"off\"\non_key_removal = \"lock\"\n[audit]\nmax_rows = 50\n[replica]\nmax_age = \"72h\"\n"
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(
+            s.policy.lockout,
+            LockoutPolicy {
+                max_failures: 3,
+                terminal_max_failures: 0,
+                window: Duration::from_secs(120),
+                delay: Duration::from_secs(10),
+                max_delay: Duration::from_secs(3600),
+            }
+        );
+        assert_eq!(s.session.idle_lock, None);
+        assert_eq!(s.session.on_key_removal, KeyRemoval::Lock);
+        assert_eq!(s.policy.audit_max_rows, 50);
+        assert_eq!(
+            s.policy.max_replica_age,
+            Some(Duration::from_secs(72 * 3600))
+        );
+
+        for (extra, key) in [
+            (
+                "[lockout]\nwindow = \"soon\"\n",
+                "config key lockout.window:",
+            ),
+            (
+                "[lockout]\nwindow = \"off\"\n",
+                "config key lockout.window:",
+            ),
+            (
+                "[lockout]\nmax_failures = 0\n",
+                "config key lockout.max_failures:",
+            ),
+            (
+                "[lockout]\ndelay = \"10m\"\nmax_delay = \"1m\"\n",
+                "config key lockout.max_delay:",
+            ),
+            (
+                "[session]\nidle_lock = \"10ms\"\n",
+                "config key session.idle_lock:",
+            ),
+            (
+                "[replica]\nmax_age = \"-1\"\n",
+                "config key replica.max_age:",
+            ),
+            ("[audit]\nmax_rows = 0\n", "config key audit.max_rows:"),
+        ] {
+            let err = Config::parse(&format!("{base}{extra}"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().starts_with(key), "{extra}: {err}");
+        }
+        let err =
+            Config::parse(&format!("{base}[session]\non_key_removal = \"eject\"\n")).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `eject`"), "{err}");
+    }
+
+    #[test]
+    fn restart_only_changes_name_the_keys() {
+        let parse = |text: &str| Config::parse(text).unwrap().validate().unwrap();
+        let base = parse("[terminal]\nsales_point_id = \"sp-1\"\n");
+        let same_but_level =
+            parse("[terminal]\nsales_point_id = \"sp-1\"\n[log]\nlevel = \"debug\"\n");
+        assert!(base.restart_only_changes(&same_but_level).is_empty());
+        assert_ne!(base.live, same_but_level.live);
+        let moved = parse(
+            "[terminal]\nsales_point_id = \"sp-2\"\n[sync]\nlisten = \"127.0.0.1:7999\"\n\
+             [log]\nformat = \"json\"\n",
+        );
+        assert_eq!(
+            base.restart_only_changes(&moved),
+            vec!["terminal.sales_point_id", "sync.listen", "log.format"]
+        );
+        let reader = parse(
+            "[terminal]\nsales_point_id = \"sp-1\"\n\
+             [[input.serial]]\npath = \"/dev/ttyUSB0\"\n",
+        );
+        assert!(
+            base.restart_only_changes(&reader).is_empty(),
+            "input rules reload live"
+        );
+        let policy = parse(
+            "[terminal]\nsales_point_id = \"sp-1\"\n[lockout]\nmax_failures = 3\n\
+             [session]\nidle_lock = \"off\"\n[replica]\nmax_age = \"1h\"\n",
+        );
+        assert_eq!(
+            base.restart_only_changes(&policy),
+            vec!["lockout.*", "session.idle_lock", "replica.max_age"]
+        );
     }
 
     #[test]
@@ -565,6 +1024,13 @@ mod tests {
         assert!(
             err.to_string().contains("unknown field `sales_pont`"),
             "{err}"
+        );
+
+        let err = Config::parse("[terminal]\nsales_point_id = \"a\"\n[log]\nformat = \"xml\"\n")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config file <inline>: line 4, column 10: unknown variant `xml`, expected `text` or `json`"
         );
 
         let err = Config::parse("[paths]\nstate_dir = \"/x\"\n").unwrap_err();

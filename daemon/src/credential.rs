@@ -184,14 +184,29 @@ impl TerminalKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; TERMINAL_KEY_LEN];
                 rand::fill(&mut key);
+                // Written whole to a temporary file, fsynced, then linked to the final name in one
+                // step: a power cut leaves no key file or a complete one, never an empty one.
+                let tmp = path.with_extension("key.tmp");
+                let _ = std::fs::remove_file(&tmp);
                 let mut file = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(path)
+                    .open(&tmp)
                     .map_err(io)?;
                 file.write_all(&key).map_err(io)?;
                 file.sync_all().map_err(io)?;
+                drop(file);
+                let linked = std::fs::hard_link(&tmp, path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => {}
+                    // Another process created it first: use theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        return Self::load_or_create(path);
+                    }
+                    Err(e) => return Err(io(e)),
+                }
                 if let Some(dir) = path.parent() {
                     File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
                 }
@@ -358,6 +373,10 @@ mod tests {
         let path = dir.path().join("terminal.key");
         let (k1, created) = TerminalKey::load_or_create(&path).unwrap();
         assert!(created);
+        assert!(
+            !path.with_extension("key.tmp").exists(),
+            "the temporary file is gone"
+        );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let (k2, created) = TerminalKey::load_or_create(&path).unwrap();

@@ -91,6 +91,10 @@ Try, in another terminal:
   {tillctl} can drawer.open             # denied: trainee's DENY beats cashier's ALLOW
   echo 9000 | {tillctl} login --pin     # cashier switch to Max
   {tillctl} status
+  {tillctl} explain u-ben               # why Ben's PIN logs Anna in
+  {tillctl} collisions                  # every shared PIN or key here
+  echo 9000 | {tillctl} authorize refund.create --pin   # manager override
+  {tillctl} audit                       # the audit outbox
   {tillctl} logout
   export TILLGATE_TOKEN=$({tillctl} token create central)
   {tillctl} push changes daemon/demo/changes.json --sync-addr http://{sync}   # reactivates Dora

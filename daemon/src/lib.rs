@@ -1,23 +1,30 @@
 //! tillgated: cashier login for point-of-sale terminals.
 //!
-//! Pure cores (`resolve`, `validate`, `credential` parsing) with thin adapters around them
-//! (`store` for SQLite, `grpc` for the two listeners).
+//! Pure cores (`resolve`, `validate`, `credential` parsing, `lockout`, `explain`, `audit`) with
+//! thin adapters around them (`store` for SQLite, `grpc` for the two listeners, `systemd` for the
+//! service manager, `reload` and `signals` for SIGHUP/SIGTERM).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod credential;
 pub mod demo;
+pub mod explain;
 pub mod grpc;
 pub mod hardware;
 pub mod input;
+pub mod lockout;
 pub mod logging;
 pub mod login;
 pub mod model;
+pub mod reload;
 pub mod resolve;
 pub mod server;
 pub mod session;
+pub mod signals;
 pub mod store;
+pub mod systemd;
 pub mod tokens;
 pub mod validate;
 
@@ -27,7 +34,10 @@ use clap::Parser;
 
 use crate::cli::Args;
 use crate::config::Config;
-use crate::server::{Core, DaemonError};
+use crate::reload::Reloader;
+use crate::server::{Control, Core, DaemonError, LoginSocket};
+use crate::signals::Signals;
+use crate::systemd::Notifier;
 
 /// Entry point of the `tillgated` binary.
 pub fn main() -> ExitCode {
@@ -43,16 +53,24 @@ pub fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), DaemonError> {
-    let settings = if args.demo {
-        demo::settings(&args.demo_dir, &args.demo_sync_listen)?
+    let (settings, config_path) = if args.demo {
+        (
+            demo::settings(&args.demo_dir, &args.demo_sync_listen)?,
+            None,
+        )
     } else {
-        Config::load(&args.config)?.validate()?
+        let settings = Config::load(&args.config)?.validate()?;
+        (settings, Some(args.config.clone()))
     };
     if args.check_config {
         println!("{}: ok", args.config.display());
         return Ok(());
     }
-    logging::init(&settings.log);
+    let log = logging::init(settings.log_format, &settings.live.log_level);
+    let login_socket = match systemd::take_activated_socket()? {
+        Some(listener) => LoginSocket::Activated(listener),
+        None => LoginSocket::Bind,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,12 +79,21 @@ fn run(args: Args) -> Result<(), DaemonError> {
             source,
         })?;
     runtime.block_on(async move {
+        let signals = Signals::install().map_err(|source| DaemonError::Io {
+            context: "installing signal handlers".into(),
+            source,
+        })?;
         let core = Core::open(settings)?;
+        let control = Control {
+            signals,
+            notifier: Notifier::from_env(),
+            reloader: Reloader::new(config_path, log),
+        };
         if args.demo {
             demo::seed(&core)?;
-            server::serve(core, demo::print_guide).await
+            server::serve(core, login_socket, control, demo::print_guide).await
         } else {
-            server::serve(core, |_, _| {}).await
+            server::serve(core, login_socket, control, |_, _| {}).await
         }
     })
 }

@@ -1,10 +1,12 @@
-//! The login use case, shared by the gRPC API and (later) the hardware readers: hash the typed
-//! secret once per distinct scheme, look the digest up, apply first-match resolution, and make
-//! the winner the terminal's session.
+//! The login use case, shared by the gRPC API and the hardware readers: hash the typed secret
+//! once per distinct scheme, look the digest up, apply first-match resolution, and make the
+//! winner the terminal's session — with the session policy around it: lockout after repeated
+//! failures, a refusal when the replica is too old, an audit row per attempt, manager
+//! authorization, and re-evaluating the session when a sync changes its user.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
 use tracing::instrument;
@@ -12,11 +14,15 @@ use zeroize::Zeroizing;
 
 use argon2::Block;
 
+use crate::audit::{self, AuditKind, AuditOutcome, AuditRecord, ReadFault};
 use crate::credential::{HashError, TerminalKey, argon2id_in};
+use crate::lockout::{LockoutPolicy, TERMINAL_SCOPE};
 use crate::model::{CredentialKind, Terminal};
 use crate::resolve::{Candidate, DenialReason, Resolution, resolve};
-use crate::session::{Session, SessionManager};
-use crate::store::{Replica, StoreError};
+use crate::session::{Session, SessionEvent, SessionManager, profile_change};
+use crate::store::{
+    AttemptRecorded, CounterChange, Replica, ReplicaState, StoreError, UserProfile,
+};
 
 const MAX_PIN_LEN: usize = 32;
 const MAX_KEY_ID_LEN: usize = 256;
@@ -31,6 +37,26 @@ pub enum LoginError {
     Denied(DenialReason),
     #[error("{0}")]
     BadInput(&'static str),
+    #[error(
+        "too many failed attempts {}: PIN entry is refused for another {}",
+        if *terminal_wide { "at this terminal" } else { "from this source" },
+        humantime::format_duration(round_up_to_seconds(*retry_after))
+    )]
+    LockedOut {
+        retry_after: Duration,
+        /// The terminal-wide counter (rather than the source's) caused it.
+        terminal_wide: bool,
+    },
+    #[error(
+        "replica is stale: the last successful sync was {} and replica.max_age is {}; \
+         logins are refused until central syncs this terminal",
+        last_sync_at.map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_else(|| "never".into()),
+        humantime::format_duration(*max_age)
+    )]
+    Stale {
+        last_sync_at: Option<SystemTime>,
+        max_age: Duration,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -39,18 +65,107 @@ pub enum LoginError {
     Task(String),
 }
 
+/// Rounds up, so "retry in 0s" is never shown while still locked.
+pub fn round_up_to_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
+/// Whether logins must be refused because the last successful sync is older than `max_age`.
+/// A replica that never synced is stale; a sync time in the future (the clock was set back) is not.
+pub fn replica_too_old(
+    last_sync_at: Option<SystemTime>,
+    now: SystemTime,
+    max_age: Duration,
+) -> bool {
+    match last_sync_at {
+        None => true,
+        Some(at) => now.duration_since(at).is_ok_and(|age| age > max_age),
+    }
+}
+
+/// The policy settings the Authenticator applies (from the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicySettings {
+    pub lockout: LockoutPolicy,
+    /// `replica.max_age`: refuse logins when the last sync is older. None: never.
+    pub max_replica_age: Option<Duration>,
+    /// `audit.max_rows`: beyond it the outbox status is loud (rows are kept).
+    pub audit_max_rows: u64,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            lockout: LockoutPolicy::default(),
+            max_replica_age: None,
+            audit_max_rows: 100_000,
+        }
+    }
+}
+
+/// The answer to a manager override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    pub granted: bool,
+    pub authorizer: UserProfile,
+    pub permission: String,
+    /// The current session's user at the time, if any.
+    pub session_user_id: Option<String>,
+}
+
+/// What a credential check is for: it decides the audit row's kind and details.
+#[derive(Debug, Clone)]
+enum Purpose {
+    Login,
+    Authorize {
+        permission: String,
+        session_user_id: Option<String>,
+    },
+}
+
+impl Purpose {
+    fn record(&self, kind: CredentialKind, source: &str, outcome: AuditOutcome) -> AuditRecord {
+        match self {
+            Purpose::Login => AuditRecord::new(AuditKind::Login, Some(kind), source, outcome),
+            Purpose::Authorize {
+                permission,
+                session_user_id,
+            } => {
+                let mut record =
+                    AuditRecord::new(AuditKind::Authorize, Some(kind), source, outcome);
+                record.permission = Some(permission.clone());
+                record.session_user_id = session_user_id.clone();
+                record
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Authenticator {
     replica: Arc<Replica>,
     key: Arc<TerminalKey>,
     terminal: Terminal,
     sessions: Arc<SessionManager>,
-    /// Bounds concurrent argon2 evaluations: each holds m_cost KiB, so a flood of attempts
-    /// queues instead of exhausting memory.
+    /// Bounds concurrent credential checks (each evaluates argon2, holding m_cost KiB), so a
+    /// flood of attempts queues instead of exhausting memory. A permit is held from the lockout
+    /// check to the counter update, so at most this many attempts can slip past a lockout that
+    /// is just being reached.
     hashing: Semaphore,
     /// argon2 working memory, one buffer per permit at most, reused from one evaluation to the
     /// next so that the memory really stays at `max_concurrent × m_cost`.
     memory: HashMemory,
+    policy: PolicySettings,
+    /// Serializes "read the user's profile, then change the session" between logins and the
+    /// re-evaluation after a sync, so a login cannot install permissions a sync just replaced.
+    profile_gate: tokio::sync::Mutex<()>,
+}
+
+/// A credential that resolved to a user (the hashing permit is still held).
+struct Verified<'a> {
+    user_id: String,
+    state: ReplicaState,
+    _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
 /// Free argon2 working buffers. Their contents derive from typed secrets: never printed.
@@ -71,6 +186,7 @@ impl Authenticator {
         terminal: Terminal,
         sessions: Arc<SessionManager>,
         max_concurrent_hashes: usize,
+        policy: PolicySettings,
     ) -> Self {
         Authenticator {
             replica,
@@ -79,6 +195,8 @@ impl Authenticator {
             sessions,
             hashing: Semaphore::new(max_concurrent_hashes),
             memory: HashMemory::default(),
+            policy,
+            profile_gate: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -86,7 +204,12 @@ impl Authenticator {
         &self.sessions
     }
 
-    /// Logs in with a PIN or key id; the winner replaces the current session.
+    pub fn policy(&self) -> &PolicySettings {
+        &self.policy
+    }
+
+    /// Logs in with a PIN or key id. The same user's credential resumes a locked session;
+    /// otherwise the winner replaces the current session.
     #[instrument(skip_all, fields(method = kind.label(), source = source))]
     pub async fn login(
         &self,
@@ -99,12 +222,7 @@ impl Authenticator {
             Ok(session) => {
                 tracing::info!(user_id = %session.user_id, session_id = %session.session_id, "login accepted")
             }
-            Err(LoginError::Denied(reason)) => tracing::info!(%reason, "login denied"),
-            Err(LoginError::NoMatch) => tracing::info!("login failed: no matching credential"),
-            Err(e @ (LoginError::NoReplica | LoginError::BadInput(_))) => {
-                tracing::info!(error = %e, "login refused")
-            }
-            Err(e) => tracing::error!(error = %e, "login failed"),
+            Err(e) => log_refusal("login", e),
         }
         outcome
     }
@@ -115,25 +233,24 @@ impl Authenticator {
         secret: Zeroizing<String>,
         source: &str,
     ) -> Result<Session, LoginError> {
-        check_secret(kind, &secret)?;
-        let state = self.replica.state()?;
-        if state.cursor.needs_snapshot() {
-            return Err(LoginError::NoReplica);
-        }
-        let secret = Arc::new(secret);
-        let user_id = match resolve(self.matching_users(kind, secret).await?) {
-            Resolution::Accepted { user_id } => user_id,
-            Resolution::Denied { user_id, reason } => {
-                tracing::debug!(%user_id, "first matching user may not log in here");
-                return Err(LoginError::Denied(reason));
-            }
-            Resolution::NoMatch => return Err(LoginError::NoMatch),
+        let purpose = Purpose::Login;
+        let verified = self.verify(kind, secret, source, &purpose).await?;
+        let _gate = self.profile_gate.lock().await;
+        let profile = self.profile(&verified, kind, source, &purpose).await?;
+        let resumes = self
+            .sessions
+            .current()
+            .is_some_and(|s| s.locked && s.user_id == profile.user_id);
+        let outcome = if resumes {
+            AuditOutcome::Resumed
+        } else {
+            AuditOutcome::Accepted
         };
-        let replica = self.replica.clone();
-        let terminal = self.terminal.clone();
-        let profile = blocking(move || replica.user_profile(&user_id, &terminal))
-            .await??
-            .ok_or(LoginError::NoMatch)?;
+        self.record(
+            purpose.record(kind, source, outcome).user(&profile.user_id),
+            CounterChange::Success,
+        )
+        .await?;
         let session = Session {
             session_id: uuid::Uuid::new_v4().to_string(),
             user_id: profile.user_id,
@@ -144,28 +261,333 @@ impl Authenticator {
             method: kind,
             source: source.to_owned(),
             started_at: SystemTime::now(),
-            replica: state.cursor,
-            last_sync_at: state.last_sync_at,
+            replica: verified.state.cursor,
+            last_sync_at: verified.state.last_sync_at,
+            locked: false,
         };
-        self.sessions.login(session.clone());
-        Ok(session)
+        let event = self.sessions.login(session.clone());
+        Ok(event.session.unwrap_or(session))
+    }
+
+    /// [`Authenticator::login`] run to completion in a task of its own, so a cancelled caller (a
+    /// client deadline or disconnect, a reader restarted by a reload) cannot split the audit row
+    /// from the session change.
+    pub async fn login_detached(
+        self: &Arc<Self>,
+        kind: CredentialKind,
+        secret: Zeroizing<String>,
+        source: String,
+    ) -> Result<Session, LoginError> {
+        let auth = self.clone();
+        tokio::spawn(async move { auth.login(kind, secret, &source).await })
+            .await
+            .map_err(|e| LoginError::Task(e.to_string()))?
+    }
+
+    /// [`Authenticator::authorize`] run to completion in a task of its own (see
+    /// [`Authenticator::login_detached`]).
+    pub async fn authorize_detached(
+        self: &Arc<Self>,
+        kind: CredentialKind,
+        secret: Zeroizing<String>,
+        permission: String,
+        source: String,
+    ) -> Result<Authorization, LoginError> {
+        let auth = self.clone();
+        tokio::spawn(async move { auth.authorize(kind, secret, &permission, &source).await })
+            .await
+            .map_err(|e| LoginError::Task(e.to_string()))?
+    }
+
+    /// Manager override: does the user this credential resolves to (same rules as login) hold
+    /// `permission`? Never changes the current session; audited with both users. Counts as
+    /// activity at the till.
+    #[instrument(skip_all, fields(method = kind.label(), source = source, permission = permission))]
+    pub async fn authorize(
+        &self,
+        kind: CredentialKind,
+        secret: Zeroizing<String>,
+        permission: &str,
+        source: &str,
+    ) -> Result<Authorization, LoginError> {
+        let outcome = self.authorize_inner(kind, secret, permission, source).await;
+        match &outcome {
+            Ok(a) => tracing::info!(
+                authorizer = %a.authorizer.user_id,
+                session_user_id = a.session_user_id.as_deref().unwrap_or(""),
+                granted = a.granted,
+                "authorization checked"
+            ),
+            Err(e) => log_refusal("authorization", e),
+        }
+        outcome
+    }
+
+    async fn authorize_inner(
+        &self,
+        kind: CredentialKind,
+        secret: Zeroizing<String>,
+        permission: &str,
+        source: &str,
+    ) -> Result<Authorization, LoginError> {
+        if permission.is_empty() {
+            return Err(LoginError::BadInput("permission is empty"));
+        }
+        let session_user_id = self.sessions.current().map(|s| s.user_id);
+        let purpose = Purpose::Authorize {
+            permission: permission.to_owned(),
+            session_user_id: session_user_id.clone(),
+        };
+        let verified = self.verify(kind, secret, source, &purpose).await?;
+        let profile = self.profile(&verified, kind, source, &purpose).await?;
+        let granted = profile.permissions.iter().any(|p| p == permission);
+        let outcome = if granted {
+            AuditOutcome::Granted
+        } else {
+            AuditOutcome::NotGranted
+        };
+        self.record(
+            purpose.record(kind, source, outcome).user(&profile.user_id),
+            CounterChange::Success,
+        )
+        .await?;
+        self.sessions.touch();
+        Ok(Authorization {
+            granted,
+            authorizer: profile,
+            permission: permission.to_owned(),
+            session_user_id,
+        })
+    }
+
+    /// For the hardware readers: a key read that failed its checksum (or framing). Audited, but
+    /// not a failed login: no counter changes.
+    #[instrument(skip_all, fields(source = source, fault = %fault))]
+    pub async fn report_bad_read(&self, source: &str, fault: ReadFault) -> Result<(), LoginError> {
+        let record = AuditRecord::new(
+            AuditKind::BadRead,
+            Some(CredentialKind::Key),
+            source,
+            AuditOutcome::BadRead,
+        )
+        .reason(fault.to_string());
+        self.record(record, CounterChange::Unchanged).await?;
+        tracing::info!("bad key read (not counted as a failed login)");
+        Ok(())
+    }
+
+    /// Clears the failed-attempt counters of `scope` (all when None), for an admin; audited.
+    #[instrument(skip_all, fields(admin = admin_source))]
+    pub async fn clear_lockouts(
+        &self,
+        scope: Option<String>,
+        admin_source: &str,
+    ) -> Result<Vec<String>, LoginError> {
+        let record = AuditRecord::new(
+            AuditKind::LockoutCleared,
+            None,
+            admin_source,
+            AuditOutcome::Cleared,
+        );
+        let replica = self.replica.clone();
+        let (cleared, stats) =
+            blocking(move || replica.clear_lockouts(scope.as_deref(), &record)).await??;
+        audit::warn_if_over_cap(stats, self.policy.audit_max_rows);
+        tracing::info!(cleared = %cleared.join(", "), "lockouts cleared");
+        Ok(cleared)
+    }
+
+    /// After a sync changed the replica: ends the current session if its user was deleted,
+    /// deactivated or lost access here, or publishes its new permissions if they changed.
+    pub async fn replica_changed(&self) -> Result<Option<SessionEvent>, LoginError> {
+        let _gate = self.profile_gate.lock().await;
+        let Some(current) = self.sessions.current() else {
+            return Ok(None);
+        };
+        let (replica, terminal, user_id) = (
+            self.replica.clone(),
+            self.terminal.clone(),
+            current.user_id.clone(),
+        );
+        let profile = blocking(move || replica.user_profile(&user_id, &terminal)).await??;
+        let Some(change) = profile_change(&current, profile.as_ref()) else {
+            return Ok(None);
+        };
+        let event = self
+            .sessions
+            .apply_profile_change(&current.session_id, change);
+        if let Some(event) = &event {
+            tracing::info!(user_id = %current.user_id, session_id = %current.session_id, kind = ?event.kind, reason = %event.reason, "session changed by sync");
+        }
+        Ok(event)
+    }
+
+    /// Every check before a user is known, then the resolution; audits and counts every
+    /// refusal. On success the hashing permit is still held (released by the caller).
+    async fn verify(
+        &self,
+        kind: CredentialKind,
+        secret: Zeroizing<String>,
+        source: &str,
+        purpose: &Purpose,
+    ) -> Result<Verified<'_>, LoginError> {
+        let refuse = |outcome, error: &LoginError| {
+            purpose
+                .record(kind, source, outcome)
+                .reason(error.to_string())
+        };
+        if let Err(e) = check_secret(kind, &secret) {
+            self.record(
+                refuse(AuditOutcome::InvalidInput, &e),
+                CounterChange::Unchanged,
+            )
+            .await?;
+            return Err(e);
+        }
+        let replica = self.replica.clone();
+        let state = blocking(move || replica.state()).await??;
+        if state.cursor.needs_snapshot() {
+            let e = LoginError::NoReplica;
+            self.record(
+                refuse(AuditOutcome::NoReplica, &e),
+                CounterChange::Unchanged,
+            )
+            .await?;
+            return Err(e);
+        }
+        if let Some(max_age) = self.policy.max_replica_age
+            && replica_too_old(state.last_sync_at, SystemTime::now(), max_age)
+        {
+            let e = LoginError::Stale {
+                last_sync_at: state.last_sync_at,
+                max_age,
+            };
+            self.record(
+                refuse(AuditOutcome::ReplicaStale, &e),
+                CounterChange::Unchanged,
+            )
+            .await?;
+            return Err(e);
+        }
+        let permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| LoginError::Task(e.to_string()))?;
+        if kind == CredentialKind::Pin {
+            let scopes = self.policy.lockout.scopes(source);
+            let replica = self.replica.clone();
+            let locked = blocking(move || replica.locked_for(&scopes, SystemTime::now())).await??;
+            if let Some((scope, retry_after)) = locked {
+                let e = LoginError::LockedOut {
+                    retry_after,
+                    terminal_wide: scope == TERMINAL_SCOPE,
+                };
+                self.record(
+                    refuse(AuditOutcome::LockedOut, &e),
+                    CounterChange::Unchanged,
+                )
+                .await?;
+                return Err(e);
+            }
+        }
+        let secret = Arc::new(secret);
+        match resolve(self.matching_users(kind, secret).await?) {
+            Resolution::Accepted { user_id } => Ok(Verified {
+                user_id,
+                state,
+                _permit: permit,
+            }),
+            Resolution::Denied { user_id, reason } => {
+                tracing::debug!(%user_id, "first matching user may not log in here");
+                let e = LoginError::Denied(reason);
+                self.record(
+                    refuse(AuditOutcome::Denied, &e).user(user_id),
+                    CounterChange::Unchanged,
+                )
+                .await?;
+                Err(e)
+            }
+            Resolution::NoMatch => {
+                let e = LoginError::NoMatch;
+                self.record(refuse(AuditOutcome::NoMatch, &e), CounterChange::Failure)
+                    .await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The resolved user's profile here, read again under the profile gate. A sync may have
+    /// deleted, deactivated or unassigned the user since the lookup: then the attempt is refused
+    /// (audited, not counted) — never a session from a stale decision.
+    async fn profile(
+        &self,
+        verified: &Verified<'_>,
+        kind: CredentialKind,
+        source: &str,
+        purpose: &Purpose,
+    ) -> Result<UserProfile, LoginError> {
+        let (replica, terminal, user_id) = (
+            self.replica.clone(),
+            self.terminal.clone(),
+            verified.user_id.clone(),
+        );
+        match blocking(move || replica.user_profile(&user_id, &terminal)).await?? {
+            Some(profile) if profile.active && profile.assigned_here => Ok(profile),
+            Some(profile) => {
+                let reason = if profile.active {
+                    DenialReason::NoAccessHere
+                } else {
+                    DenialReason::Inactive
+                };
+                let e = LoginError::Denied(reason);
+                let record = purpose
+                    .record(kind, source, AuditOutcome::Denied)
+                    .user(&verified.user_id)
+                    .reason(e.to_string());
+                self.record(record, CounterChange::Unchanged).await?;
+                Err(e)
+            }
+            None => {
+                let record = purpose
+                    .record(kind, source, AuditOutcome::NoMatch)
+                    .user(&verified.user_id)
+                    .reason("user removed by a sync during the attempt");
+                self.record(record, CounterChange::Unchanged).await?;
+                Err(LoginError::NoMatch)
+            }
+        }
+    }
+
+    /// Writes an audit row and changes the counters in one transaction; logs new lockouts and
+    /// an outbox over its cap.
+    async fn record(
+        &self,
+        record: AuditRecord,
+        change: CounterChange,
+    ) -> Result<AttemptRecorded, LoginError> {
+        let replica = self.replica.clone();
+        let policy = self.policy.lockout;
+        let recorded = blocking(move || replica.record_attempt(&record, change, &policy)).await??;
+        audit::warn_if_over_cap(recorded.audit, self.policy.audit_max_rows);
+        for (scope, delay) in &recorded.locked {
+            tracing::warn!(%scope, delay = %humantime::format_duration(*delay), "too many failed attempts: PIN entry locked");
+        }
+        Ok(recorded)
     }
 
     /// Every user whose credential of `kind` equals the secret: one argon2 evaluation per
-    /// distinct scheme, then an index lookup of the re-keyed digest.
+    /// distinct scheme, then an index lookup of the re-keyed digest. The caller holds a hashing
+    /// permit.
     async fn matching_users(
         &self,
         kind: CredentialKind,
         secret: Arc<Zeroizing<String>>,
     ) -> Result<Vec<Candidate>, LoginError> {
-        let schemes = self.replica.hash_schemes(kind)?;
+        let replica = self.replica.clone();
+        let schemes = blocking(move || replica.hash_schemes(kind)).await??;
         let mut by_user: HashMap<String, Candidate> = HashMap::new();
         for scheme in schemes {
-            let permit = self
-                .hashing
-                .acquire()
-                .await
-                .map_err(|e| LoginError::Task(e.to_string()))?;
             let secret = secret.clone();
             let key = self.key.clone();
             // A buffer lost to a failed task is simply allocated again next time.
@@ -177,7 +599,6 @@ impl Authenticator {
             })
             .await?;
             self.return_memory(memory);
-            drop(permit);
             let digest = digest?;
             let replica = self.replica.clone();
             let terminal = self.terminal.clone();
@@ -209,6 +630,20 @@ impl Authenticator {
     }
 }
 
+fn log_refusal(what: &str, e: &LoginError) {
+    match e {
+        LoginError::Denied(reason) => tracing::info!(%reason, "{what} denied"),
+        LoginError::NoMatch => tracing::info!("{what} failed: no matching credential"),
+        LoginError::NoReplica
+        | LoginError::BadInput(_)
+        | LoginError::LockedOut { .. }
+        | LoginError::Stale { .. } => tracing::info!(error = %e, "{what} refused"),
+        LoginError::Store(_) | LoginError::Hash(_) | LoginError::Task(_) => {
+            tracing::error!(error = %e, "{what} failed")
+        }
+    }
+}
+
 fn check_secret(kind: CredentialKind, secret: &str) -> Result<(), LoginError> {
     match kind {
         CredentialKind::Pin if secret.is_empty() => Err(LoginError::BadInput("pin is empty")),
@@ -230,3 +665,6 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| LoginError::Task(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests;

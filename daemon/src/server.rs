@@ -1,4 +1,5 @@
-//! Wires the replica, the services and the two listeners together and runs until SIGTERM/SIGINT.
+//! Wires the replica, the services and the two listeners together, and runs the main loop
+//! (signals, systemd notifications, watchdog) until SIGTERM/SIGINT.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -10,12 +11,12 @@ use tillgate_proto::v1::devices_server::DevicesServer;
 use tillgate_proto::v1::login_server::LoginServer;
 use tillgate_proto::v1::sync_server::SyncServer;
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::config::Settings;
+use crate::config::{LiveSettings, Settings};
 use crate::credential::{KeyFileError, TerminalKey};
 use crate::grpc::admin::AdminService;
 use crate::grpc::auth::BearerCheck;
@@ -24,8 +25,11 @@ use crate::grpc::login::{ListenerInfo, LoginService};
 use crate::grpc::sync::SyncService;
 use crate::hardware::{DeviceRegistry, Dispatcher};
 use crate::login::Authenticator;
+use crate::reload::Reloader;
 use crate::session::SessionManager;
+use crate::signals::{Signal, Signals};
 use crate::store::{OpenOutcome, Replica, StoreError};
+use crate::systemd::{Notifier, SystemdError};
 use crate::tokens::TokenRegistry;
 
 /// How long in-flight calls may take to finish after SIGTERM.
@@ -39,6 +43,8 @@ pub enum DaemonError {
     KeyFile(#[from] KeyFileError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -67,12 +73,20 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError 
 /// Everything the services share.
 #[derive(Debug)]
 pub struct Core {
+    /// The settings read at start. The live part's current value is in `live`.
     pub settings: Settings,
+    /// The reloadable settings in force; SIGHUP replaces them. Subscribe to follow changes.
+    pub live: watch::Sender<LiveSettings>,
+    /// The input settings in force; a reload publishes new ones and the readers follow.
+    pub input: watch::Sender<Arc<crate::hardware::InputSettings>>,
+    /// Signalled after each sync that changed the replica.
+    pub replica_changed: Arc<Notify>,
     pub replica: Arc<Replica>,
     pub key: Arc<TerminalKey>,
     pub sessions: Arc<SessionManager>,
     pub auth: Arc<Authenticator>,
     pub tokens: Arc<TokenRegistry>,
+    /// Input devices as the hardware module sees them (`tillctl devices`, `GetSyncState`).
     pub devices: Arc<DeviceRegistry>,
 }
 
@@ -97,18 +111,30 @@ impl Core {
         }
         let state = replica.state()?;
         tracing::info!(path = %replica.path().display(), cursor = %state.cursor, "replica open");
+        let stats = replica.audit_stats()?;
+        if stats.backlog > settings.policy.audit_max_rows {
+            tracing::error!(
+                backlog = stats.backlog,
+                max_rows = settings.policy.audit_max_rows,
+                "audit outbox over its cap at start: central has not acknowledged audit rows; they are kept"
+            );
+        }
         let replica = Arc::new(replica);
         let key = Arc::new(key);
-        let sessions = Arc::new(SessionManager::default());
+        let sessions = Arc::new(SessionManager::new(settings.session));
         let auth = Arc::new(Authenticator::new(
             replica.clone(),
             key.clone(),
             settings.terminal.clone(),
             sessions.clone(),
             settings.max_concurrent_hashes,
+            settings.policy,
         ));
         let tokens = Arc::new(TokenRegistry::load(&replica)?);
         Ok(Core {
+            live: watch::Sender::new(settings.live.clone()),
+            input: watch::Sender::new(Arc::new(settings.input.clone())),
+            replica_changed: Arc::new(Notify::new()),
             settings,
             replica,
             key,
@@ -120,10 +146,32 @@ impl Core {
     }
 }
 
+/// Where the login socket comes from.
+#[derive(Debug)]
+pub enum LoginSocket {
+    /// Bind `login_socket.path` (removing a stale socket file), set its group and mode, and
+    /// remove it at shutdown.
+    Bind,
+    /// A listening socket passed by systemd (`tillgated.socket`), which owns the file: it is
+    /// neither re-bound, nor chmod-ed, nor removed.
+    Activated(std::os::unix::net::UnixListener),
+}
+
+/// What drives the main loop besides the listeners.
+#[derive(Debug)]
+pub struct Control {
+    pub signals: Signals,
+    pub notifier: Notifier,
+    pub reloader: Reloader,
+}
+
 /// Serves both listeners until a shutdown signal, then checkpoints the WAL.
-/// `on_ready` runs once both listeners are bound, with the sync listener's actual address.
+/// `on_ready` runs once both listeners are bound, with the sync listener's actual address;
+/// READY=1 goes to systemd right after.
 pub async fn serve(
     core: Core,
+    login_socket: LoginSocket,
+    mut control: Control,
     on_ready: impl FnOnce(&Settings, std::net::SocketAddr),
 ) -> Result<(), DaemonError> {
     let settings = &core.settings;
@@ -143,31 +191,51 @@ pub async fn serve(
     let tcp = tokio::net::TcpListener::from_std(tcp).map_err(io("sync listener"))?;
     write_atomically(&settings.sync_addr_path(), &sync_addr.to_string())?;
 
-    let unix = bind_login_socket(settings)?;
-    tracing::info!(socket = %settings.socket_path.display(), sync = %sync_addr, tls = settings.tls.is_some(), "listening");
+    let (unix, socket_path, owns_socket) = match login_socket {
+        LoginSocket::Bind => (
+            bind_login_socket(settings)?,
+            settings.socket_path.clone(),
+            true,
+        ),
+        LoginSocket::Activated(listener) => {
+            let (listener, path) = adopt_login_socket(listener, settings)?;
+            (listener, path, false)
+        }
+    };
+    tracing::info!(socket = %socket_path.display(), activated = !owns_socket, sync = %sync_addr, tls = settings.tls.is_some(), "listening");
     on_ready(settings, sync_addr);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let login = login_server(&core, sync_addr.to_string(), unix, shutdown_rx.clone());
+    let login = login_server(
+        &core,
+        &socket_path,
+        sync_addr.to_string(),
+        unix,
+        shutdown_rx.clone(),
+    );
     let sync = sync_server(&core, tcp, shutdown_rx)?;
     let mut login = tokio::spawn(login);
     let mut sync = tokio::spawn(sync);
-    let input = crate::hardware::spawn(
-        Arc::new(settings.input.clone()),
+    let idle_lock = tokio::spawn(core.sessions.clone().run_idle_lock());
+    let input = crate::hardware::supervise(
+        core.input.subscribe(),
         Arc::new(Dispatcher {
             auth: core.auth.clone(),
             registry: core.devices.clone(),
         }),
     );
+    control.notifier.ready(&core).await;
 
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
-    let early = tokio::select! {
-        result = &mut signal => { result?; None }
-        result = &mut login => Some(("login", result)),
-        result = &mut sync => Some(("sync", result)),
-    };
+    let mut watchdog = control.notifier.watchdog_interval().map(|period| {
+        tracing::info!(?period, "systemd watchdog enabled");
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
+    let early = main_loop(&core, &mut control, &mut watchdog, &mut login, &mut sync).await;
+    control.notifier.stopping();
     let _ = shutdown_tx.send(true);
+    idle_lock.abort();
     let mut outcome = Ok(());
     if let Some((which, result)) = early {
         tracing::error!(
@@ -179,12 +247,21 @@ pub async fn serve(
         tracing::info!("shutting down: finishing in-flight calls");
     }
     // In-flight calls get a grace period; a client that keeps its connection open longer
-    // must not hold the daemon (and its restart) hostage.
+    // must not hold the daemon (and its restart) hostage. The watchdog keeps being fed
+    // meanwhile: the grace period may outlast WatchdogSec/2.
     for mut handle in [login, sync] {
         if handle.is_finished() && outcome.is_err() {
             continue;
         }
-        match tokio::time::timeout(SHUTDOWN_GRACE, &mut handle).await {
+        let finished = async {
+            loop {
+                tokio::select! {
+                    result = &mut handle => break result,
+                    _ = tick(&mut watchdog) => control.notifier.watchdog(),
+                }
+            }
+        };
+        match tokio::time::timeout(SHUTDOWN_GRACE, finished).await {
             Ok(result) => {
                 if let Err(e) = flatten(result) {
                     tracing::warn!(error = %e, "listener ended with an error during shutdown");
@@ -196,33 +273,69 @@ pub async fn serve(
             }
         }
     }
-    for task in input {
-        task.abort();
-    }
+    input.abort();
     if let Err(e) = core.replica.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
     }
-    let _ = std::fs::remove_file(&settings.socket_path);
+    // An activated socket belongs to systemd, which keeps it open across restarts.
+    if owns_socket {
+        let _ = std::fs::remove_file(&socket_path);
+    }
     let _ = std::fs::remove_file(settings.sync_addr_path());
     tracing::info!("stopped");
     outcome
+}
+
+type ListenerTask = tokio::task::JoinHandle<Result<(), DaemonError>>;
+type ListenerEnd = (
+    &'static str,
+    Result<Result<(), DaemonError>, tokio::task::JoinError>,
+);
+
+/// Runs until SIGTERM/SIGINT (`None`) or until a listener stops on its own. It pings the
+/// watchdog itself, so a main loop that hangs gets the daemon restarted.
+async fn main_loop(
+    core: &Core,
+    control: &mut Control,
+    watchdog: &mut Option<tokio::time::Interval>,
+    login: &mut ListenerTask,
+    sync: &mut ListenerTask,
+) -> Option<ListenerEnd> {
+    loop {
+        tokio::select! {
+            signal = control.signals.next() => match signal {
+                Signal::Stop(name) => {
+                    tracing::info!("{name} received");
+                    return None;
+                }
+                Signal::Reload => {
+                    control.notifier.reloading();
+                    control.reloader.reload(core).await;
+                    control.notifier.ready(core).await;
+                }
+            },
+            _ = tick(watchdog) => control.notifier.watchdog(),
+            _ = core.replica_changed.notified() => control.notifier.status(core).await,
+            result = &mut *login => return Some(("login", result)),
+            result = &mut *sync => return Some(("sync", result)),
+        }
+    }
+}
+
+/// The next watchdog tick, or never when the watchdog is off.
+async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
+    match watchdog {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn flatten(
     result: Result<Result<(), DaemonError>, tokio::task::JoinError>,
 ) -> Result<(), DaemonError> {
     result.map_err(|e| DaemonError::Runtime(format!("listener task failed: {e}")))?
-}
-
-async fn shutdown_signal() -> Result<(), DaemonError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(io("SIGTERM handler"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(io("SIGINT handler"))?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    Ok(())
 }
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {
@@ -256,6 +369,7 @@ fn reflection() -> Result<
 
 fn login_server(
     core: &Core,
+    socket_path: &Path,
     sync_listen: String,
     listener: UnixListener,
     shutdown: watch::Receiver<bool>,
@@ -267,7 +381,7 @@ fn login_server(
         replica: core.replica.clone(),
         terminal: settings.terminal.clone(),
         listeners: ListenerInfo {
-            login_socket: settings.socket_path.display().to_string(),
+            login_socket: socket_path.display().to_string(),
             sync_listen,
             sync_tls: settings.tls.is_some(),
         },
@@ -279,6 +393,8 @@ fn login_server(
         replica: core.replica.clone(),
         tokens: core.tokens.clone(),
         admin_uids,
+        auth: core.auth.clone(),
+        terminal: settings.terminal.clone(),
     };
     let devices = DevicesService {
         registry: core.devices.clone(),
@@ -343,6 +459,9 @@ fn sync_server(
         key: core.key.clone(),
         limits: settings.cost_limits,
         terminal: settings.terminal.clone(),
+        auth: core.auth.clone(),
+        devices: core.devices.clone(),
+        applied: core.replica_changed.clone(),
     };
     let check = BearerCheck {
         tokens: core.tokens.clone(),
@@ -459,6 +578,33 @@ fn bind_login_socket(settings: &Settings) -> Result<UnixListener, DaemonError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(settings.socket_mode))
         .map_err(io(format!("chmod {}", path.display())))?;
     Ok(listener)
+}
+
+/// Takes over a socket passed by systemd. Its file, group and mode are the socket unit's
+/// business; a path other than `login_socket.path` is used as is, with a warning.
+fn adopt_login_socket(
+    listener: std::os::unix::net::UnixListener,
+    settings: &Settings,
+) -> Result<(UnixListener, PathBuf), DaemonError> {
+    listener
+        .set_nonblocking(true)
+        .map_err(io("activated login socket"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io("activated login socket"))?;
+    let path = match addr.as_pathname() {
+        Some(path) => path.to_owned(),
+        None => PathBuf::from("(unnamed socket from systemd)"),
+    };
+    if path != settings.socket_path {
+        tracing::warn!(
+            activated = %path.display(),
+            configured = %settings.socket_path.display(),
+            "the socket from systemd is not login_socket.path; serving it anyway (align ListenStream= and the config)"
+        );
+    }
+    let listener = UnixListener::from_std(listener).map_err(io("activated login socket"))?;
+    Ok((listener, path))
 }
 
 /// Writes via a temporary file and rename, so readers never see a partial file.

@@ -73,7 +73,11 @@ impl TokenRegistry {
 
     pub fn revoke(&self, replica: &Replica, name: &str) -> Result<bool, TokenError> {
         let removed = replica.delete_token(name)?;
-        self.reload(replica)?;
+        // Forget it in memory directly: a failed re-read must not leave a revoked token valid.
+        match self.rows.write() {
+            Ok(mut rows) => rows.retain(|row| row.name != name),
+            Err(poisoned) => poisoned.into_inner().retain(|row| row.name != name),
+        }
         Ok(removed)
     }
 

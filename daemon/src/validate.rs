@@ -12,6 +12,8 @@ use crate::model::{
 };
 
 const MAX_ID_LEN: usize = 256;
+/// Keys per user; far above any real use, low enough that one record cannot be huge.
+pub const MAX_KEYS_PER_USER: usize = 64;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ValidationError {
@@ -21,6 +23,8 @@ pub enum ValidationError {
     LongId { what: &'static str, index: usize },
     #[error("user \"{0}\" appears more than once")]
     DuplicateUser(String),
+    #[error("user \"{user_id}\": {count} keys, at most {MAX_KEYS_PER_USER} are accepted")]
+    TooManyKeys { user_id: String, count: usize },
     #[error("role \"{0}\" appears more than once")]
     DuplicateRole(String),
     #[error("user \"{user_id}\": role assignment names unknown role \"{role_id}\"")]
@@ -117,6 +121,12 @@ pub fn convert_user(
     role_known: &dyn Fn(&str) -> bool,
 ) -> Result<UserRecord, ValidationError> {
     check_id(&user.id, "user", index)?;
+    if user.keys.len() > MAX_KEYS_PER_USER {
+        return Err(ValidationError::TooManyKeys {
+            user_id: user.id,
+            count: user.keys.len(),
+        });
+    }
     let mut credentials = Vec::with_capacity(user.keys.len() + 1);
     let labelled = user
         .pin
@@ -401,6 +411,14 @@ mod tests {
         assert!(
             err.to_string()
                 .starts_with("user \"u2\": key[0] credential: "),
+            "{err}"
+        );
+
+        let mut keyring = user("keyring", &[]);
+        keyring.keys = vec![phc("k"); MAX_KEYS_PER_USER + 1];
+        let err = validate_snapshot(vec![keyring], vec![], ingest).unwrap_err();
+        assert!(
+            matches!(err, ValidationError::TooManyKeys { count: 65, .. }),
             "{err}"
         );
 

@@ -2,12 +2,14 @@
 //! (sync listener on port 0, socket in the temp dir) and talks to it over real sockets.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tillgate_client::export::{ChangesExport, SnapshotExport};
+use tillgate_client::proto as pb;
 use tillgate_client::{ClientError, TillClient, TillSyncClient};
 
 /// Directory holding the workspace's built binaries (`target/<profile>`), found from the test
@@ -31,6 +33,22 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The command that runs `tillgated` on `dir/tillgated.toml`, with RUST_LOG cleared so the
+/// config's level applies.
+pub fn tillgated_command(dir: &Path) -> Command {
+    let mut command = Command::new(bin("tillgated"));
+    command
+        .arg("--config")
+        .arg(dir.join("tillgated.toml"))
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("JOURNAL_STREAM");
+    command
 }
 
 /// A running `tillgated` with its own state directory.
@@ -79,6 +97,20 @@ impl Daemon {
 
     /// Starts (or restarts) a daemon on `dir`, which holds `tillgated.toml`.
     pub fn spawn(dir: &Path) -> Daemon {
+        Self::spawn_with_command(dir, |_| tillgated_command(dir))
+    }
+
+    /// Like [`Daemon::spawn`], with the command built by `command` (given the log file's path,
+    /// which becomes the daemon's stderr).
+    pub fn spawn_with_command(dir: &Path, command: impl FnOnce(&Path) -> Command) -> Daemon {
+        let mut daemon = Self::launch(dir, command);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Starts the command without waiting for the daemon to listen (under socket activation
+    /// it starts only at the first connection: see [`Daemon::wait_serving`]).
+    pub fn launch(dir: &Path, command: impl FnOnce(&Path) -> Command) -> Daemon {
         let run = dir.join("run");
         let _ = std::fs::remove_file(run.join("sync.addr"));
         let log = dir.join(format!(
@@ -88,24 +120,54 @@ impl Daemon {
                 .unwrap()
                 .as_nanos()
         ));
-        let child = Command::new(bin("tillgated"))
-            .arg("--config")
-            .arg(dir.join("tillgated.toml"))
-            .env_remove("RUST_LOG")
+        let stderr = std::fs::File::create(&log).unwrap();
+        let child = command(&log)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(stderr)
             .spawn()
             .expect("spawn tillgated");
-        let mut daemon = Daemon {
+        Daemon {
             dir: dir.to_owned(),
             _temp: None,
             child: Some(child),
             socket: run.join("login.sock"),
             sync_addr: String::new(),
             log,
-        };
-        daemon.wait_ready();
-        daemon
+        }
+    }
+
+    /// Waits until a call over the login socket succeeds (the first one starts a
+    /// socket-activated daemon), then reads the sync address.
+    pub async fn wait_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("tillgated exited early ({status}):\n{}", self.log_text());
+            }
+            let attempt = async {
+                let mut client = TillClient::connect(&self.socket).await?;
+                client.status().await
+            };
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tillgated not serving in 30 s:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.wait_ready();
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        let child = self.child.as_ref().expect("daemon running");
+        nix::unistd::Pid::from_raw(child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).unwrap();
     }
 
     fn wait_ready(&mut self) {
@@ -162,12 +224,8 @@ impl Daemon {
 
     /// SIGTERM, then wait for exit (async, so the test's own connections keep being served).
     pub async fn stop(&mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
         let mut child = self.child.take().expect("daemon running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -253,5 +311,214 @@ pub fn code(result: Result<impl std::fmt::Debug, ClientError>) -> (tonic::Code, 
     match result {
         Err(ClientError::Rpc(status)) => (status.code(), status.message().to_owned()),
         other => panic!("expected an RPC error, got {other:?}"),
+    }
+}
+
+/// The gRPC status of a failed call.
+pub fn status(result: Result<impl std::fmt::Debug, ClientError>) -> tonic::Status {
+    match result {
+        Err(ClientError::Rpc(status)) => status,
+        other => panic!("expected an RPC error, got {other:?}"),
+    }
+}
+
+/// A user with key ids as well as an optional PIN.
+pub fn user_with_keys(id: &str, ordinal: i64, pin: Option<&str>, keys: &[&str]) -> Value {
+    let mut u = user(id, ordinal, pin);
+    u["keys"] = json!(keys);
+    u
+}
+
+/// This process's lockout source on the login socket ("socket uid=<uid>").
+pub fn my_socket_source() -> String {
+    format!("socket uid={}", nix::unistd::geteuid().as_raw())
+}
+
+/// The next session event, failing after `within`.
+pub async fn next_event(
+    watch: &mut tonic::Streaming<pb::SessionEvent>,
+    within: Duration,
+) -> pb::SessionEvent {
+    tokio::time::timeout(within, watch.message())
+        .await
+        .expect("a session event in time")
+        .expect("watch stream ok")
+        .expect("watch stream still open")
+}
+
+/// Asserts that no session event arrives within `within`.
+pub async fn no_event(watch: &mut tonic::Streaming<pb::SessionEvent>, within: Duration) {
+    if let Ok(event) = tokio::time::timeout(within, watch.message()).await {
+        panic!("unexpected session event: {event:?}");
+    }
+}
+
+pub fn kind(event: &pb::SessionEvent) -> pb::SessionEventKind {
+    pb::SessionEventKind::try_from(event.kind).expect("known event kind")
+}
+
+/// Runs `tillctl` against `daemon` with `stdin`; returns (success, stdout, stderr).
+pub fn run_tillctl(
+    daemon: &Daemon,
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let mut child = Command::new(bin("tillctl"))
+        .args(args)
+        .env("TILLGATE_SOCKET", &daemon.socket)
+        .env("TILLGATE_SYNC_ADDR", &daemon.sync_addr)
+        .env_remove("TILLGATE_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A pseudo-terminal whose slave side is reachable at `link` (a symlink the daemon opens as a
+/// serial reader). The master is close-on-exec, so no daemon spawned by a parallel test keeps it.
+#[derive(Debug)]
+pub struct Pty {
+    master: nix::pty::PtyMaster,
+}
+
+impl Pty {
+    pub fn open(link: &Path) -> Pty {
+        use nix::fcntl::OFlag;
+        use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let slave = ptsname_r(&master).unwrap();
+        let _ = std::fs::remove_file(link);
+        std::os::unix::fs::symlink(slave, link).unwrap();
+        Pty { master }
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).unwrap();
+    }
+}
+
+/// Waits until the daemon reads (or stops reading) the device at `path`.
+pub async fn wait_device(client: &mut TillClient, path: &Path, attached: bool) {
+    for _ in 0..400 {
+        let devices = client.list_devices().await.unwrap();
+        if devices
+            .iter()
+            .any(|d| Path::new(&d.path) == path && d.attached == attached)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} never became attached={attached}", path.display());
+}
+
+/// Finds a systemd tool (Debian package `systemd`) on PATH. When it is missing the test fails
+/// under CI=true, where .ci/run installs the package, and is skipped with a note elsewhere.
+pub fn systemd_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/bin".into(), "/bin".into()])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        let message = format!(
+            "{name} not found: install Debian's systemd package \
+             (apt-get install --no-install-recommends systemd)"
+        );
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{message}; CI must run the systemd tests"
+        );
+        eprintln!("skipped: {message}");
+    }
+    found
+}
+
+/// A datagram socket standing in for systemd's NOTIFY_SOCKET: collects what the daemon sends.
+#[derive(Debug)]
+pub struct NotifySocket {
+    pub path: PathBuf,
+    messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NotifySocket {
+    pub fn bind(path: &Path) -> NotifySocket {
+        use std::sync::atomic::Ordering;
+        let socket = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sink, stopped) = (messages.clone(), stop.clone());
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    sink.lock().unwrap().push(text);
+                }
+            }
+        });
+        NotifySocket {
+            path: path.to_owned(),
+            messages,
+            stop,
+            reader: Some(reader),
+        }
+    }
+
+    /// Every datagram received so far, in order.
+    pub fn messages(&self) -> Vec<String> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// How many datagrams so far hold `line` as one of their lines.
+    pub fn count(&self, line: &str) -> usize {
+        self.messages()
+            .iter()
+            .filter(|m| m.lines().any(|l| l == line))
+            .count()
+    }
+
+    /// Waits (up to 30 s) until `done` holds for the messages received so far.
+    pub async fn wait_until(&self, what: &str, done: impl Fn(&[String]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(&self.messages()) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what} from the daemon in 30 s; got {:?}",
+                self.messages()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }

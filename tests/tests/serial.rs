@@ -2,66 +2,24 @@
 //! survives the other end closing, and re-opens the port when it comes back.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
-
-use nix::fcntl::OFlag;
-use nix::pty::{PtyMaster, grantpt, posix_openpt, ptsname_r, unlockpt};
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::json;
 use tillgate_client::TillClient;
 use tillgate_client::proto as pb;
 use tillgate_tests::*;
 
-/// A pseudo-terminal whose slave side is reachable at `link` (a symlink the daemon opens).
-/// The master is opened close-on-exec, so no daemon spawned by a parallel test inherits it and
-/// keeps the terminal alive after we close it.
-struct Pty {
-    master: PtyMaster,
-}
-
-impl Pty {
-    fn open(link: &Path) -> Pty {
-        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).unwrap();
-        grantpt(&master).unwrap();
-        unlockpt(&master).unwrap();
-        let slave = ptsname_r(&master).unwrap();
-        let _ = std::fs::remove_file(link);
-        std::os::unix::fs::symlink(slave, link).unwrap();
-        Pty { master }
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        self.master.write_all(bytes).unwrap();
-    }
-}
-
 async fn wait_attached(client: &mut TillClient, path: &Path, attached: bool) -> pb::InputDevice {
-    for _ in 0..400 {
-        let devices = client.list_devices().await.unwrap();
-        if let Some(device) = devices.into_iter().find(|d| Path::new(&d.path) == path)
-            && device.attached == attached
-        {
-            return device;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{} never became attached={attached}", path.display());
-}
-
-async fn next_event(watch: &mut tonic::Streaming<pb::SessionEvent>) -> pb::SessionEvent {
-    tokio::time::timeout(Duration::from_secs(20), watch.message())
-        .await
-        .expect("a session event within 20 s")
-        .unwrap()
+    wait_device(client, path, attached).await;
+    let devices = client.list_devices().await.unwrap();
+    devices
+        .into_iter()
+        .find(|d| Path::new(&d.path) == path)
         .unwrap()
 }
 
-fn key_user(id: &str, ordinal: i64, key: &str) -> serde_json::Value {
-    let mut u = user(id, ordinal, None);
-    u["keys"] = json!([key]);
-    u
+async fn next(watch: &mut tonic::Streaming<pb::SessionEvent>) -> pb::SessionEvent {
+    next_event(watch, Duration::from_secs(20)).await
 }
 
 #[tokio::test]
@@ -84,8 +42,8 @@ async fn serial_reader_logs_in_and_reopens_after_the_other_end_comes_back() {
             1,
             vec![role("cashier", &["sale.create"], &[])],
             vec![
-                key_user("kim", 1, "04A1B2C3D4"),
-                key_user("lou", 2, "04FFEEDDCC"),
+                user_with_keys("kim", 1, None, &["04A1B2C3D4"]),
+                user_with_keys("lou", 2, None, &["04FFEEDDCC"]),
             ],
         ))
         .await
@@ -99,11 +57,11 @@ async fn serial_reader_logs_in_and_reopens_after_the_other_end_comes_back() {
 
     let mut watch = client.watch().await.unwrap();
     assert_eq!(
-        next_event(&mut watch).await.kind,
+        next(&mut watch).await.kind,
         pb::SessionEventKind::Current as i32
     );
     pty.write(b"04A1B2C3D4\r\n");
-    let login = next_event(&mut watch).await;
+    let login = next(&mut watch).await;
     assert_eq!(login.kind, pb::SessionEventKind::Login as i32);
     let session = login.session.unwrap();
     assert_eq!(session.user.unwrap().id, "kim");
@@ -117,7 +75,7 @@ async fn serial_reader_logs_in_and_reopens_after_the_other_end_comes_back() {
     let mut pty = Pty::open(&link);
     wait_attached(&mut client, &link, true).await;
     pty.write(b"04FFEEDDCC\n");
-    let switch = next_event(&mut watch).await;
+    let switch = next(&mut watch).await;
     assert_eq!(switch.session.unwrap().user.unwrap().id, "lou");
 
     let log = daemon.log_text();
@@ -152,7 +110,7 @@ async fn addimat_over_serial_removal_ends_the_session_and_bad_crc_is_not_a_login
             1,
             vec![role("cashier", &[], &[])],
             vec![
-                key_user("waiter", 1, "017A6945260000AC"),
+                user_with_keys("waiter", 1, None, &["017A6945260000AC"]),
                 user("pinny", 2, Some("1111")),
             ],
         ))
@@ -162,7 +120,7 @@ async fn addimat_over_serial_removal_ends_the_session_and_bad_crc_is_not_a_login
     wait_attached(&mut client, &link, true).await;
     let mut activity = client.watch_input().await.unwrap();
     let mut watch = client.watch().await.unwrap();
-    next_event(&mut watch).await;
+    next(&mut watch).await;
 
     // A damaged read (bad CRC) is reported as such and is not a login attempt.
     pty.write(b"\x029B00002645697A01\x03");
@@ -176,19 +134,19 @@ async fn addimat_over_serial_removal_ends_the_session_and_bad_crc_is_not_a_login
     assert!(client.session().await.unwrap().is_none());
 
     pty.write(b"\x02AC00002645697A01\x03");
-    let login = next_event(&mut watch).await;
+    let login = next(&mut watch).await;
     assert_eq!(login.session.unwrap().user.unwrap().id, "waiter");
 
     // Pulling the key ends the session it opened.
     pty.write(b"\x02OUT\x03");
-    let logout = next_event(&mut watch).await;
+    let logout = next(&mut watch).await;
     assert_eq!(logout.kind, pb::SessionEventKind::Logout as i32);
     assert_eq!(logout.reason, "key removed");
     assert_eq!(logout.previous.unwrap().user.unwrap().id, "waiter");
 
     // A removal never ends a session the key did not open.
     client.login_with_pin("1111").await.unwrap();
-    next_event(&mut watch).await;
+    next(&mut watch).await;
     pty.write(b"\x02OUT\x03");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -196,4 +154,44 @@ async fn addimat_over_serial_removal_ends_the_session_and_bad_crc_is_not_a_login
         "pinny"
     );
     assert!(!daemon.log_text().contains("AC00002645697A01"));
+}
+
+#[tokio::test]
+async fn a_reader_added_to_the_config_is_read_after_sighup() {
+    let temp = tempfile::tempdir().unwrap();
+    let link = temp.path().join("late-reader");
+    let mut pty = Pty::open(&link);
+    let daemon = Daemon::start();
+    daemon
+        .authorized_sync()
+        .await
+        .apply_snapshot(snapshot(
+            1,
+            1,
+            vec![role("cashier", &[], &[])],
+            vec![user_with_keys("kim", 1, None, &["04A1B2C3D4"])],
+        ))
+        .await
+        .unwrap();
+    let mut client = daemon.client().await;
+    assert!(client.list_devices().await.unwrap().is_empty());
+
+    let config = daemon.dir.join("tillgated.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[input.serial]]\npath = \"{}\"\n",
+        link.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_attached(&mut client, &link, true).await;
+
+    let mut watch = client.watch().await.unwrap();
+    next(&mut watch).await;
+    pty.write(b"04A1B2C3D4\r");
+    assert_eq!(
+        next(&mut watch).await.session.unwrap().user.unwrap().id,
+        "kim"
+    );
+    assert!(daemon.log_text().contains("input rules reloaded"));
 }

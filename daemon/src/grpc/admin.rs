@@ -1,4 +1,4 @@
-//! Local administration (sync tokens), for the admin uids only.
+//! Local administration (sync tokens, lockouts, audit tail, explain), for the admin uids only.
 
 use std::sync::Arc;
 
@@ -7,9 +7,16 @@ use tillgate_proto::v1::admin_server::Admin;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use super::policy::{audit_to_pb, collision_report, explain_user, lockout_states};
 use super::{internal, join_error, login::peer_label, timestamp};
+use crate::audit;
+use crate::login::Authenticator;
+use crate::model::Terminal;
 use crate::store::Replica;
 use crate::tokens::{TokenError, TokenRegistry};
+
+/// Rows `tillctl audit` shows by default.
+const DEFAULT_AUDIT_TAIL: u32 = 20;
 
 #[derive(Debug)]
 pub struct AdminService {
@@ -17,6 +24,8 @@ pub struct AdminService {
     pub tokens: Arc<TokenRegistry>,
     /// Configured admin uids plus the daemon's own.
     pub admin_uids: Vec<u32>,
+    pub auth: Arc<Authenticator>,
+    pub terminal: Terminal,
 }
 
 impl AdminService {
@@ -100,5 +109,70 @@ impl Admin for AdminService {
             .map_err(join_error)??;
         tracing::info!(token = %name, revoked, "sync token revoke");
         Ok(Response::new(pb::RevokeTokenResponse { revoked }))
+    }
+
+    async fn unlock(
+        &self,
+        request: Request<pb::UnlockRequest>,
+    ) -> Result<Response<pb::UnlockResponse>, Status> {
+        self.authorize(&request, "unlock")?;
+        let admin = format!("socket {}", peer_label(&request));
+        let source = request.into_inner().source;
+        let scope = Some(source).filter(|s| !s.is_empty());
+        let cleared = self.auth.clear_lockouts(scope, &admin).await?;
+        Ok(Response::new(pb::UnlockResponse { cleared }))
+    }
+
+    async fn list_lockouts(
+        &self,
+        request: Request<pb::ListLockoutsRequest>,
+    ) -> Result<Response<pb::ListLockoutsResponse>, Status> {
+        self.authorize(&request, "lockouts")?;
+        Ok(Response::new(pb::ListLockoutsResponse {
+            lockouts: lockout_states(&self.replica, self.auth.policy().lockout).await?,
+        }))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        self.authorize(&request, "audit")?;
+        let limit = match request.into_inner().limit {
+            0 => DEFAULT_AUDIT_TAIL,
+            n => n,
+        };
+        let replica = self.replica.clone();
+        let (rows, stats) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((replica.audit_tail(limit)?, replica.audit_stats()?))
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: rows.into_iter().map(audit_to_pb).collect(),
+            backlog: stats.backlog,
+            audit_status: audit::status(stats.backlog, self.auth.policy().audit_max_rows),
+        }))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::Explanation>, Status> {
+        self.authorize(&request, "explain")?;
+        let user_id = request.into_inner().user_id;
+        Ok(Response::new(
+            explain_user(&self.replica, &self.terminal, user_id).await?,
+        ))
+    }
+
+    async fn list_collisions(
+        &self,
+        request: Request<pb::ListCollisionsRequest>,
+    ) -> Result<Response<pb::CollisionReport>, Status> {
+        self.authorize(&request, "collisions")?;
+        Ok(Response::new(
+            collision_report(&self.replica, &self.terminal).await?,
+        ))
     }
 }

@@ -20,7 +20,7 @@ pub struct DevicesService {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-fn device_to_pb(state: DeviceState) -> pb::InputDevice {
+pub fn device_to_pb(state: DeviceState) -> pb::InputDevice {
     let kind = match state.kind {
         DeviceKind::Evdev => "evdev",
         DeviceKind::Serial => "serial",

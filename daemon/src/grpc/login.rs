@@ -64,7 +64,10 @@ impl Login for LoginService {
     ) -> Result<Response<pb::Session>, Status> {
         let source = format!("socket {}", peer_label(&request));
         let pin = Zeroizing::new(request.into_inner().pin);
-        let session = self.auth.login(CredentialKind::Pin, pin, &source).await?;
+        let session = self
+            .auth
+            .login_detached(CredentialKind::Pin, pin, source)
+            .await?;
         Ok(Response::new(session_to_pb(&session)))
     }
 
@@ -76,7 +79,7 @@ impl Login for LoginService {
         let key_id = Zeroizing::new(request.into_inner().key_id);
         let session = self
             .auth
-            .login(CredentialKind::Key, key_id, &source)
+            .login_detached(CredentialKind::Key, key_id, source)
             .await?;
         Ok(Response::new(session_to_pb(&session)))
     }
@@ -148,12 +151,61 @@ impl Login for LoginService {
         if permission.is_empty() {
             return Err(Status::invalid_argument("permission is empty"));
         }
-        let current = self.auth.sessions().current();
+        // A permission check is activity at the till: it restarts the idle timer.
+        let current = self.auth.sessions().touch();
+        let locked = current.as_ref().is_some_and(|s| s.locked);
         Ok(Response::new(pb::CheckPermissionResponse {
-            granted: current
-                .as_ref()
-                .is_some_and(|s| s.permissions.binary_search(&permission).is_ok()),
+            granted: !locked
+                && current
+                    .as_ref()
+                    .is_some_and(|s| s.permissions.binary_search(&permission).is_ok()),
             user_id: current.map(|s| s.user_id).unwrap_or_default(),
+            locked,
+        }))
+    }
+
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let source = format!("socket {}", peer_label(&request));
+        let request = request.into_inner();
+        let (kind, secret) = match request.credential {
+            Some(pb::authorize_request::Credential::Pin(pin)) => {
+                (CredentialKind::Pin, Zeroizing::new(pin))
+            }
+            Some(pb::authorize_request::Credential::KeyId(key_id)) => {
+                (CredentialKind::Key, Zeroizing::new(key_id))
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "credential is missing: set pin or key_id",
+                ));
+            }
+        };
+        let permission = request.permission.clone();
+        let answer = self
+            .auth
+            .authorize_detached(kind, secret, permission, source)
+            .await?;
+        Ok(Response::new(pb::AuthorizeResponse {
+            granted: answer.granted,
+            authorizer: Some(pb::UserRef {
+                id: answer.authorizer.user_id,
+                first_name: answer.authorizer.first_name,
+                last_name: answer.authorizer.last_name,
+            }),
+            permission: answer.permission,
+            session_user_id: answer.session_user_id.unwrap_or_default(),
+        }))
+    }
+
+    async fn touch(
+        &self,
+        _request: Request<pb::TouchRequest>,
+    ) -> Result<Response<pb::TouchResponse>, Status> {
+        Ok(Response::new(pb::TouchResponse {
+            session: self.auth.sessions().touch().as_ref().map(session_to_pb),
         }))
     }
 

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod devices;
 pub mod login;
+pub mod policy;
 pub mod sync;
 
 use std::collections::HashMap;
@@ -13,7 +14,7 @@ use tillgate_proto::v1 as pb;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::login::LoginError;
+use crate::login::{LoginError, round_up_to_seconds};
 use crate::model::{CredentialKind, Cursor};
 use crate::session::{EventKind, Session, SessionEvent};
 use crate::store::{ApplyError, StoreError};
@@ -48,15 +49,20 @@ pub fn session_to_pb(session: &Session) -> pb::Session {
             last_name: session.last_name.clone(),
         }),
         permissions: session.permissions.clone(),
-        method: match session.method {
-            CredentialKind::Pin => pb::LoginMethod::Pin,
-            CredentialKind::Key => pb::LoginMethod::Key,
-        } as i32,
+        method: method_to_pb(session.method) as i32,
         started_at: Some(timestamp(session.started_at)),
         replica: Some(cursor_to_pb(session.replica)),
         last_sync_at: session.last_sync_at.map(timestamp),
         role_ids: session.role_ids.clone(),
         source: session.source.clone(),
+        locked: session.locked,
+    }
+}
+
+pub fn method_to_pb(kind: CredentialKind) -> pb::LoginMethod {
+    match kind {
+        CredentialKind::Pin => pb::LoginMethod::Pin,
+        CredentialKind::Key => pb::LoginMethod::Key,
     }
 }
 
@@ -67,6 +73,9 @@ pub fn event_to_pb(event: &SessionEvent) -> pb::SessionEvent {
             EventKind::Current => pb::SessionEventKind::Current,
             EventKind::Login => pb::SessionEventKind::Login,
             EventKind::Logout => pb::SessionEventKind::Logout,
+            EventKind::Locked => pb::SessionEventKind::Locked,
+            EventKind::Unlocked => pb::SessionEventKind::Unlocked,
+            EventKind::PermissionsChanged => pb::SessionEventKind::PermissionsChanged,
         } as i32,
         session: event.session.as_ref().map(session_to_pb),
         previous: event.previous.as_ref().map(session_to_pb),
@@ -88,6 +97,16 @@ impl From<LoginError> for Status {
             LoginError::NoMatch => Status::unauthenticated("no user matches this credential"),
             LoginError::Denied(reason) => Status::permission_denied(reason.to_string()),
             LoginError::BadInput(problem) => Status::invalid_argument(problem),
+            LoginError::LockedOut { retry_after, .. } => Status::with_error_details(
+                Code::ResourceExhausted,
+                e.to_string(),
+                ErrorDetails::with_retry_info(Some(round_up_to_seconds(retry_after))),
+            ),
+            LoginError::Stale { .. } => Status::with_error_details(
+                Code::FailedPrecondition,
+                e.to_string(),
+                ErrorDetails::with_error_info("REPLICA_STALE", ERROR_DOMAIN, HashMap::new()),
+            ),
             other => internal("login failed", &other),
         }
     }

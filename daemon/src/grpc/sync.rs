@@ -1,4 +1,5 @@
-//! Central's Sync service: state, snapshots, incremental batches.
+//! Central's Sync service: state and fleet health, snapshots, incremental batches, the audit
+//! outbox, explain and collision reports.
 
 use std::sync::Arc;
 
@@ -7,14 +8,25 @@ use tillgate_proto::v1::sync_server::Sync;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::TokenName;
+use super::devices::device_to_pb;
+use super::policy::{audit_to_pb, collision_report, explain_user, lockout_states};
 use super::{cursor_from_pb, cursor_to_pb, join_error, login::replica_status, timestamp};
+use crate::audit;
 use crate::credential::{CostLimits, TerminalKey};
+use crate::hardware::DeviceRegistry;
+use crate::login::{Authenticator, replica_too_old};
 use crate::model::{Cursor, Terminal};
 use crate::store::{ApplyError, ApplySummary, Replica};
 use crate::validate::{Ingest, ValidationError, validate_changes, validate_snapshot};
 
 /// Upper bound on users plus roles in one snapshot, so a runaway stream cannot exhaust memory.
 pub const MAX_SNAPSHOT_RECORDS: usize = 2_000_000;
+/// Upper bound on the encoded size of one snapshot (all chunks), for the same reason: the whole
+/// snapshot is held in memory until its final chunk.
+pub const MAX_SNAPSHOT_BYTES: usize = 512 << 20;
+
+/// Audit rows per pull when central does not say.
+const DEFAULT_AUDIT_PULL: u32 = 100;
 
 #[derive(Debug)]
 pub struct SyncService {
@@ -22,6 +34,39 @@ pub struct SyncService {
     pub key: Arc<TerminalKey>,
     pub limits: CostLimits,
     pub terminal: Terminal,
+    /// Signalled after every batch or snapshot that changed the replica.
+    pub applied: Arc<tokio::sync::Notify>,
+    /// Re-evaluates the current session after every applied change.
+    pub auth: Arc<Authenticator>,
+    pub devices: Arc<DeviceRegistry>,
+}
+
+impl SyncService {
+    /// Applies a change and then re-evaluates the current session, in a task of its own: a
+    /// cancelled request (central's deadline, a reset stream) cannot commit the change and skip
+    /// ending the session of a user it deleted or deactivated. Replays re-evaluate too, so a
+    /// retry after such a cancellation still catches up.
+    async fn apply(
+        &self,
+        what: &'static str,
+        token: String,
+        work: impl FnOnce() -> Result<ApplySummary, ApplyError> + Send + 'static,
+    ) -> Result<ApplySummary, Status> {
+        let (auth, applied) = (self.auth.clone(), self.applied.clone());
+        let task = tokio::spawn(async move {
+            let summary = tokio::task::spawn_blocking(work)
+                .await
+                .map_err(join_error)?;
+            log_outcome(what, &token, &summary, &applied);
+            if summary.is_ok()
+                && let Err(e) = auth.replica_changed().await
+            {
+                tracing::error!(error = %e, "re-evaluating the session after a sync failed");
+            }
+            Ok::<_, Status>(summary?)
+        });
+        task.await.map_err(join_error)?
+    }
 }
 
 fn caller<T>(request: &Request<T>) -> String {
@@ -49,11 +94,17 @@ impl Sync for SyncService {
     ) -> Result<Response<pb::SyncState>, Status> {
         let replica = self.replica.clone();
         let terminal = self.terminal.clone();
-        let (state, counts) = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::store::StoreError>((replica.state()?, replica.counts(&terminal)?))
+        let (state, counts, audit_stats) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((
+                replica.state()?,
+                replica.counts(&terminal)?,
+                replica.audit_stats()?,
+            ))
         })
         .await
         .map_err(join_error)??;
+        let policy = self.auth.policy();
+        let session = self.auth.sessions().current();
         Ok(Response::new(pb::SyncState {
             cursor: Some(cursor_to_pb(state.cursor)),
             status: replica_status(state.cursor).into(),
@@ -64,6 +115,20 @@ impl Sync for SyncService {
             sales_point_id: self.terminal.sales_point_id.clone(),
             sub_terminal_id: self.terminal.sub_terminal_id.clone().unwrap_or_default(),
             version: env!("CARGO_PKG_VERSION").into(),
+            audit_backlog: audit_stats.backlog,
+            audit_max_rows: policy.audit_max_rows,
+            audit_status: audit::status(audit_stats.backlog, policy.audit_max_rows),
+            lockouts: lockout_states(&self.replica, policy.lockout).await?,
+            input_devices: self.devices.list().into_iter().map(device_to_pb).collect(),
+            replica_stale: !state.cursor.needs_snapshot()
+                && policy.max_replica_age.is_some_and(|max| {
+                    replica_too_old(state.last_sync_at, std::time::SystemTime::now(), max)
+                }),
+            session_user_id: session
+                .as_ref()
+                .map(|s| s.user_id.clone())
+                .unwrap_or_default(),
+            session_locked: session.is_some_and(|s| s.locked),
         }))
     }
 
@@ -77,6 +142,7 @@ impl Sync for SyncService {
         let mut users = Vec::new();
         let mut roles = Vec::new();
         let mut complete = false;
+        let mut total_bytes = 0usize;
         let mut index = 0usize;
         // Nothing is written until the final chunk is in: an aborted stream changes nothing.
         while let Some(chunk) = stream.message().await.map_err(|e| {
@@ -101,6 +167,13 @@ impl Sync for SyncService {
                 }
                 _ => {}
             }
+            total_bytes += prost::Message::encoded_len(&chunk);
+            if total_bytes > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot is larger than {} MiB; replica unchanged",
+                    MAX_SNAPSHOT_BYTES >> 20
+                )));
+            }
             users.extend(chunk.users);
             roles.extend(chunk.roles);
             if users.len() + roles.len() > MAX_SNAPSHOT_RECORDS {
@@ -123,18 +196,17 @@ impl Sync for SyncService {
             ));
         }
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
-        let summary = tokio::task::spawn_blocking(move || {
-            let ingest = Ingest {
-                key: &key,
-                limits: &limits,
-            };
-            let snapshot = validate_snapshot(users, roles, ingest)?;
-            replica.apply_snapshot(target, &snapshot)
-        })
-        .await
-        .map_err(join_error)?;
-        log_outcome("snapshot", &token, &summary);
-        Ok(Response::new(result_to_pb(summary?)))
+        let summary = self
+            .apply("snapshot", token, move || {
+                let ingest = Ingest {
+                    key: &key,
+                    limits: &limits,
+                };
+                let snapshot = validate_snapshot(users, roles, ingest)?;
+                replica.apply_snapshot(target, &snapshot)
+            })
+            .await?;
+        Ok(Response::new(result_to_pb(summary)))
     }
 
     async fn apply_changes(
@@ -147,26 +219,113 @@ impl Sync for SyncService {
             .ok_or_else(|| Status::invalid_argument(ValidationError::MissingBase.to_string()))?;
         let new_revision = batch.new_revision;
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
-        let summary = tokio::task::spawn_blocking(move || {
-            replica.apply_changes(base, new_revision, |role_in_replica| {
-                let ingest = Ingest {
-                    key: &key,
-                    limits: &limits,
-                };
-                validate_changes(batch, ingest, role_in_replica)
+        let summary = self
+            .apply("changes", token, move || {
+                replica.apply_changes(base, new_revision, |role_in_replica| {
+                    let ingest = Ingest {
+                        key: &key,
+                        limits: &limits,
+                    };
+                    validate_changes(batch, ingest, role_in_replica)
+                })
             })
+            .await?;
+        Ok(Response::new(result_to_pb(summary)))
+    }
+
+    async fn pull_audit_events(
+        &self,
+        request: Request<pb::PullAuditEventsRequest>,
+    ) -> Result<Response<pb::PullAuditEventsResponse>, Status> {
+        let token = caller(&request);
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => DEFAULT_AUDIT_PULL,
+            n => n,
+        };
+        let replica = self.replica.clone();
+        let (rows, stats) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((
+                replica.audit_after(request.after_seq, limit)?,
+                replica.audit_stats()?,
+            ))
         })
         .await
-        .map_err(join_error)?;
-        log_outcome("changes", &token, &summary);
-        Ok(Response::new(result_to_pb(summary?)))
+        .map_err(join_error)??;
+        tracing::debug!(
+            token,
+            after_seq = request.after_seq,
+            rows = rows.len(),
+            backlog = stats.backlog,
+            "audit pulled"
+        );
+        Ok(Response::new(pb::PullAuditEventsResponse {
+            events: rows.into_iter().map(audit_to_pb).collect(),
+            backlog: stats.backlog,
+            last_seq: stats.last_seq,
+        }))
+    }
+
+    async fn ack_audit_events(
+        &self,
+        request: Request<pb::AckAuditEventsRequest>,
+    ) -> Result<Response<pb::AckAuditEventsResponse>, Status> {
+        let token = caller(&request);
+        let seq = request.into_inner().seq;
+        let replica = self.replica.clone();
+        let outcome = tokio::task::spawn_blocking(move || replica.audit_ack(seq))
+            .await
+            .map_err(join_error)?;
+        match &outcome {
+            Ok(ack) => tracing::info!(
+                token,
+                seq,
+                deleted = ack.deleted,
+                backlog = ack.stats.backlog,
+                "audit acknowledged"
+            ),
+            Err(e) => tracing::warn!(token, seq, error = %e, "audit acknowledgement refused"),
+        }
+        let ack = outcome?;
+        Ok(Response::new(pb::AckAuditEventsResponse {
+            deleted: ack.deleted,
+            backlog: ack.stats.backlog,
+        }))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::Explanation>, Status> {
+        let token = caller(&request);
+        let user_id = request.into_inner().user_id;
+        tracing::info!(token, user_id = %user_id, "explain");
+        Ok(Response::new(
+            explain_user(&self.replica, &self.terminal, user_id).await?,
+        ))
+    }
+
+    async fn list_collisions(
+        &self,
+        request: Request<pb::ListCollisionsRequest>,
+    ) -> Result<Response<pb::CollisionReport>, Status> {
+        tracing::info!(token = caller(&request), "collision report");
+        Ok(Response::new(
+            collision_report(&self.replica, &self.terminal).await?,
+        ))
     }
 }
 
-fn log_outcome(what: &str, token: &str, outcome: &Result<ApplySummary, ApplyError>) {
+fn log_outcome(
+    what: &str,
+    token: &str,
+    outcome: &Result<ApplySummary, ApplyError>,
+    applied: &tokio::sync::Notify,
+) {
     match outcome {
         Ok(s) if s.applied => {
-            tracing::info!(token, cursor = %s.cursor, users = s.users, roles = s.roles, "{what} applied")
+            tracing::info!(token, cursor = %s.cursor, users = s.users, roles = s.roles, "{what} applied");
+            applied.notify_one();
         }
         Ok(s) => {
             tracing::info!(token, cursor = %s.cursor, "{what} already applied (replay acknowledged)")

@@ -8,10 +8,12 @@ use tracing::instrument;
 use zeroize::Zeroizing;
 
 use super::registry::{ActivityKind, DeviceRegistry, InputActivity, mask};
+use crate::audit::ReadFault;
 use crate::input::event::InputEvent;
 use crate::input::key_reader::{KeyReader, ReaderOutcome};
 use crate::input::pin_pad::{PinOutcome, PinPad};
 use crate::input::profile::Profile;
+use crate::input::profile::ProfileError;
 use crate::input::secret::Secret;
 use crate::login::{Authenticator, LoginError};
 use crate::model::CredentialKind;
@@ -75,6 +77,15 @@ fn from_reader(outcome: ReaderOutcome) -> Framed {
     }
 }
 
+/// The audit outbox's name for a misread (a fixed text, never the content).
+fn read_fault(e: ProfileError) -> ReadFault {
+    match e {
+        ProfileError::BadCrc => ReadFault::Crc,
+        ProfileError::BlankRom => ReadFault::Other("blank 1-Wire id"),
+        _ => ReadFault::Other("misread"),
+    }
+}
+
 /// Who a device is, for logs, sessions and `tillctl devices --watch`.
 #[derive(Debug, Clone)]
 pub struct DeviceLabel {
@@ -132,8 +143,16 @@ impl Dispatcher {
                         self.activity(device, ActivityKind::Key, masked, outcome);
                     }
                     Err(e) if e.is_bad_read() => {
-                        // A misread, not a wrong key: no login attempt is made.
+                        // A misread, not a wrong key: no login attempt is made and no failure
+                        // is counted, but the audit outbox records it.
                         tracing::warn!(profile = profile.name(), error = %e, "bad key read ignored");
+                        if let Err(audit) = self
+                            .auth
+                            .report_bad_read(&device.source, read_fault(e))
+                            .await
+                        {
+                            tracing::error!(error = %audit, "could not audit a bad key read");
+                        }
                         self.activity(device, ActivityKind::BadRead, masked, e.to_string());
                     }
                     Err(e) => {
@@ -143,12 +162,17 @@ impl Dispatcher {
                 }
             }
             Framed::Removal => {
-                let ended = self.auth.sessions().key_removed(&device.source);
-                let outcome = match ended {
+                // Locks or ends the session per `session.on_key_removal`.
+                let changed = self.auth.sessions().key_removed(&device.source);
+                let outcome = match changed {
                     Some(event) => {
                         let user = event.previous.map(|s| s.user_id).unwrap_or_default();
-                        tracing::info!(user_id = %user, "key removed: session ended");
-                        format!("session of {user} ended")
+                        let what = match event.session {
+                            Some(_) => "locked",
+                            None => "ended",
+                        };
+                        tracing::info!(user_id = %user, "key removed: session {what}");
+                        format!("session of {user} {what}")
                     }
                     None => "no session opened by this reader".into(),
                 };
@@ -163,7 +187,11 @@ impl Dispatcher {
 
     async fn login(&self, device: &DeviceLabel, kind: CredentialKind, secret: &str) -> String {
         let secret = Zeroizing::new(secret.to_owned());
-        match self.auth.login(kind, secret, &device.source).await {
+        match self
+            .auth
+            .login_detached(kind, secret, device.source.clone())
+            .await
+        {
             Ok(session) => format!("logged in {}", session.user_id),
             Err(LoginError::NoMatch) => "no match".into(),
             Err(e) => e.to_string(),

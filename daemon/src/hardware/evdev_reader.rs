@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use evdev::raw_stream::RawDevice;
 use futures::StreamExt;
 use inotify::{Inotify, WatchMask};
+use tokio::task::JoinSet;
 
 use super::InputSettings;
 use super::dispatch::{DeviceLabel, Dispatcher, Framer};
@@ -19,7 +20,7 @@ use super::registry::{ActivityKind, DeviceKind, DeviceState};
 use crate::config::DeviceRole;
 use crate::input::event::InputEvent;
 use crate::input::pin_pad::PinPad;
-use crate::input::profile::{Profile, builtin};
+use crate::input::profile::Profile;
 
 /// Attempts to open a new node: udev may set its permissions a moment after it appears.
 const OPEN_ATTEMPTS: u32 = 20;
@@ -27,6 +28,8 @@ const OPEN_RETRY: Duration = Duration::from_millis(100);
 /// How long to wait for held keys to be released before grabbing anyway.
 const GRAB_WAIT: Duration = Duration::from_secs(2);
 const DIR_RETRY: Duration = Duration::from_secs(5);
+const BUSY_RETRY: Duration = Duration::from_millis(500);
+const GRAB_BUSY_ATTEMPTS: u32 = 30;
 
 struct Context {
     settings: Arc<InputSettings>,
@@ -35,20 +38,37 @@ struct Context {
     busy: Mutex<HashSet<PathBuf>>,
 }
 
-/// Runs until the daemon stops.
-pub async fn run(settings: Arc<InputSettings>, dispatcher: Arc<Dispatcher>) {
+/// Runs until `stop` turns true (then every device is released before it returns) or the task
+/// is aborted.
+pub async fn run(
+    settings: Arc<InputSettings>,
+    dispatcher: Arc<Dispatcher>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let ctx = Arc::new(Context {
         settings,
         dispatcher,
         busy: Mutex::new(HashSet::new()),
     });
     let dir = ctx.settings.dir.clone();
+    // Device tasks belong to this set: when this task is aborted (shutdown, reload), dropping
+    // the set aborts them and releases (ungrabs) every device.
+    let mut devices = JoinSet::new();
     loop {
         // Watch first, then scan, so a node created in between is not missed.
         match watch(&dir) {
             Ok(mut events) => {
-                scan(&ctx, &dir);
-                while let Some(event) = events.next().await {
+                scan(&ctx, &dir, &mut devices);
+                loop {
+                    let event = tokio::select! {
+                        event = events.next() => event,
+                        Some(_) = devices.join_next(), if !devices.is_empty() => continue,
+                        () = stopped(&mut stop) => {
+                            devices.shutdown().await;
+                            return;
+                        }
+                    };
+                    let Some(event) = event else { break };
                     match event {
                         Ok(event) => {
                             let Some(name) = event.name.as_deref().filter(|n| is_event_node(n))
@@ -59,7 +79,7 @@ pub async fn run(settings: Arc<InputSettings>, dispatcher: Arc<Dispatcher>) {
                             if event.mask.contains(inotify::EventMask::DELETE) {
                                 ctx.dispatcher.registry.remove(&path);
                             } else {
-                                attach(&ctx, path);
+                                attach(&ctx, path, &mut devices);
                             }
                         }
                         Err(e) => {
@@ -73,7 +93,13 @@ pub async fn run(settings: Arc<InputSettings>, dispatcher: Arc<Dispatcher>) {
                 tracing::warn!(dir = %dir.display(), error = %e, retry = ?DIR_RETRY, "cannot watch the input directory");
             }
         }
-        tokio::time::sleep(DIR_RETRY).await;
+        tokio::select! {
+            () = tokio::time::sleep(DIR_RETRY) => {}
+            () = stopped(&mut stop) => {
+                devices.shutdown().await;
+                return;
+            }
+        }
     }
 }
 
@@ -90,7 +116,7 @@ fn is_event_node(name: &OsStr) -> bool {
     name.to_str().is_some_and(|n| n.starts_with("event"))
 }
 
-fn scan(ctx: &Arc<Context>, dir: &Path) {
+fn scan(ctx: &Arc<Context>, dir: &Path, devices: &mut JoinSet<()>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -100,27 +126,41 @@ fn scan(ctx: &Arc<Context>, dir: &Path) {
     };
     for entry in entries.flatten() {
         if is_event_node(&entry.file_name()) {
-            attach(ctx, entry.path());
+            attach(ctx, entry.path(), devices);
         }
     }
 }
 
-/// Starts a task that opens, matches and reads `path`, unless one is already on it.
-fn attach(ctx: &Arc<Context>, path: PathBuf) {
-    {
-        let mut busy = ctx.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if !busy.insert(path.clone()) {
-            return;
-        }
-    }
+/// Starts a task that opens, matches and reads `path`, unless one is already on it. A node
+/// re-created under the same name while the old task is still winding down (a fast re-plug) is
+/// tried once more a moment later.
+fn attach(ctx: &Arc<Context>, path: PathBuf, devices: &mut JoinSet<()>) {
     let ctx = ctx.clone();
-    tokio::spawn(async move {
-        serve_device(&ctx, &path).await;
-        ctx.busy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&path);
-    });
+    if claim(&ctx, &path) {
+        devices.spawn(async move { serve_claimed(&ctx, &path).await });
+    } else {
+        devices.spawn(async move {
+            tokio::time::sleep(BUSY_RETRY).await;
+            if claim(&ctx, &path) {
+                serve_claimed(&ctx, &path).await;
+            }
+        });
+    }
+}
+
+fn claim(ctx: &Context, path: &Path) -> bool {
+    ctx.busy
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(path.to_owned())
+}
+
+async fn serve_claimed(ctx: &Context, path: &Path) {
+    serve_device(ctx, path).await;
+    ctx.busy
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(path);
 }
 
 async fn open_with_retry(path: &Path) -> io::Result<RawDevice> {
@@ -208,7 +248,7 @@ async fn serve_device(ctx: &Context, path: &Path) {
     };
     if rule.grab {
         wait_for_release(&device).await;
-        if let Err(e) = device.grab() {
+        if let Err(e) = grab(&mut device).await {
             tracing::warn!(device = %label.source, error = %e, "could not grab the device; its keystrokes also reach other readers");
             state.error = format!("grab failed: {e}");
         } else {
@@ -283,9 +323,35 @@ fn framer_for(rule: &CompiledRule, ctx: &Context) -> Result<(Framer, Option<Prof
             .map(|pad| (Framer::PinPad(pad), None))
             .map_err(|e| e.to_string()),
         DeviceRole::KeyReader => {
-            let profile = builtin(&rule.profile)
+            let profile = ctx
+                .settings
+                .profiles
+                .get(&rule.profile)
+                .cloned()
                 .ok_or_else(|| format!("unknown profile {}", rule.profile))?;
             Ok((Framer::KeyReader(profile.key_reader()), Some(profile)))
+        }
+    }
+}
+
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    // The borrow the wait returns is dropped here, before the caller awaits anything else.
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// EVIOCGRAB; EBUSY means another descriptor still holds the grab (a reader set being
+/// replaced by a reload is closing it): retry for a moment before giving up.
+async fn grab(device: &mut RawDevice) -> io::Result<()> {
+    let mut attempts = 0;
+    loop {
+        match device.grab() {
+            Err(e)
+                if e.raw_os_error() == Some(nix::libc::EBUSY) && attempts < GRAB_BUSY_ATTEMPTS =>
+            {
+                attempts += 1;
+                tokio::time::sleep(OPEN_RETRY).await;
+            }
+            other => return other,
         }
     }
 }

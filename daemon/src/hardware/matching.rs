@@ -39,7 +39,12 @@ pub struct CompiledRule {
 }
 
 impl CompiledRule {
-    pub fn compile(index: usize, rule: &DeviceRule) -> Result<CompiledRule, ConfigError> {
+    /// `known_profile` tells whether a profile name exists (built-in or configured).
+    pub fn compile(
+        index: usize,
+        rule: &DeviceRule,
+        known_profile: &dyn Fn(&str) -> bool,
+    ) -> Result<CompiledRule, ConfigError> {
         let key = |field: &str| format!("input.rules[{index}].{field}");
         let pattern = |field: &str, text: &Option<String>| {
             text.as_deref()
@@ -79,13 +84,10 @@ impl CompiledRule {
             .profile
             .clone()
             .unwrap_or_else(|| "generic-wedge".into());
-        if role == DeviceRole::KeyReader && crate::input::profile::builtin(&profile).is_none() {
+        if role == DeviceRole::KeyReader && !known_profile(&profile) {
             return Err(invalid(
                 key("profile"),
-                format!(
-                    "unknown profile {profile:?}; known: {}",
-                    crate::input::profile::BUILTIN_NAMES.join(", ")
-                ),
+                format!("unknown profile {profile:?}: not built in and not in [input.profiles]"),
             ));
         }
         if role == DeviceRole::PinPad && rule.profile.is_some() {
@@ -148,6 +150,10 @@ pub fn first_match<'a>(rules: &'a [CompiledRule], device: &DeviceInfo) -> Option
 mod tests {
     use super::*;
 
+    fn builtin_only(name: &str) -> bool {
+        crate::input::profile::builtin(name).is_some()
+    }
+
     fn device() -> DeviceInfo {
         DeviceInfo {
             path: "/dev/input/event7".into(),
@@ -178,15 +184,20 @@ mod tests {
         ]
         .iter()
         .enumerate()
-        .map(|(i, r)| CompiledRule::compile(i, r).unwrap())
+        .map(|(i, r)| CompiledRule::compile(i, r, &builtin_only).unwrap())
         .collect();
         assert_eq!(first_match(&rules, &device()).unwrap().index, 1);
-        let phys =
-            CompiledRule::compile(0, &rule(|r| r.phys = Some("usb-*-2/input0".into()))).unwrap();
+        let phys = CompiledRule::compile(
+            0,
+            &rule(|r| r.phys = Some("usb-*-2/input0".into())),
+            &builtin_only,
+        )
+        .unwrap();
         assert!(phys.matches(&device()));
         let by_id = CompiledRule::compile(
             0,
             &rule(|r| r.by_id = Some("/dev/input/by-id/usb-Addimat-event-kbd".into())),
+            &builtin_only,
         )
         .unwrap();
         assert!(by_id.matches(&device()));
@@ -196,6 +207,7 @@ mod tests {
                 r.name = Some("Addimat Waiter Lock".into());
                 r.uniq = Some("B2".into());
             }),
+            &builtin_only,
         )
         .unwrap();
         assert!(!both.matches(&device()), "every given key must match");
@@ -203,7 +215,8 @@ mod tests {
 
     #[test]
     fn defaults_and_errors_name_the_rule() {
-        let reader = CompiledRule::compile(0, &rule(|r| r.name = Some("x".into()))).unwrap();
+        let reader =
+            CompiledRule::compile(0, &rule(|r| r.name = Some("x".into())), &builtin_only).unwrap();
         assert!(reader.grab);
         assert_eq!(reader.profile, "generic-wedge");
         let pad = CompiledRule::compile(
@@ -213,17 +226,22 @@ mod tests {
                 role: Some(DeviceRole::PinPad),
                 ..Default::default()
             },
+            &builtin_only,
         )
         .unwrap();
         assert!(!pad.grab);
-        let err = CompiledRule::compile(3, &rule(|_| {})).unwrap_err();
+        let err = CompiledRule::compile(3, &rule(|_| {}), &builtin_only).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("config key input.rules[3]: needs at least one"),
             "{err}"
         );
-        let err = CompiledRule::compile(1, &rule(|r| r.vendor_product = Some("16c0".into())))
-            .unwrap_err();
+        let err = CompiledRule::compile(
+            1,
+            &rule(|r| r.vendor_product = Some("16c0".into())),
+            &builtin_only,
+        )
+        .unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("config key input.rules[1].vendor_product"),
@@ -235,13 +253,16 @@ mod tests {
                 r.name = Some("x".into());
                 r.profile = Some("nope".into());
             }),
+            &builtin_only,
         )
         .unwrap_err();
         assert!(
-            err.to_string().contains("unknown profile \"nope\""),
+            err.to_string()
+                .contains("unknown profile \"nope\": not built in"),
             "{err}"
         );
-        let err = CompiledRule::compile(0, &rule(|r| r.name = Some("[".into()))).unwrap_err();
+        let err = CompiledRule::compile(0, &rule(|r| r.name = Some("[".into())), &builtin_only)
+            .unwrap_err();
         assert!(err.to_string().contains("input.rules[0].name"), "{err}");
     }
 }

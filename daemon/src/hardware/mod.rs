@@ -5,16 +5,18 @@
 pub mod dispatch;
 pub mod evdev_reader;
 pub mod matching;
+pub mod profiles;
 pub mod registry;
 pub mod serial_reader;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{ConfigError, InputConfig, ParityConfig, SerialFramingConfig, invalid};
 use crate::input::pin_pad::PinPadConfig;
-use crate::input::profile::{BUILTIN_NAMES, builtin};
+use crate::input::profile::Profile;
 use crate::input::serial_frame::{SerialFramerConfig, SerialFraming};
 
 pub use dispatch::Dispatcher;
@@ -28,6 +30,10 @@ pub struct InputSettings {
     pub rules: Vec<CompiledRule>,
     pub serial: Vec<SerialSettings>,
     pub pin_pad: PinPadConfig,
+    /// Built-in and configured reader profiles by name.
+    pub profiles: BTreeMap<String, Profile>,
+    /// The `[input]` section as written, so a reload can tell whether it changed.
+    pub source: InputConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,11 +50,13 @@ pub struct SerialSettings {
 
 impl InputSettings {
     pub fn from_config(config: &InputConfig) -> Result<InputSettings, ConfigError> {
+        let profiles = profiles::build(&config.profiles)?;
+        let known = |name: &str| profiles.contains_key(name);
         let rules = config
             .rules
             .iter()
             .enumerate()
-            .map(|(i, rule)| CompiledRule::compile(i, rule))
+            .map(|(i, rule)| CompiledRule::compile(i, rule, &known))
             .collect::<Result<Vec<_>, _>>()?;
         let pin_pad = PinPadConfig {
             idle_timeout: Duration::from_millis(config.pin_pad.idle_timeout_ms),
@@ -81,13 +89,13 @@ impl InputSettings {
                     format!("{} is not 1 or 2", port.stop_bits),
                 ));
             }
-            let Some(profile) = builtin(&port.profile) else {
+            let Some(profile) = profiles.get(&port.profile) else {
                 return Err(invalid(
                     key("profile"),
                     format!(
                         "unknown profile {:?}; known: {}",
                         port.profile,
-                        BUILTIN_NAMES.join(", ")
+                        known_names(&profiles)
                     ),
                 ));
             };
@@ -116,6 +124,8 @@ impl InputSettings {
             rules,
             serial,
             pin_pad,
+            profiles,
+            source: config.clone(),
         })
     }
 
@@ -124,22 +134,100 @@ impl InputSettings {
     }
 }
 
-/// Starts the evdev watcher (when rules exist) and one task per serial reader.
-pub fn spawn(
-    settings: Arc<InputSettings>,
+pub fn known_names(profiles: &BTreeMap<String, Profile>) -> String {
+    profiles
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The readers of one input configuration.
+#[derive(Debug)]
+struct Readers {
+    /// The evdev watcher and the signal that asks it to release its devices and stop.
+    evdev: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::watch::Sender<bool>,
+    )>,
+    serial: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How long a reader set may take to release its devices before it is aborted.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Readers {
+    fn start(settings: &Arc<InputSettings>, dispatcher: &Arc<Dispatcher>) -> Readers {
+        let evdev = (!settings.rules.is_empty()).then(|| {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(evdev_reader::run(
+                settings.clone(),
+                dispatcher.clone(),
+                stopped,
+            ));
+            (task, stop)
+        });
+        let serial = settings
+            .serial
+            .iter()
+            .cloned()
+            .map(|port| {
+                let profile = settings.profiles.get(&port.profile).cloned();
+                tokio::spawn(serial_reader::run(port, profile, dispatcher.clone()))
+            })
+            .collect();
+        Readers { evdev, serial }
+    }
+
+    /// Stops every reader and waits until their devices are closed, so readers started next
+    /// can grab them (a grab fails while an old descriptor still holds it).
+    async fn stop(mut self) {
+        if let Some((task, stop)) = self.evdev.take() {
+            let _ = stop.send(true);
+            let abort = task.abort_handle();
+            if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
+                abort.abort();
+            }
+        }
+        for task in std::mem::take(&mut self.serial) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Readers {
+    /// The supervisor itself was aborted (shutdown): stop everything without waiting.
+    fn drop(&mut self) {
+        if let Some((task, _)) = &self.evdev {
+            task.abort();
+        }
+        for task in &self.serial {
+            task.abort();
+        }
+    }
+}
+
+/// Runs the readers for the current input settings, and replaces them all whenever a reload
+/// publishes new ones (devices are released, re-matched and grabbed again under the new
+/// rules). Aborting the returned task stops every reader.
+pub fn supervise(
+    mut settings: tokio::sync::watch::Receiver<Arc<InputSettings>>,
     dispatcher: Arc<Dispatcher>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    if !settings.rules.is_empty() {
-        tasks.push(tokio::spawn(evdev_reader::run(
-            settings.clone(),
-            dispatcher.clone(),
-        )));
-    }
-    for port in settings.serial.iter().cloned() {
-        tasks.push(tokio::spawn(serial_reader::run(port, dispatcher.clone())));
-    }
-    tasks
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let current = settings.borrow_and_update().clone();
+            let readers = Readers::start(&current, &dispatcher);
+            if settings.changed().await.is_err() {
+                // The sender is gone: keep these readers until the task is aborted.
+                std::future::pending::<()>().await;
+            }
+            readers.stop().await;
+            dispatcher.registry.clear();
+            tracing::info!("input rules reloaded: readers restarted");
+        }
+    })
 }
 
 #[cfg(test)]

@@ -89,6 +89,11 @@ impl DeviceRegistry {
         }
     }
 
+    /// Forgets every device (the readers are being restarted).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     pub fn remove(&self, path: &Path) {
         self.lock().remove(path);
     }

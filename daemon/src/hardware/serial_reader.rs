@@ -12,7 +12,7 @@ use super::dispatch::{DeviceLabel, Dispatcher, Framed};
 use super::matching::DeviceInfo;
 use super::registry::{ActivityKind, DeviceKind, DeviceState};
 use crate::config::{DeviceRole, ParityConfig};
-use crate::input::profile::builtin;
+use crate::input::profile::Profile;
 use crate::input::secret::Secret;
 use crate::input::serial_frame::{SerialFramer, SerialOutcome};
 
@@ -21,8 +21,8 @@ const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Runs until the daemon stops.
-pub async fn run(port: SerialSettings, dispatcher: Arc<Dispatcher>) {
-    let Some(profile) = builtin(&port.profile) else {
+pub async fn run(port: SerialSettings, profile: Option<Profile>, dispatcher: Arc<Dispatcher>) {
+    let Some(profile) = profile else {
         // Validated at config load; kept as a guard.
         tracing::error!(port = %port.label, profile = %port.profile, "unknown reader profile");
         return;

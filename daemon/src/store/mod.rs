@@ -1,9 +1,13 @@
-//! The SQLite replica: what central pushed, re-keyed, plus the sync tokens.
+//! The SQLite replica: what central pushed, re-keyed, plus the sync tokens, the failed-attempt
+//! counters and the audit outbox.
 //!
 //! One writer connection and one reader connection (WAL lets logins read while a snapshot is
 //! being written). Every change is one IMMEDIATE transaction that rolls back on drop, so a crash
 //! leaves the old state or the new one.
 
+mod audit;
+mod explain;
+mod lockout;
 mod read;
 mod schema;
 mod tokens;
@@ -15,6 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
+pub use audit::{AckError, AckSummary, MAX_AUDIT_BATCH};
+pub use lockout::{AttemptRecorded, CounterChange};
 pub use read::{Counts, UserProfile};
 pub use tokens::TokenRow;
 pub use write::{ApplyError, ApplySummary};
@@ -78,6 +84,9 @@ pub struct Replica {
     /// Distinct hash schemes per credential kind; `None` after a write until the next login
     /// reads them again (a scan of the credentials table, so not done per attempt).
     schemes: RwLock<Option<Vec<(CredentialKind, HashScheme)>>>,
+    /// Bumped by every invalidation, so a load that read the old data cannot store it after
+    /// a write invalidated the cache in the meantime.
+    schemes_generation: std::sync::atomic::AtomicU64,
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -146,11 +155,14 @@ impl Replica {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             schemes: RwLock::new(None),
+            schemes_generation: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
     fn invalidate_schemes(&self) {
         if let Ok(mut schemes) = self.schemes.write() {
+            self.schemes_generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             *schemes = None;
         }
     }
@@ -250,7 +262,8 @@ fn check_and_migrate(
         "SELECT (SELECT COUNT(*) FROM meta) + (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM roles)
               + (SELECT COUNT(*) FROM credentials) + (SELECT COUNT(*) FROM user_roles)
               + (SELECT COUNT(*) FROM user_access) + (SELECT COUNT(*) FROM role_permissions)
-              + (SELECT COUNT(*) FROM sync_tokens)",
+              + (SELECT COUNT(*) FROM sync_tokens) + (SELECT COUNT(*) FROM audit_events)
+              + (SELECT COUNT(*) FROM lockouts)",
         [],
         |row| row.get::<_, i64>(0),
     ) {

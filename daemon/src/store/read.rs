@@ -1,5 +1,7 @@
 //! Lookups for login and status.
 
+use std::sync::atomic::Ordering;
+
 use rusqlite::OptionalExtension;
 use rusqlite::types::Value;
 
@@ -28,7 +30,7 @@ pub struct Counts {
     pub users_at_terminal: u64,
 }
 
-const ASSIGNED_HERE: &str = "EXISTS (SELECT 1 FROM user_access a WHERE a.user_id = u.id
+pub(super) const ASSIGNED_HERE: &str = "EXISTS (SELECT 1 FROM user_access a WHERE a.user_id = u.id
       AND ((a.kind = 1 AND a.target = ?1) OR (a.kind = 2 AND a.target = ?2)))";
 
 /// The key of the `credentials_by_scheme` index, in order.
@@ -76,8 +78,13 @@ impl Replica {
         let all = match cached {
             Some(all) => all,
             None => {
+                let generation = self.schemes_generation.load(Ordering::SeqCst);
                 let all = self.load_schemes()?;
-                *self.schemes.write().map_err(|_| StoreError::Poisoned)? = Some(all.clone());
+                let mut cache = self.schemes.write().map_err(|_| StoreError::Poisoned)?;
+                // A write since the load may have changed the schemes: use, don't cache.
+                if self.schemes_generation.load(Ordering::SeqCst) == generation {
+                    *cache = Some(all.clone());
+                }
                 all
             }
         };

@@ -71,7 +71,37 @@ pub const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     "#,
-    // 2: the distinct hash schemes are walked through this index, one seek each, instead of a
+    // 2: the audit outbox and the failed-attempt counters (session policy).
+    r#"
+    -- Append-only; rows are deleted only once central acknowledges them (a prefix by seq).
+    -- AUTOINCREMENT: a seq is never reused, also after the rows before it were deleted.
+    -- Never holds a PIN or a key id.
+    CREATE TABLE audit_events (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        uuid            TEXT NOT NULL UNIQUE,
+        at_ms           INTEGER NOT NULL,
+        kind            TEXT NOT NULL,
+        method          INTEGER CHECK (method IN (1, 2)),
+        source          TEXT NOT NULL,
+        outcome         TEXT NOT NULL,
+        user_id         TEXT,
+        session_user_id TEXT,
+        permission      TEXT,
+        reason          TEXT NOT NULL
+    );
+
+    -- One row per input source (and one for the whole terminal) with failed attempts,
+    -- a running lockout or remembered strikes. Times are Unix milliseconds.
+    CREATE TABLE lockouts (
+        scope           TEXT PRIMARY KEY,
+        failures        INTEGER NOT NULL,
+        window_start_ms INTEGER NOT NULL,
+        strikes         INTEGER NOT NULL,
+        locked_until_ms INTEGER NOT NULL,
+        last_failure_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
+    // 3: the distinct hash schemes are walked through this index, one seek each, instead of a
     // scan of every credential on the first login after each sync change.
     r#"
     CREATE INDEX credentials_by_scheme

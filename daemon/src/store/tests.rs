@@ -436,6 +436,186 @@ fn another_terminal_key_is_detected() {
     assert!(replica.state().unwrap().cursor.needs_snapshot());
 }
 
+fn attempt(source: &str, outcome: crate::audit::AuditOutcome) -> crate::audit::AuditRecord {
+    crate::audit::AuditRecord::new(
+        crate::audit::AuditKind::Login,
+        Some(CredentialKind::Pin),
+        source,
+        outcome,
+    )
+}
+
+#[test]
+fn a_version_1_database_is_migrated_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('key_fingerprint', ?1), ('epoch', '4'), ('revision', '2')",
+            [hex(&KEY)],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO sync_tokens (name, digest, created_at) VALUES ('central', x'00', 0)",
+            [],
+        )
+        .unwrap();
+    }
+    let (replica, outcome) = Replica::open(&path, &KEY).unwrap();
+    assert_eq!(outcome, OpenOutcome::Opened);
+    assert_eq!(replica.state().unwrap().cursor, cursor(4, 2));
+    let version: i64 = replica
+        .reader()
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, schema::current_version());
+    assert_eq!(
+        replica.audit_stats().unwrap(),
+        crate::audit::AuditStats::default()
+    );
+}
+
+#[test]
+fn audit_rows_are_deleted_only_when_acknowledged_and_seqs_never_reused() {
+    use crate::audit::AuditOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    let replica = open(&dir);
+    for _ in 0..5 {
+        replica
+            .append_audit(&attempt("s", AuditOutcome::NoMatch))
+            .unwrap();
+    }
+    let rows = replica.audit_after(0, 100).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(replica.audit_after(3, 100).unwrap().len(), 2);
+    assert_eq!(replica.audit_after(0, 2).unwrap().len(), 2);
+    assert_eq!(
+        replica
+            .audit_tail(2)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    let ack = replica.audit_ack(3).unwrap();
+    assert_eq!(
+        (ack.deleted, ack.stats.backlog, ack.stats.last_seq),
+        (3, 2, 5)
+    );
+    assert_eq!(
+        replica.audit_ack(3).unwrap().deleted,
+        0,
+        "acknowledging again is a no-op"
+    );
+    assert!(matches!(
+        replica.audit_ack(6),
+        Err(AckError::BeyondLast {
+            seq: 6,
+            last_seq: 5
+        })
+    ));
+    replica.audit_ack(5).unwrap();
+    assert_eq!(replica.audit_stats().unwrap().backlog, 0);
+    // Everything acknowledged: the next row still gets a new seq (AUTOINCREMENT), also after a
+    // reopen.
+    drop(replica);
+    let replica = open(&dir);
+    let stats = replica
+        .append_audit(&attempt("s", AuditOutcome::Accepted))
+        .unwrap();
+    assert_eq!((stats.backlog, stats.last_seq), (1, 6));
+    assert_eq!(replica.audit_after(0, 10).unwrap()[0].seq, 6);
+}
+
+#[test]
+fn counters_change_only_together_with_their_audit_row() {
+    use crate::audit::AuditOutcome;
+    use crate::lockout::LockoutPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let replica = open(&dir);
+    let policy = LockoutPolicy::default();
+    let source = "socket uid=5 gid=5 pid=5";
+    let recorded = replica
+        .record_attempt(
+            &attempt(source, AuditOutcome::NoMatch),
+            CounterChange::Failure,
+            &policy,
+        )
+        .unwrap();
+    assert_eq!(recorded.audit.backlog, 1);
+    let now = std::time::SystemTime::now();
+    let failures = |r: &Replica| {
+        r.lockout_counters(&policy, now)
+            .unwrap()
+            .into_iter()
+            .map(|(s, c)| (s, c.failures))
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![("socket uid=5".to_owned(), 1), ("terminal".to_owned(), 1)];
+    assert_eq!(failures(&replica), expected);
+    // Make the audit insert fail: the counter update in the same transaction rolls back.
+    replica
+        .writer()
+        .unwrap()
+        .execute_batch("ALTER TABLE audit_events RENAME TO audit_moved")
+        .unwrap();
+    assert!(
+        replica
+            .record_attempt(
+                &attempt(source, AuditOutcome::NoMatch),
+                CounterChange::Failure,
+                &policy
+            )
+            .is_err()
+    );
+    assert_eq!(failures(&replica), expected);
+    replica
+        .writer()
+        .unwrap()
+        .execute_batch("ALTER TABLE audit_moved RENAME TO audit_events")
+        .unwrap();
+    // Counters survive a reopen; a success resets the source's.
+    drop(replica);
+    let replica = open(&dir);
+    assert_eq!(failures(&replica), expected);
+    replica
+        .record_attempt(
+            &attempt(source, AuditOutcome::Accepted),
+            CounterChange::Success,
+            &policy,
+        )
+        .unwrap();
+    assert_eq!(failures(&replica), vec![("terminal".to_owned(), 1)]);
+}
+
+#[test]
+fn shared_digests_are_grouped_with_who_holds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    let groups = replica.shared_credentials(&terminal()).unwrap();
+    assert_eq!(groups.len(), 1);
+    let (kind, people) = &groups[0];
+    assert_eq!(*kind, CredentialKind::Pin);
+    let mut ids: Vec<_> = people.iter().map(|p| p.user_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["a", "b"]);
+    let held = replica.held_credentials("a", &terminal()).unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].holders.len(), 2);
+    let facts = replica.user_facts("a", &terminal()).unwrap().unwrap();
+    assert!(facts.assigned_to_sales_point && !facts.assigned_to_sub_terminal);
+    assert_eq!(facts.person.ordinal, 1);
+    assert!(replica.user_facts("nobody", &terminal()).unwrap().is_none());
+}
+
 #[test]
 fn missing_tables_are_quarantined_not_fatal() {
     let dir = tempfile::tempdir().unwrap();

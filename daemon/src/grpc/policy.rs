@@ -1,0 +1,179 @@
+//! Session-policy messages shared by the Admin service (socket) and the Sync service (TCP):
+//! audit rows, lockout counters, explanations, collision reports.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tillgate_proto::v1 as pb;
+use tonic::Status;
+
+use super::{join_error, method_to_pb, timestamp};
+use crate::audit::AuditRow;
+use crate::explain::{self, Collision, CredentialCheck, Explanation, Person};
+use crate::lockout::{Counter, LockoutPolicy};
+use crate::model::Terminal;
+use crate::store::{AckError, Replica, StoreError};
+
+pub fn audit_to_pb(row: AuditRow) -> pb::AuditEvent {
+    let r = row.record;
+    pb::AuditEvent {
+        seq: row.seq,
+        uuid: row.uuid,
+        at: Some(timestamp(r.at)),
+        kind: r.kind.as_str().to_owned(),
+        method: r
+            .method
+            .map(method_to_pb)
+            .unwrap_or(pb::LoginMethod::Unspecified) as i32,
+        source: r.source,
+        outcome: r.outcome.as_str().to_owned(),
+        user_id: r.user_id.unwrap_or_default(),
+        session_user_id: r.session_user_id.unwrap_or_default(),
+        permission: r.permission.unwrap_or_default(),
+        reason: r.reason,
+    }
+}
+
+pub fn lockout_to_pb(scope: String, counter: Counter, now: SystemTime) -> pb::LockoutState {
+    let now_ms = crate::store::unix_millis(now);
+    pb::LockoutState {
+        source: scope,
+        failures: counter.failures,
+        strikes: counter.strikes,
+        locked_until: counter
+            .retry_after(now_ms)
+            .map(|_| timestamp(UNIX_EPOCH + Duration::from_millis(counter.locked_until_ms))),
+    }
+}
+
+fn user_ref(person: &Person) -> pb::UserRef {
+    pb::UserRef {
+        id: person.user_id.clone(),
+        first_name: person.first_name.clone(),
+        last_name: person.last_name.clone(),
+    }
+}
+
+fn check_to_pb(check: CredentialCheck) -> pb::CredentialCheck {
+    pb::CredentialCheck {
+        method: method_to_pb(check.kind) as i32,
+        index: check.index,
+        shared_with: check.shared_with.iter().map(user_ref).collect(),
+        logs_in: check.logs_in.as_ref().map(user_ref),
+        wins: check.wins,
+        outcome: check.outcome,
+    }
+}
+
+pub fn explanation_to_pb(e: Explanation, terminal: &Terminal) -> pb::Explanation {
+    let facts = e.facts;
+    pb::Explanation {
+        user_id: e.user_id,
+        present: facts.is_some(),
+        user: facts.as_ref().map(|f| user_ref(&f.person)),
+        ordinal: facts.as_ref().map(|f| f.person.ordinal).unwrap_or_default(),
+        active: facts.as_ref().is_some_and(|f| f.person.active),
+        assigned_to_sales_point: facts.as_ref().is_some_and(|f| f.assigned_to_sales_point),
+        assigned_to_sub_terminal: facts.as_ref().is_some_and(|f| f.assigned_to_sub_terminal),
+        has_pin: e.has_pin,
+        keys: e.keys,
+        role_ids: facts
+            .as_ref()
+            .map(|f| f.role_ids.clone())
+            .unwrap_or_default(),
+        permissions: facts.map(|f| f.permissions).unwrap_or_default(),
+        credentials: e.credentials.into_iter().map(check_to_pb).collect(),
+        can_log_in: e.can_log_in,
+        problems: e.problems,
+        sales_point_id: terminal.sales_point_id.clone(),
+        sub_terminal_id: terminal.sub_terminal_id.clone().unwrap_or_default(),
+    }
+}
+
+fn collision_to_pb(c: Collision) -> pb::Collision {
+    pb::Collision {
+        method: method_to_pb(c.kind) as i32,
+        members: c
+            .members
+            .iter()
+            .map(|p| pb::CollisionMember {
+                user: Some(user_ref(p)),
+                ordinal: p.ordinal,
+                active: p.active,
+                assigned_here: p.assigned_here,
+            })
+            .collect(),
+        winner: c.winner.as_ref().map(user_ref),
+    }
+}
+
+/// `Explain` for both listeners.
+pub async fn explain_user(
+    replica: &std::sync::Arc<Replica>,
+    terminal: &Terminal,
+    user_id: String,
+) -> Result<pb::Explanation, Status> {
+    if user_id.is_empty() {
+        return Err(Status::invalid_argument("user_id is empty"));
+    }
+    let (replica, t) = (replica.clone(), terminal.clone());
+    let explanation = tokio::task::spawn_blocking(move || {
+        let facts = replica.user_facts(&user_id, &t)?;
+        let held = if facts.is_some() {
+            replica.held_credentials(&user_id, &t)?
+        } else {
+            vec![]
+        };
+        Ok::<_, StoreError>(explain::explain(
+            &user_id,
+            facts,
+            held,
+            &t.sales_point_id,
+            t.sub_terminal_id.as_deref(),
+        ))
+    })
+    .await
+    .map_err(join_error)??;
+    Ok(explanation_to_pb(explanation, terminal))
+}
+
+/// `ListCollisions` for both listeners.
+pub async fn collision_report(
+    replica: &std::sync::Arc<Replica>,
+    terminal: &Terminal,
+) -> Result<pb::CollisionReport, Status> {
+    let (replica, t) = (replica.clone(), terminal.clone());
+    let groups = tokio::task::spawn_blocking(move || replica.shared_credentials(&t))
+        .await
+        .map_err(join_error)??;
+    Ok(pb::CollisionReport {
+        collisions: explain::collisions(groups)
+            .into_iter()
+            .map(collision_to_pb)
+            .collect(),
+    })
+}
+
+/// The lockout counters worth showing, for both listeners.
+pub async fn lockout_states(
+    replica: &std::sync::Arc<Replica>,
+    policy: LockoutPolicy,
+) -> Result<Vec<pb::LockoutState>, Status> {
+    let replica = replica.clone();
+    let now = SystemTime::now();
+    let counters = tokio::task::spawn_blocking(move || replica.lockout_counters(&policy, now))
+        .await
+        .map_err(join_error)??;
+    Ok(counters
+        .into_iter()
+        .map(|(scope, counter)| lockout_to_pb(scope, counter, now))
+        .collect())
+}
+
+impl From<AckError> for Status {
+    fn from(e: AckError) -> Status {
+        match e {
+            AckError::BeyondLast { .. } => Status::invalid_argument(e.to_string()),
+            AckError::Store(s) => s.into(),
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! The Authenticator against a real replica in a temporary directory (cheap argon2 costs).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use super::*;
+use crate::audit::AuditRow;
+use crate::credential::argon2id;
+use crate::lockout::TERMINAL_SCOPE;
+use crate::model::{
+    Cursor, Effect, HashScheme, RoleAssignment, RolePermission, RoleRecord, StoredCredential,
+    UserRecord,
+};
+use crate::session::{EventKind, SessionPolicy};
+use crate::validate::ValidSnapshot;
+
+const SOCKET: &str = "socket uid=1000 gid=1000 pid=7";
+const OTHER_PID: &str = "socket uid=1000 gid=1000 pid=8";
+const OTHER_UID: &str = "socket uid=2000 gid=2000 pid=9";
+
+fn scheme() -> HashScheme {
+    HashScheme {
+        m_cost: 8,
+        t_cost: 1,
+        p_cost: 1,
+        output_len: 32,
+        salt: b"account-salt".to_vec(),
+    }
+}
+
+fn credential(key: &TerminalKey, kind: CredentialKind, secret: &str) -> StoredCredential {
+    let output = argon2id(secret.as_bytes(), &scheme()).unwrap();
+    StoredCredential {
+        kind,
+        scheme: scheme(),
+        digest: key.rekey(&output),
+    }
+}
+
+fn user(key: &TerminalKey, id: &str, ordinal: i64, pin: &str, role: &str) -> UserRecord {
+    UserRecord {
+        id: id.into(),
+        ordinal,
+        first_name: id.to_uppercase(),
+        last_name: String::new(),
+        email: String::new(),
+        active: true,
+        credentials: vec![
+            credential(key, CredentialKind::Pin, pin),
+            credential(key, CredentialKind::Key, &format!("KEY-{id}")),
+        ],
+        roles: vec![RoleAssignment {
+            role_id: role.into(),
+            sales_point_id: None,
+        }],
+        sales_point_ids: vec!["sp".into()],
+        sub_terminal_ids: vec![],
+    }
+}
+
+fn role(id: &str, allow: &[&str]) -> RoleRecord {
+    RoleRecord {
+        id: id.into(),
+        name: id.into(),
+        rank: 1,
+        permissions: allow
+            .iter()
+            .map(|p| RolePermission {
+                name: (*p).into(),
+                effect: Effect::Allow,
+            })
+            .collect(),
+    }
+}
+
+fn terminal() -> Terminal {
+    Terminal {
+        sales_point_id: "sp".into(),
+        sub_terminal_id: None,
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    replica: Arc<Replica>,
+    key: Arc<TerminalKey>,
+    auth: Authenticator,
+}
+
+fn policy() -> PolicySettings {
+    PolicySettings {
+        lockout: LockoutPolicy {
+            max_failures: 3,
+            terminal_max_failures: 5,
+            ..LockoutPolicy::default()
+        },
+        ..PolicySettings::default()
+    }
+}
+
+fn fixture(policy: PolicySettings) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Arc::new(TerminalKey::from_bytes([3; 32]));
+    let (replica, _) = Replica::open(&dir.path().join("r.db"), &key.fingerprint()).unwrap();
+    let replica = Arc::new(replica);
+    replica
+        .apply_snapshot(
+            Cursor {
+                epoch: 1,
+                revision: 1,
+            },
+            &ValidSnapshot {
+                users: vec![
+                    user(&key, "cashier", 1, "1111", "cashier"),
+                    user(&key, "manager", 2, "9999", "manager"),
+                ],
+                roles: vec![
+                    role("cashier", &["sale"]),
+                    role("manager", &["sale", "refund"]),
+                ],
+            },
+        )
+        .unwrap();
+    let sessions = Arc::new(SessionManager::new(SessionPolicy::default()));
+    let auth = Authenticator::new(
+        replica.clone(),
+        key.clone(),
+        terminal(),
+        sessions,
+        2,
+        policy,
+    );
+    Fixture {
+        _dir: dir,
+        replica,
+        key,
+        auth,
+    }
+}
+
+fn pin(s: &str) -> Zeroizing<String> {
+    Zeroizing::new(s.to_owned())
+}
+
+fn audit(f: &Fixture) -> Vec<AuditRow> {
+    f.replica.audit_after(0, 1000).unwrap()
+}
+
+fn outcomes(f: &Fixture) -> Vec<&'static str> {
+    audit(f).iter().map(|r| r.record.outcome.as_str()).collect()
+}
+
+#[tokio::test]
+async fn wrong_pins_lock_pin_entry_per_uid_but_not_keys() {
+    let f = fixture(policy());
+    for _ in 0..3 {
+        let e = f.auth.login(CredentialKind::Pin, pin("0000"), SOCKET).await;
+        assert!(matches!(e, Err(LoginError::NoMatch)), "{e:?}");
+    }
+    // Another connection of the same uid is the same source: locked, even with a right PIN.
+    let e = f
+        .auth
+        .login(CredentialKind::Pin, pin("1111"), OTHER_PID)
+        .await;
+    let Err(LoginError::LockedOut {
+        retry_after,
+        terminal_wide: false,
+    }) = e
+    else {
+        panic!("expected a lockout of the source, got {e:?}");
+    };
+    assert!(retry_after <= Duration::from_secs(30) && retry_after > Duration::from_secs(25));
+    // Manager override by PIN from that source is refused too.
+    let e = f
+        .auth
+        .authorize(CredentialKind::Pin, pin("9999"), "refund", SOCKET)
+        .await;
+    assert!(matches!(e, Err(LoginError::LockedOut { .. })), "{e:?}");
+    // Another uid is another source.
+    let session = f
+        .auth
+        .login(CredentialKind::Pin, pin("1111"), OTHER_UID)
+        .await
+        .unwrap();
+    assert_eq!(session.user_id, "cashier");
+    // A key from the locked source still works: lockout is about guessing PINs.
+    let session = f
+        .auth
+        .login(CredentialKind::Key, pin("KEY-manager"), SOCKET)
+        .await
+        .unwrap();
+    assert_eq!(session.user_id, "manager");
+    assert_eq!(
+        outcomes(&f),
+        vec![
+            "no_match",
+            "no_match",
+            "no_match",
+            "locked_out",
+            "locked_out",
+            "accepted",
+            "accepted"
+        ]
+    );
+    // Every row is in the outbox with a distinct uuid and increasing seq.
+    let rows = audit(&f);
+    let mut uuids: Vec<_> = rows.iter().map(|r| r.uuid.clone()).collect();
+    uuids.sort();
+    uuids.dedup();
+    assert_eq!(uuids.len(), rows.len());
+    assert!(rows.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+}
+
+#[tokio::test]
+async fn success_resets_the_source_but_not_the_terminal_counter() {
+    let f = fixture(policy());
+    let now = SystemTime::now();
+    for _ in 0..2 {
+        let _ = f.auth.login(CredentialKind::Pin, pin("0000"), SOCKET).await;
+    }
+    f.auth
+        .login(CredentialKind::Pin, pin("1111"), SOCKET)
+        .await
+        .unwrap();
+    let counters = f.replica.lockout_counters(&policy().lockout, now).unwrap();
+    assert_eq!(
+        counters
+            .iter()
+            .map(|(s, c)| (s.as_str(), c.failures))
+            .collect::<Vec<_>>(),
+        vec![(TERMINAL_SCOPE, 2)],
+        "the source's counter is gone, the terminal's stays"
+    );
+    // Three more wrong PINs from two uids: 2 + 3 = 5 at the terminal, at most 2 per source < 3.
+    for source in [SOCKET, OTHER_UID, SOCKET] {
+        let e = f.auth.login(CredentialKind::Pin, pin("0000"), source).await;
+        assert!(matches!(e, Err(LoginError::NoMatch)), "{e:?}");
+    }
+    let e = f
+        .auth
+        .login(CredentialKind::Pin, pin("1111"), "socket uid=3 gid=3 pid=3")
+        .await;
+    let Err(
+        e @ LoginError::LockedOut {
+            terminal_wide: true,
+            ..
+        },
+    ) = e
+    else {
+        panic!("expected a terminal-wide lockout, got {e:?}");
+    };
+    assert!(
+        e.to_string().starts_with(
+            "too many failed attempts at this terminal: PIN entry is refused for another 30s"
+        ),
+        "{e}"
+    );
+    // An admin clears it; audited.
+    let cleared = f
+        .auth
+        .clear_lockouts(None, "socket uid=0 gid=0 pid=1")
+        .await
+        .unwrap();
+    assert_eq!(cleared.len(), 3, "{cleared:?}");
+    f.auth
+        .login(CredentialKind::Pin, pin("1111"), SOCKET)
+        .await
+        .unwrap();
+    let last = audit(&f);
+    let clear = last
+        .iter()
+        .find(|r| r.record.outcome == AuditOutcome::Cleared)
+        .unwrap();
+    assert_eq!(clear.record.kind, AuditKind::LockoutCleared);
+    assert!(clear.record.reason.contains(TERMINAL_SCOPE));
+}
+
+#[tokio::test]
+async fn denied_invalid_and_bad_reads_are_audited_but_not_counted() {
+    let f = fixture(policy());
+    let now = SystemTime::now();
+    let mut inactive = user(&f.key, "gone", 0, "5555", "cashier");
+    inactive.active = false;
+    f.replica
+        .apply_changes(
+            Cursor {
+                epoch: 1,
+                revision: 1,
+            },
+            2,
+            |_| {
+                Ok(crate::validate::ValidChanges {
+                    upsert_users: vec![inactive],
+                    delete_user_ids: vec![],
+                    upsert_roles: vec![],
+                    delete_role_ids: vec![],
+                })
+            },
+        )
+        .unwrap();
+    for _ in 0..4 {
+        let e = f.auth.login(CredentialKind::Pin, pin("5555"), SOCKET).await;
+        assert!(
+            matches!(e, Err(LoginError::Denied(DenialReason::Inactive))),
+            "{e:?}"
+        );
+        let e = f.auth.login(CredentialKind::Pin, pin(""), SOCKET).await;
+        assert!(matches!(e, Err(LoginError::BadInput(_))), "{e:?}");
+        f.auth
+            .report_bad_read("device front (/dev/hidraw0)", ReadFault::Crc)
+            .await
+            .unwrap();
+    }
+    assert!(
+        f.replica
+            .lockout_counters(&policy().lockout, now)
+            .unwrap()
+            .is_empty()
+    );
+    let rows = audit(&f);
+    assert_eq!(rows.len(), 12);
+    let denied = &rows[0].record;
+    assert_eq!(
+        (denied.outcome, denied.user_id.as_deref()),
+        (AuditOutcome::Denied, Some("gone"))
+    );
+    assert_eq!(denied.reason, "user inactive");
+    let bad = &rows[2].record;
+    assert_eq!(
+        (bad.kind, bad.outcome),
+        (AuditKind::BadRead, AuditOutcome::BadRead)
+    );
+    assert_eq!(bad.reason, "CRC mismatch");
+    assert_eq!(bad.source, "device front (/dev/hidraw0)");
+}
+
+#[tokio::test]
+async fn authorize_answers_without_touching_the_session_and_audits_both_users() {
+    let f = fixture(policy());
+    let session = f
+        .auth
+        .login(CredentialKind::Pin, pin("1111"), SOCKET)
+        .await
+        .unwrap();
+    let answer = f
+        .auth
+        .authorize(CredentialKind::Pin, pin("9999"), "refund", SOCKET)
+        .await
+        .unwrap();
+    assert!(answer.granted);
+    assert_eq!(answer.authorizer.user_id, "manager");
+    assert_eq!(answer.session_user_id.as_deref(), Some("cashier"));
+    let no = f
+        .auth
+        .authorize(CredentialKind::Key, pin("KEY-cashier"), "refund", SOCKET)
+        .await
+        .unwrap();
+    assert!(!no.granted);
+    assert_eq!(f.auth.sessions().current().unwrap(), session);
+    let rows = audit(&f);
+    let row = &rows[1].record;
+    assert_eq!(
+        (row.kind, row.outcome),
+        (AuditKind::Authorize, AuditOutcome::Granted)
+    );
+    assert_eq!(row.user_id.as_deref(), Some("manager"));
+    assert_eq!(row.session_user_id.as_deref(), Some("cashier"));
+    assert_eq!(row.permission.as_deref(), Some("refund"));
+    assert_eq!(rows[2].record.outcome, AuditOutcome::NotGranted);
+    assert_eq!(rows[2].record.method, Some(CredentialKind::Key));
+}
+
+#[tokio::test]
+async fn a_stale_replica_refuses_logins() {
+    let f = fixture(PolicySettings {
+        max_replica_age: Some(Duration::from_secs(3600)),
+        ..policy()
+    });
+    f.auth
+        .login(CredentialKind::Pin, pin("1111"), SOCKET)
+        .await
+        .unwrap();
+    let old = fixture(PolicySettings {
+        max_replica_age: Some(Duration::from_secs(1)),
+        ..policy()
+    });
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let e = old
+        .auth
+        .login(CredentialKind::Pin, pin("1111"), SOCKET)
+        .await;
+    let Err(e @ LoginError::Stale { .. }) = e else {
+        panic!("expected stale, got {e:?}");
+    };
+    assert!(
+        e.to_string()
+            .starts_with("replica is stale: the last successful sync was 20"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("replica.max_age is 1s"), "{e}");
+    assert_eq!(outcomes(&old), vec!["replica_stale"]);
+    // A sync (here an idempotent replay, central's heartbeat) makes it fresh again.
+    old.replica.touch_last_sync().unwrap();
+    old.auth
+        .login(CredentialKind::Pin, pin("1111"), SOCKET)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn replica_age_rules() {
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    assert!(replica_too_old(None, now, hour));
+    assert!(!replica_too_old(Some(now - hour), now, hour));
+    assert!(replica_too_old(
+        Some(now - hour - Duration::from_secs(1)),
+        now,
+        hour
+    ));
+    assert!(
+        !replica_too_old(Some(now + hour), now, hour),
+        "clock set back"
+    );
+    assert_eq!(
+        round_up_to_seconds(Duration::from_millis(1)),
+        Duration::from_secs(1)
+    );
+    assert_eq!(
+        round_up_to_seconds(Duration::from_secs(4)),
+        Duration::from_secs(4)
+    );
+}
+
+#[tokio::test]
+async fn locked_session_resumes_for_its_user_and_sync_changes_reach_it() {
+    let f = fixture(policy());
+    let first = f
+        .auth
+        .login(CredentialKind::Pin, pin("1111"), SOCKET)
+        .await
+        .unwrap();
+    f.auth.sessions().lock("test").unwrap();
+    let resumed = f
+        .auth
+        .login(CredentialKind::Key, pin("KEY-cashier"), SOCKET)
+        .await
+        .unwrap();
+    assert_eq!(resumed.session_id, first.session_id);
+    assert!(!resumed.locked);
+    assert_eq!(outcomes(&f), vec!["accepted", "resumed"]);
+
+    // A sync grants the cashier "refund": PERMISSIONS_CHANGED with the new set.
+    let (_, mut rx) = f.auth.sessions().watch();
+    f.replica
+        .apply_changes(
+            Cursor {
+                epoch: 1,
+                revision: 1,
+            },
+            2,
+            |_| {
+                Ok(crate::validate::ValidChanges {
+                    upsert_roles: vec![role("cashier", &["refund", "sale"])],
+                    upsert_users: vec![],
+                    delete_user_ids: vec![],
+                    delete_role_ids: vec![],
+                })
+            },
+        )
+        .unwrap();
+    let event = f.auth.replica_changed().await.unwrap().unwrap();
+    assert_eq!(event.kind, EventKind::PermissionsChanged);
+    assert_eq!(event.session.unwrap().permissions, vec!["refund", "sale"]);
+    assert_eq!(rx.recv().await.unwrap().kind, EventKind::PermissionsChanged);
+    assert!(
+        f.auth.replica_changed().await.unwrap().is_none(),
+        "nothing new"
+    );
+    // Deleting the user ends the session, naming why.
+    f.replica
+        .apply_changes(
+            Cursor {
+                epoch: 1,
+                revision: 2,
+            },
+            3,
+            |_| {
+                Ok(crate::validate::ValidChanges {
+                    delete_user_ids: vec!["cashier".into()],
+                    upsert_roles: vec![],
+                    upsert_users: vec![],
+                    delete_role_ids: vec![],
+                })
+            },
+        )
+        .unwrap();
+    let event = f.auth.replica_changed().await.unwrap().unwrap();
+    assert_eq!(
+        (event.kind, event.reason.as_str()),
+        (EventKind::Logout, "user deleted")
+    );
+    assert!(f.auth.sessions().current().is_none());
+}

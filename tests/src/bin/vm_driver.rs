@@ -1,0 +1,740 @@
+//! Guest side of the real-kernel test (`tests/tests/vm.rs`). It runs as the only program of a
+//! small qemu guest, after /init has loaded evdev and uinput:
+//!
+//! 1. creates a key reader and a PIN pad with uinput,
+//! 2. starts `tillgated` with input rules for both, pushes a snapshot and watches the session,
+//! 3. types a key id on the reader and a PIN on the pad and checks the LOGIN events,
+//! 4. checks that the grabbed reader's keystrokes never reach a second, non-grabbing reader,
+//! 5. unplugs and re-creates the reader and checks that the daemon lets go of the old node and
+//!    attaches (and grabs) the new one.
+//!
+//! It ends with one line `TILLGATE-VM-RESULT: PASS` or `TILLGATE-VM-RESULT: FAIL: <reason>` on
+//! stdout (the serial console), which the host test looks for.
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use evdev::uinput::VirtualDevice;
+use evdev::{AttributeSet, Device, EventType, InputEvent, KeyCode};
+use serde_json::json;
+use tillgate_client::export::SnapshotExport;
+use tillgate_client::proto::{LoginMethod, SessionEvent, SessionEventKind};
+use tillgate_client::{TillClient, TillSyncClient};
+use tonic::Streaming;
+
+const MARKER: &str = "TILLGATE-VM-RESULT:";
+const READER: &str = "tillgate-test-reader";
+const PINPAD: &str = "tillgate-test-pinpad";
+const KEY_ID: &str = "04A1B2C3D4";
+const PIN: &str = "2468";
+const KEY_USER: &str = "u-key";
+const PIN_USER: &str = "u-pin";
+const WORK_DIR: &str = "/tmp/tillgate";
+const TILLGATED: &str = "/bin/tillgated";
+
+/// How long to wait for anything the daemon does (generous: the guest runs under TCG).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+type Res<T> = Result<T, String>;
+
+trait Context<T> {
+    fn context(self, what: impl Display) -> Res<T>;
+}
+
+impl<T, E: Display> Context<T> for Result<T, E> {
+    fn context(self, what: impl Display) -> Res<T> {
+        self.map_err(|e| format!("{what}: {e}"))
+    }
+}
+
+fn say(message: impl Display) {
+    println!("vm-driver: {message}");
+}
+
+fn main() -> ExitCode {
+    let mut daemon = None;
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+        .and_then(|runtime| runtime.block_on(run(&mut daemon)));
+    let log = std::fs::read_to_string(log_path()).unwrap_or_default();
+    if let Some(mut child) = daemon {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    match result {
+        Ok(()) => {
+            for line in log.lines().filter(|l| l.contains("tillgate-test-")) {
+                say(format_args!("tillgated| {line}"));
+            }
+            println!("{MARKER} PASS");
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            for line in log.lines() {
+                say(format_args!("tillgated| {line}"));
+            }
+            println!("{MARKER} FAIL: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn log_path() -> PathBuf {
+    Path::new(WORK_DIR).join("tillgated.log")
+}
+
+async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
+    let started = Instant::now();
+    let status = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .context("run `ip link set lo up`")?;
+    if !status.success() {
+        return Err(format!("`ip link set lo up` failed: {status}"));
+    }
+
+    // The devices exist before the daemon starts: it must find them by enumeration.
+    let mut reader = create_device(READER)?;
+    let mut pinpad = create_device(PINPAD)?;
+    let reader_node = dev_node(&mut reader).await?;
+    let pinpad_node = dev_node(&mut pinpad).await?;
+    say(format_args!(
+        "{READER} is {}, {PINPAD} is {}",
+        reader_node.display(),
+        pinpad_node.display()
+    ));
+
+    // Control: with nobody grabbing, a second reader of the node sees the keystrokes. This is
+    // what makes the "receives nothing while grabbed" checks below mean something.
+    let mut spy = open_spy(&reader_node)?;
+    tap(&mut reader, KeyCode::KEY_LEFTSHIFT)?;
+    let seen = key_events(&mut spy)?;
+    if seen != 2 {
+        return Err(format!(
+            "control failed: an ungrabbed reader node delivered {seen} key events for one \
+             press and release, expected 2"
+        ));
+    }
+
+    let daemon = start_daemon()?;
+    let pid = daemon.id();
+    let socket = Path::new(WORK_DIR).join("run").join("login.sock");
+    *daemon_slot = Some(daemon);
+    let sync_addr = wait_ready(daemon_slot, &socket).await?;
+    say(format_args!(
+        "tillgated ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+
+    let mut client = TillClient::connect(&socket)
+        .await
+        .context("connect to the login socket")?;
+    let token = client
+        .create_token("vm")
+        .await
+        .context("create a sync token")?
+        .token;
+    let mut sync = TillSyncClient::connect(&sync_addr, Some(&token), None)
+        .await
+        .context("connect to the sync listener")?;
+    sync.apply_snapshot(snapshot()?)
+        .await
+        .context("push the snapshot")?;
+    let mut events = client.watch().await.context("WatchSession")?;
+    let first = next_event(&mut events).await?;
+    if first.kind != SessionEventKind::Current as i32 || first.session.is_some() {
+        return Err(format!(
+            "WatchSession should open with CURRENT and no session, got {}",
+            describe(&first)
+        ));
+    }
+
+    // 1. The key reader: the daemon grabs it, so a tap no longer reaches the spy.
+    wait_grabbed(&mut reader, &mut spy, "grab the key reader").await?;
+    say("the daemon holds the grab on the key reader");
+    wait_for_log(daemon_slot, PINPAD).await?;
+
+    let login = present_key(&mut reader, &mut events, None).await?;
+    say(format_args!("key login: {}", describe(&login)));
+    let leaked = key_events(&mut spy)?;
+    if leaked != 0 {
+        return Err(format!(
+            "the grabbed key reader's keystrokes reached a second reader of {}: {leaked} key \
+             events",
+            reader_node.display()
+        ));
+    }
+    say("a second reader of the grabbed node received no key events");
+
+    // 2. The PIN pad, typed at human speed, switches the session to the PIN user. PIN pads are
+    // not grabbed by default, so a second reader of the pad sees the keys.
+    let mut pad_spy = open_spy(&pinpad_node)?;
+    type_human(&mut pinpad, PIN).await?;
+    let login = expect_login(
+        &mut events,
+        PIN_USER,
+        LoginMethod::Pin,
+        PINPAD,
+        Some(KEY_USER),
+    )
+    .await?;
+    say(format_args!("PIN login: {}", describe(&login)));
+    let pad_keys = key_events(&mut pad_spy)?;
+    let expected = 2 * (PIN.len() + 1);
+    if pad_keys != expected {
+        return Err(format!(
+            "a second reader of the PIN pad (not grabbed by default) saw {pad_keys} key events, \
+             expected {expected}"
+        ));
+    }
+
+    // 3. Unplug the reader: the daemon lets go of the node and stays up; plug it back in: the
+    // daemon attaches the new node, grabs it, and reads the key again.
+    let held = input_fds(pid)?;
+    if !held.iter().any(|p| Path::new(p) == reader_node) {
+        return Err(format!(
+            "tillgated holds no descriptor of {} (it holds {held:?})",
+            reader_node.display()
+        ));
+    }
+    drop(spy);
+    drop(reader);
+    say("reader unplugged");
+    wait_released(daemon_slot, pid).await?;
+    say("the daemon closed the unplugged node");
+
+    let mut reader = create_device(READER)?;
+    let reader_node = dev_node(&mut reader).await?;
+    say(format_args!(
+        "reader plugged back in as {}",
+        reader_node.display()
+    ));
+    let mut spy = open_spy(&reader_node)?;
+    wait_grabbed(
+        &mut reader,
+        &mut spy,
+        "re-attach and grab the re-created key reader",
+    )
+    .await?;
+    say("the daemon grabbed the re-created reader");
+    let again = input_fds(pid)?;
+    if again.len() != held.len() {
+        return Err(format!(
+            "tillgated held {} input descriptors before the unplug ({held:?}) and {} after the \
+             re-attach ({again:?})",
+            held.len(),
+            again.len()
+        ));
+    }
+
+    let login = present_key(&mut reader, &mut events, Some(PIN_USER)).await?;
+    say(format_args!(
+        "key login after re-attach: {}",
+        describe(&login)
+    ));
+    let leaked = key_events(&mut spy)?;
+    if leaked != 0 {
+        return Err(format!(
+            "after the re-attach the reader's keystrokes reached a second reader: {leaked} key \
+             events"
+        ));
+    }
+
+    stop_daemon(daemon_slot).await?;
+    say(format_args!(
+        "all checks passed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// A keyboard-like uinput device: digits, letters, Enter, the keypad, shift, Backspace, Escape.
+fn create_device(name: &str) -> Res<VirtualDevice> {
+    let mut keys = AttributeSet::<KeyCode>::new();
+    for (_, code) in LETTERS.iter().chain(DIGITS.iter()) {
+        keys.insert(*code);
+    }
+    for code in KEYPAD {
+        keys.insert(code);
+    }
+    for code in [
+        KeyCode::KEY_ENTER,
+        KeyCode::KEY_KPENTER,
+        KeyCode::KEY_LEFTSHIFT,
+        KeyCode::KEY_RIGHTSHIFT,
+        KeyCode::KEY_BACKSPACE,
+        KeyCode::KEY_ESC,
+    ] {
+        keys.insert(code);
+    }
+    VirtualDevice::builder()
+        .and_then(|b| b.name(name).with_keys(&keys))
+        .and_then(|b| b.build())
+        .context(format_args!("create uinput device {name} (/dev/uinput)"))
+}
+
+/// The device's /dev/input/eventN, once devtmpfs has created it.
+async fn dev_node(device: &mut VirtualDevice) -> Res<PathBuf> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let nodes = device
+            .enumerate_dev_nodes_blocking()
+            .context("list the uinput device's nodes")?
+            .collect::<Result<Vec<_>, _>>()
+            .context("list the uinput device's nodes")?;
+        if let Some(node) = nodes.into_iter().find(|n| n.exists()) {
+            return Ok(node);
+        }
+        if Instant::now() > deadline {
+            return Err("the uinput device's /dev/input node never appeared".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Opens a node as a second, non-grabbing, non-blocking reader.
+fn open_spy(node: &Path) -> Res<Device> {
+    let device = Device::open(node).context(format_args!("open {}", node.display()))?;
+    device
+        .set_nonblocking(true)
+        .context(format_args!("make {} non-blocking", node.display()))?;
+    Ok(device)
+}
+
+/// Reads everything queued on `spy` and counts the key events (press, release, repeat).
+/// uinput delivers synchronously, so what was emitted before this call is already queued.
+fn key_events(spy: &mut Device) -> Res<usize> {
+    let mut count = 0;
+    loop {
+        match spy.fetch_events() {
+            Ok(events) => count += events.filter(|e| e.event_type() == EventType::KEY).count(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(count),
+            Err(e) => return Err(format!("read from the second reader: {e}")),
+        }
+    }
+}
+
+fn key(device: &mut VirtualDevice, code: KeyCode, value: i32) -> Res<()> {
+    device
+        .emit(&[InputEvent::new(EventType::KEY.0, code.0, value)])
+        .context("emit a key event")
+}
+
+fn tap(device: &mut VirtualDevice, code: KeyCode) -> Res<()> {
+    key(device, code, 1)?;
+    key(device, code, 0)
+}
+
+/// Waits until the daemon holds the grab on `device`'s node: a shift tap on it no longer reaches
+/// `spy`. A shift tap alone types nothing, so the daemon sees no frame from it.
+async fn wait_grabbed(device: &mut VirtualDevice, spy: &mut Device, what: &str) -> Res<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        key_events(spy)?;
+        tap(device, KeyCode::KEY_LEFTSHIFT)?;
+        if key_events(spy)? == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "tillgated did not {what} within {} s: its keystrokes still reach a second reader \
+                 of the node",
+                PATIENCE.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Longest pause between two keys of a burst that still counts as one: the framer allows 100 ms
+/// (kernel timestamps), this leaves room for the guest's scheduling.
+const STALL: Duration = Duration::from_millis(60);
+
+/// Presents the key on the reader and expects its login. A busy host can stall the whole guest
+/// for longer than the framer's gap in the middle of a burst; such a burst is not what a reader
+/// types (the daemon frames a wrong id from it, which logs nobody in), so it is typed again.
+async fn present_key(
+    reader: &mut VirtualDevice,
+    events: &mut Streaming<SessionEvent>,
+    previous: Option<&str>,
+) -> Res<SessionEvent> {
+    for _ in 0..3 {
+        let slowest = type_burst(reader, KEY_ID).await?;
+        if slowest <= STALL {
+            let event = next_event(events)
+                .await
+                .context(format_args!("waiting for the key login of {KEY_USER}"))?;
+            return check_login(event, KEY_USER, LoginMethod::Key, READER, previous);
+        }
+        say(format_args!(
+            "the guest stalled {} ms between two keys of the burst (busy host); typing it again",
+            slowest.as_millis()
+        ));
+        if let Ok(event) = tokio::time::timeout(Duration::from_secs(2), next_event(events)).await {
+            return check_login(event?, KEY_USER, LoginMethod::Key, READER, previous);
+        }
+    }
+    Err("the host is too busy: three bursts in a row stalled the guest in mid-burst".into())
+}
+
+/// A keyboard-wedge reader: the whole id within a few ms per key, upper case with shift, Enter.
+/// Returns the longest pause between two keys as the guest saw it.
+async fn type_burst(device: &mut VirtualDevice, text: &str) -> Res<Duration> {
+    let mut slowest = Duration::ZERO;
+    let mut last = Instant::now();
+    for (i, c) in text.chars().enumerate() {
+        let (code, shift) = char_key(c)?;
+        slowest = slowest.max(last.elapsed());
+        last = Instant::now();
+        if shift {
+            key(device, KeyCode::KEY_LEFTSHIFT, 1)?;
+        }
+        tap(device, code)?;
+        if shift {
+            key(device, KeyCode::KEY_LEFTSHIFT, 0)?;
+        }
+        // 2 to 5 ms between keys, as a wedge types.
+        tokio::time::sleep(Duration::from_millis(2 + (i as u64 % 4))).await;
+    }
+    slowest = slowest.max(last.elapsed());
+    tap(device, KeyCode::KEY_ENTER)?;
+    Ok(slowest)
+}
+
+/// A person on a numeric keypad: ~80 ms key holds, ~150 ms from one press to the next, KP-Enter.
+async fn type_human(device: &mut VirtualDevice, digits: &str) -> Res<()> {
+    let codes = digits
+        .chars()
+        .map(|c| {
+            c.to_digit(10)
+                .map(|d| KEYPAD[d as usize])
+                .ok_or_else(|| format!("{c:?} is not a digit"))
+        })
+        .collect::<Res<Vec<_>>>()?;
+    for code in codes.into_iter().chain([KeyCode::KEY_KPENTER]) {
+        key(device, code, 1)?;
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        key(device, code, 0)?;
+        tokio::time::sleep(Duration::from_millis(70)).await;
+    }
+    Ok(())
+}
+
+const DIGITS: [(char, KeyCode); 10] = [
+    ('1', KeyCode::KEY_1),
+    ('2', KeyCode::KEY_2),
+    ('3', KeyCode::KEY_3),
+    ('4', KeyCode::KEY_4),
+    ('5', KeyCode::KEY_5),
+    ('6', KeyCode::KEY_6),
+    ('7', KeyCode::KEY_7),
+    ('8', KeyCode::KEY_8),
+    ('9', KeyCode::KEY_9),
+    ('0', KeyCode::KEY_0),
+];
+
+const LETTERS: [(char, KeyCode); 26] = [
+    ('a', KeyCode::KEY_A),
+    ('b', KeyCode::KEY_B),
+    ('c', KeyCode::KEY_C),
+    ('d', KeyCode::KEY_D),
+    ('e', KeyCode::KEY_E),
+    ('f', KeyCode::KEY_F),
+    ('g', KeyCode::KEY_G),
+    ('h', KeyCode::KEY_H),
+    ('i', KeyCode::KEY_I),
+    ('j', KeyCode::KEY_J),
+    ('k', KeyCode::KEY_K),
+    ('l', KeyCode::KEY_L),
+    ('m', KeyCode::KEY_M),
+    ('n', KeyCode::KEY_N),
+    ('o', KeyCode::KEY_O),
+    ('p', KeyCode::KEY_P),
+    ('q', KeyCode::KEY_Q),
+    ('r', KeyCode::KEY_R),
+    ('s', KeyCode::KEY_S),
+    ('t', KeyCode::KEY_T),
+    ('u', KeyCode::KEY_U),
+    ('v', KeyCode::KEY_V),
+    ('w', KeyCode::KEY_W),
+    ('x', KeyCode::KEY_X),
+    ('y', KeyCode::KEY_Y),
+    ('z', KeyCode::KEY_Z),
+];
+
+/// Keypad digits 0 to 9, indexed by digit.
+const KEYPAD: [KeyCode; 10] = [
+    KeyCode::KEY_KP0,
+    KeyCode::KEY_KP1,
+    KeyCode::KEY_KP2,
+    KeyCode::KEY_KP3,
+    KeyCode::KEY_KP4,
+    KeyCode::KEY_KP5,
+    KeyCode::KEY_KP6,
+    KeyCode::KEY_KP7,
+    KeyCode::KEY_KP8,
+    KeyCode::KEY_KP9,
+];
+
+/// The US-position key for a character, and whether it needs shift.
+fn char_key(c: char) -> Res<(KeyCode, bool)> {
+    let lower = c.to_ascii_lowercase();
+    DIGITS
+        .iter()
+        .chain(LETTERS.iter())
+        .find(|(k, _)| *k == lower)
+        .map(|(_, code)| (*code, c.is_ascii_uppercase()))
+        .ok_or_else(|| format!("no key types {c:?}"))
+}
+
+fn start_daemon() -> Res<Child> {
+    let dir = Path::new(WORK_DIR);
+    std::fs::create_dir_all(dir).context(format_args!("create {WORK_DIR}"))?;
+    let config = dir.join("tillgated.toml");
+    let sales_point = tillgate_tests::SALES_POINT;
+    let text = format!(
+        r#"[terminal]
+sales_point_id = "{sales_point}"
+
+[paths]
+state_dir = "{WORK_DIR}/state"
+runtime_dir = "{WORK_DIR}/run"
+
+[sync]
+listen = "127.0.0.1:0"
+
+[log]
+level = "info,tillgate_daemon=debug"
+
+[input]
+dir = "/dev/input"
+
+[[input.rules]]
+name = "{READER}"
+role = "key_reader"
+profile = "generic-wedge"
+
+[[input.rules]]
+name = "{PINPAD}"
+role = "pin_pad"
+"#
+    );
+    std::fs::write(&config, text).context(format_args!("write {}", config.display()))?;
+    let log = std::fs::File::create(log_path())
+        .context(format_args!("create {}", log_path().display()))?;
+    Command::new(TILLGATED)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context(format_args!("start {TILLGATED}"))
+}
+
+fn check_running(daemon: &mut Option<Child>) -> Res<()> {
+    let child = daemon.as_mut().ok_or("tillgated is not running")?;
+    match child.try_wait() {
+        Ok(None) => Ok(()),
+        Ok(Some(status)) => {
+            daemon.take();
+            Err(format!("tillgated exited ({status})"))
+        }
+        Err(e) => Err(format!("wait for tillgated: {e}")),
+    }
+}
+
+/// Waits for the login socket and the bound sync address; returns the sync URI.
+async fn wait_ready(daemon: &mut Option<Child>, socket: &Path) -> Res<String> {
+    let addr_file = Path::new(WORK_DIR).join("run").join("sync.addr");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        check_running(daemon)?;
+        if let Ok(addr) = std::fs::read_to_string(&addr_file)
+            && socket.exists()
+        {
+            return Ok(format!("http://{}", addr.trim()));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "tillgated not ready within {} s",
+                PATIENCE.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the daemon's log mentions `text` (it logs every device it attaches, by name).
+async fn wait_for_log(daemon: &mut Option<Child>, text: &str) -> Res<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        check_running(daemon)?;
+        if std::fs::read_to_string(log_path()).is_ok_and(|log| log.contains(text)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "tillgated did not log attaching {text} within {} s",
+                PATIENCE.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The input device nodes the process holds open, as /proc shows them ("… (deleted)" for a node
+/// that has been removed).
+fn input_fds(pid: u32) -> Res<Vec<String>> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut held = Vec::new();
+    for entry in std::fs::read_dir(&dir).context(format_args!("list {dir}"))? {
+        let Ok(entry) = entry else { continue };
+        // A descriptor may close while we look: skip it.
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if target.starts_with("/dev/input/") {
+            held.push(target);
+        }
+    }
+    held.sort();
+    Ok(held)
+}
+
+/// Waits until the daemon holds no descriptor of a removed input node, while it keeps running.
+async fn wait_released(daemon: &mut Option<Child>, pid: u32) -> Res<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        check_running(daemon)?;
+        let stale = input_fds(pid)?
+            .into_iter()
+            .filter(|p| p.ends_with(" (deleted)"))
+            .collect::<Vec<_>>();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} s after the unplug tillgated still holds {stale:?}",
+                PATIENCE.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn stop_daemon(daemon: &mut Option<Child>) -> Res<()> {
+    let mut child = daemon.take().ok_or("tillgated is not running")?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).context("pid")?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).context("SIGTERM tillgated")?;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().context("wait for tillgated")? {
+            return if status.success() {
+                Ok(())
+            } else {
+                Err(format!("tillgated exited with {status} on SIGTERM"))
+            };
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("tillgated did not stop on SIGTERM".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Users for the test: one with the key, one with the PIN, cheap argon2 costs.
+fn snapshot() -> Res<tillgate_client::export::Snapshot> {
+    let mut key_user = tillgate_tests::user(KEY_USER, 1, None);
+    key_user["keys"] = json!([KEY_ID]);
+    let export = json!({
+        "account": tillgate_tests::account(),
+        "cursor": { "epoch": 1, "revision": 1 },
+        "roles": [tillgate_tests::role("cashier", &["sale"], &[])],
+        "users": [key_user, tillgate_tests::user(PIN_USER, 2, Some(PIN))],
+    });
+    SnapshotExport::parse(&export.to_string())
+        .and_then(SnapshotExport::into_snapshot)
+        .context("build the snapshot")
+}
+
+async fn next_event(events: &mut Streaming<SessionEvent>) -> Res<SessionEvent> {
+    match tokio::time::timeout(PATIENCE, events.message()).await {
+        Err(_) => Err(format!("no session event within {} s", PATIENCE.as_secs())),
+        Ok(Err(status)) => Err(format!("WatchSession failed: {status}")),
+        Ok(Ok(None)) => Err("WatchSession ended".into()),
+        Ok(Ok(Some(event))) => Ok(event),
+    }
+}
+
+/// The next event must be a LOGIN of `user` by `method` from the device named `device`,
+/// replacing the session of `previous`.
+async fn expect_login(
+    events: &mut Streaming<SessionEvent>,
+    user: &str,
+    method: LoginMethod,
+    device: &str,
+    previous: Option<&str>,
+) -> Res<SessionEvent> {
+    let event = next_event(events)
+        .await
+        .context(format_args!("waiting for the {method:?} login of {user}"))?;
+    check_login(event, user, method, device, previous)
+}
+
+fn check_login(
+    event: SessionEvent,
+    user: &str,
+    method: LoginMethod,
+    device: &str,
+    previous: Option<&str>,
+) -> Res<SessionEvent> {
+    let session = event.session.as_ref();
+    let ok = event.kind == SessionEventKind::Login as i32
+        && session.and_then(|s| s.user.as_ref()).map(|u| u.id.as_str()) == Some(user)
+        && session.map(|s| s.method) == Some(method as i32)
+        && session.is_some_and(|s| s.source.contains(device))
+        && event
+            .previous
+            .as_ref()
+            .and_then(|s| s.user.as_ref())
+            .map(|u| u.id.as_str())
+            == previous;
+    if ok {
+        Ok(event)
+    } else {
+        Err(format!(
+            "expected a LOGIN of {user} by {method:?} from {device} replacing {previous:?}, got {}",
+            describe(&event)
+        ))
+    }
+}
+
+fn describe(event: &SessionEvent) -> String {
+    let kind = SessionEventKind::try_from(event.kind)
+        .map(|k| format!("{k:?}"))
+        .unwrap_or_else(|_| format!("kind {}", event.kind));
+    let who = |s: Option<&tillgate_client::proto::Session>| match s {
+        Some(s) => format!(
+            "{} by {:?} from {:?}",
+            s.user.as_ref().map(|u| u.id.as_str()).unwrap_or("?"),
+            LoginMethod::try_from(s.method).unwrap_or(LoginMethod::Unspecified),
+            s.source
+        ),
+        None => "nobody".into(),
+    };
+    format!(
+        "#{} {kind}: {} (was {}) {:?}",
+        event.sequence,
+        who(event.session.as_ref()),
+        who(event.previous.as_ref()),
+        event.reason
+    )
+}
