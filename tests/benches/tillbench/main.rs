@@ -633,6 +633,12 @@ async fn run(plan: Plan) {
         assert_eq!(found, Some(p99_at));
         let per_candidate = (p50 + p99).as_secs_f64() * 1e3 / (p50_at + p99_at) as f64;
         let key = kind.to_lowercase();
+        let ours = growth
+            .iter()
+            .find(|g| g.users == FULL)
+            .map(|g| if kind == "PIN" { g.pin.p50 } else { g.key.p50 })
+            .unwrap();
+        let versus = |value: f64| format!("{:.0}× tillgated's {kind} login p50", value / ours);
         rows.push(
             Row::new(
                 &format!("baseline_{key}_{full}_p50"),
@@ -641,7 +647,7 @@ async fn run(plan: Plan) {
                 "ms",
             )
             .floor(argon.p50, "argon2id p50, same run")
-            .note(format!("match at position {p50_at}")),
+            .note(format!("match at position {p50_at}; {}", versus(ms(p50)))),
         );
         rows.push(
             Row::new(
@@ -651,7 +657,7 @@ async fn run(plan: Plan) {
                 "ms",
             )
             .floor(argon.p50, "argon2id p50, same run")
-            .note(format!("match at position {p99_at}")),
+            .note(format!("match at position {p99_at}; {}", versus(ms(p99)))),
         );
         // The large one: per-candidate cost from a measured sample, times the positions.
         let large = plan.baseline_large;
@@ -674,9 +680,10 @@ async fn run(plan: Plan) {
                 )
                 .floor(argon.p50, "argon2id p50, same run")
                 .note(format!(
-                    "{position} × {} ms per candidate, from {} measured",
+                    "{position} × {} ms per candidate, from {} measured; {}",
                     num(per),
-                    plan.baseline_sample
+                    plan.baseline_sample,
+                    versus(per * position as f64)
                 )),
             );
         }
@@ -744,6 +751,10 @@ async fn run(plan: Plan) {
     });
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     println!("figures written to {}", json_path.display());
+    say(format!(
+        "done in {:.0} s",
+        bench_start.elapsed().as_secs_f64()
+    ));
     if std::env::var_os("TILLBENCH_KEEP").is_some() {
         println!("state directories kept in {}", root.display());
     } else {
