@@ -14,7 +14,8 @@ pub struct Tillgated {
     child: Option<Child>,
     pub socket: PathBuf,
     pub sync_addr: String,
-    /// From spawn to the first answered `GetStatus` on the login socket.
+    /// From spawn to the login socket's gRPC health check answering SERVING for the Login
+    /// service (the replica is opened and checked before the socket is bound).
     pub ready_after: Duration,
 }
 
@@ -64,9 +65,7 @@ impl Tillgated {
             if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("tillgated exited early ({status}):\n{}", daemon.log_text());
             }
-            if let Ok(mut client) = TillClient::connect(&daemon.socket).await
-                && client.status().await.is_ok()
-            {
+            if serving(&daemon.socket).await {
                 daemon.ready_after = started.elapsed();
                 break;
             }
@@ -147,6 +146,21 @@ impl Tillgated {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// Whether the login socket answers a health check for the Login service with SERVING.
+async fn serving(socket: &Path) -> bool {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let Ok(channel) = tillgate_client::connect_unix(socket).await else {
+        return false;
+    };
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "tillgate.v1.Login".into(),
+        })
+        .await
+        .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
 }
 
 impl Drop for Tillgated {
