@@ -15,6 +15,24 @@ use crate::{
     TillSyncClient, cursor_from_status, retry_after_from_status,
 };
 
+/// `println!` that ends the process quietly when stdout is gone (`tillctl watch | head`)
+/// instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            stdout_failed(e)
+        }
+    };
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("tillctl: writing to stdout: {e}");
+    std::process::exit(2);
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tillctl",
@@ -222,7 +240,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 .as_ref()
                 .map(|u| format!("{} ({} {})", u.id, u.first_name, u.last_name))
                 .unwrap_or_default();
-            println!(
+            out!(
                 "{}: {who} {permission}",
                 if answer.granted { "granted" } else { "denied" }
             );
@@ -236,15 +254,15 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 .unlock(source.as_deref().unwrap_or(""))
                 .await?;
             if cleared.is_empty() {
-                println!("nothing to clear");
+                out!("nothing to clear");
             } else {
-                println!("cleared {}", cleared.join(", "));
+                out!("cleared {}", cleared.join(", "));
             }
         }
         Command::Lockouts => {
             let lockouts = TillClient::connect(&cli.socket).await?.lockouts().await?;
             if lockouts.is_empty() {
-                println!("no failed attempts");
+                out!("no failed attempts");
             }
             for l in lockouts {
                 print_lockout(&l);
@@ -255,9 +273,10 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 .await?
                 .audit_tail(limit)
                 .await?;
-            println!(
+            out!(
                 "backlog: {} rows not yet acknowledged by central ({})",
-                tail.backlog, tail.audit_status
+                tail.backlog,
+                tail.audit_status
             );
             for event in &tail.events {
                 print_audit(event);
@@ -278,12 +297,12 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             print_collisions(&report);
         }
         Command::Logout => match TillClient::connect(&cli.socket).await?.logout().await? {
-            Some(ended) => println!("logged out {}", user_label(&ended)),
-            None => println!("nobody was logged in"),
+            Some(ended) => out!("logged out {}", user_label(&ended)),
+            None => out!("nobody was logged in"),
         },
         Command::Session => match TillClient::connect(&cli.socket).await?.session().await? {
             Some(session) => print_session(&session),
-            None => println!("nobody is logged in"),
+            None => out!("nobody is logged in"),
         },
         Command::Watch => {
             let mut stream = TillClient::connect(&cli.socket).await?.watch().await?;
@@ -297,9 +316,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 .check_permission(&permission)
                 .await?;
             if answer.user_id.is_empty() {
-                println!("denied: nobody is logged in");
+                out!("denied: nobody is logged in");
             } else {
-                println!(
+                out!(
                     "{}: {} {}",
                     if answer.granted { "granted" } else { "denied" },
                     answer.user_id,
@@ -323,7 +342,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 }
             };
             let cursor = result.cursor.unwrap_or_default();
-            println!(
+            out!(
                 "{} at {}:{} ({} users, {} roles)",
                 if result.applied {
                     "applied"
@@ -339,23 +358,26 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         Command::SyncState { target } => {
             let state = connect_sync(&target).await?.state().await?;
             let cursor = state.cursor.unwrap_or_default();
-            println!("cursor:            {}:{}", cursor.epoch, cursor.revision);
-            println!("status:            {}", state.status);
-            println!(
+            out!("cursor:            {}:{}", cursor.epoch, cursor.revision);
+            out!("status:            {}", state.status);
+            out!(
                 "users:             {} ({} at this terminal)",
-                state.users, state.users_at_terminal
+                state.users,
+                state.users_at_terminal
             );
-            println!("roles:             {}", state.roles);
-            println!(
+            out!("roles:             {}", state.roles);
+            out!(
                 "last sync:         {}",
                 time_label(state.last_sync_at.as_ref())
             );
-            println!("version:           {}", state.version);
-            println!(
+            out!("version:           {}", state.version);
+            out!(
                 "audit backlog:     {} (cap {}; {})",
-                state.audit_backlog, state.audit_max_rows, state.audit_status
+                state.audit_backlog,
+                state.audit_max_rows,
+                state.audit_status
             );
-            println!(
+            out!(
                 "session:           {}",
                 match (state.session_user_id.as_str(), state.session_locked) {
                     ("", _) => "nobody logged in".to_owned(),
@@ -364,9 +386,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 }
             );
             if state.replica_stale {
-                println!("replica:           STALE (logins refused until central syncs)");
+                out!("replica:           STALE (logins refused until central syncs)");
             }
-            println!(
+            out!(
                 "input devices:     {} ({} being read)",
                 state.input_devices.len(),
                 state.input_devices.iter().filter(|d| d.attached).count()
@@ -377,7 +399,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 } else {
                     d.role.as_str()
                 };
-                println!(
+                out!(
                     "  {} [{} {role}] {}{}",
                     d.name,
                     d.kind,
@@ -385,7 +407,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                     if d.attached { "" } else { " (not read)" }
                 );
             }
-            println!("lockouts:          {}", state.lockouts.len());
+            out!("lockouts:          {}", state.lockouts.len());
             for l in &state.lockouts {
                 print!("  ");
                 print_lockout(l);
@@ -400,7 +422,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 t_cost: None,
                 p_cost: None,
             })?;
-            println!("{}", hasher.hash(&secret)?);
+            out!("{}", hasher.hash(&secret)?);
         }
         Command::Devices { watch } => {
             let mut client = TillClient::connect(&cli.socket).await?;
@@ -413,7 +435,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             } else {
                 let devices = client.list_devices().await?;
                 if devices.is_empty() {
-                    println!(
+                    out!(
                         "no input devices seen (no [input] rules or serial readers configured, or none present)"
                     );
                 }
@@ -431,11 +453,11 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                         "token {:?} created; it is shown only this once:",
                         created.name
                     );
-                    println!("{}", created.token);
+                    out!("{}", created.token);
                 }
                 TokenCommand::List => {
                     for token in client.list_tokens().await? {
-                        println!(
+                        out!(
                             "{}\tcreated {}",
                             token.name,
                             time_label(token.created_at.as_ref())
@@ -444,9 +466,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 }
                 TokenCommand::Revoke { name } => {
                     if client.revoke_token(&name).await? {
-                        println!("revoked {name}");
+                        out!("revoked {name}");
                     } else {
-                        println!("no token named {name}");
+                        out!("no token named {name}");
                         return Ok(ExitCode::from(1));
                     }
                 }
@@ -548,16 +570,16 @@ fn print_session(session: &pb::Session) {
         _ => "?",
     };
     let replica = session.replica.unwrap_or_default();
-    println!("user:        {}", user_label(session));
-    println!("session:     {}", session.session_id);
-    println!("method:      {method}");
-    println!("started:     {}", time_label(session.started_at.as_ref()));
+    out!("user:        {}", user_label(session));
+    out!("session:     {}", session.session_id);
+    out!("method:      {method}");
+    out!("started:     {}", time_label(session.started_at.as_ref()));
     if session.locked {
-        println!("locked:      yes (the same user's PIN or key resumes it)");
+        out!("locked:      yes (the same user's PIN or key resumes it)");
     }
-    println!("roles:       {}", session.role_ids.join(", "));
-    println!("permissions: {}", session.permissions.join(", "));
-    println!(
+    out!("roles:       {}", session.role_ids.join(", "));
+    out!("permissions: {}", session.permissions.join(", "));
+    out!(
         "replica:     {}:{} (last sync {})",
         replica.epoch,
         replica.revision,
@@ -584,7 +606,7 @@ fn print_event(event: &pb::SessionEvent) {
     } else {
         format!(" ({})", event.reason)
     };
-    println!(
+    out!(
         "#{} {} {kind} {who}{reason}",
         event.sequence,
         time_label(event.at.as_ref())
@@ -599,20 +621,20 @@ fn print_device(device: &pb::InputDevice) {
         (false, _) if device.rule.is_empty() => "no rule matches: not read",
         (false, _) => "not attached",
     };
-    println!("{} [{}] {}", device.path, device.kind, device.name);
+    out!("{} [{}] {}", device.path, device.kind, device.name);
     if !device.vendor_product.is_empty() {
-        println!("    id:      {}", device.vendor_product);
+        out!("    id:      {}", device.vendor_product);
     }
     if !device.phys.is_empty() {
-        println!("    phys:    {}", device.phys);
+        out!("    phys:    {}", device.phys);
     }
     if !device.uniq.is_empty() {
-        println!("    uniq:    {}", device.uniq);
+        out!("    uniq:    {}", device.uniq);
     }
     for link in &device.links {
-        println!("    link:    {link}");
+        out!("    link:    {link}");
     }
-    println!(
+    out!(
         "    rule:    {}",
         if device.rule.is_empty() {
             "-"
@@ -620,9 +642,9 @@ fn print_device(device: &pb::InputDevice) {
             &device.rule
         }
     );
-    println!("    state:   {state}");
+    out!("    state:   {state}");
     if !device.error.is_empty() {
-        println!("    error:   {}", device.error);
+        out!("    error:   {}", device.error);
     }
 }
 
@@ -634,7 +656,7 @@ fn print_activity(activity: &pb::InputActivity) {
                 .to_lowercase()
         })
         .unwrap_or_else(|_| "unknown".into());
-    println!(
+    out!(
         "{} {} ({}) {kind} {} {}",
         time_label(activity.at.as_ref()),
         activity.device,
@@ -652,24 +674,27 @@ fn print_status(status: &pb::DaemonStatus) {
     } else {
         format!("{} / {}", status.sales_point_id, status.sub_terminal_id)
     };
-    println!("terminal:    {terminal}");
-    println!(
+    out!("terminal:    {terminal}");
+    out!(
         "replica:     {}:{} ({})",
-        cursor.epoch, cursor.revision, status.replica_status
+        cursor.epoch,
+        cursor.revision,
+        status.replica_status
     );
-    println!(
+    out!(
         "users:       {} ({} active at this terminal)",
-        status.users, status.users_at_terminal
+        status.users,
+        status.users_at_terminal
     );
-    println!("roles:       {}", status.roles);
-    println!("last sync:   {}", time_label(status.last_sync_at.as_ref()));
-    println!("login:       {}", status.login_socket);
-    println!(
+    out!("roles:       {}", status.roles);
+    out!("last sync:   {}", time_label(status.last_sync_at.as_ref()));
+    out!("login:       {}", status.login_socket);
+    out!(
         "sync:        {}{}",
         status.sync_listen,
         if status.sync_tls { " (TLS)" } else { "" }
     );
-    println!("version:     {}", status.version);
+    out!("version:     {}", status.version);
 }
 
 fn print_lockout(l: &pb::LockoutState) {
@@ -677,9 +702,11 @@ fn print_lockout(l: &pb::LockoutState) {
         Some(t) => format!("PIN entry locked until {}", time_label(Some(t))),
         None => "not locked".to_owned(),
     };
-    println!(
+    out!(
         "{}\t{} failures in the window, {} lockouts\t{until}",
-        l.source, l.failures, l.strikes
+        l.source,
+        l.failures,
+        l.strikes
     );
 }
 
@@ -713,7 +740,7 @@ fn print_audit(e: &pb::AuditEvent) {
     if !e.reason.is_empty() {
         line.push_str(&format!(" ({})", e.reason));
     }
-    println!("{line}");
+    out!("{line}");
 }
 
 fn yes_no(value: bool) -> &'static str {
@@ -729,27 +756,29 @@ fn print_explanation(e: &pb::Explanation) {
             e.sales_point_id, e.sub_terminal_id
         )
     };
-    println!("user:              {}", e.user_id);
-    println!("terminal:          {terminal}");
-    println!("in replica:        {}", yes_no(e.present));
+    out!("user:              {}", e.user_id);
+    out!("terminal:          {terminal}");
+    out!("in replica:        {}", yes_no(e.present));
     if e.present {
         if let Some(u) = &e.user {
-            println!(
+            out!(
                 "name:              {} {} (ordinal {})",
-                u.first_name, u.last_name, e.ordinal
+                u.first_name,
+                u.last_name,
+                e.ordinal
             );
         }
-        println!("active:            {}", yes_no(e.active));
-        println!(
+        out!("active:            {}", yes_no(e.active));
+        out!(
             "assigned here:     {} (via Sales Point: {}, via sub-terminal: {})",
             yes_no(e.assigned_to_sales_point || e.assigned_to_sub_terminal),
             yes_no(e.assigned_to_sales_point),
             yes_no(e.assigned_to_sub_terminal)
         );
-        println!("has PIN:           {}", yes_no(e.has_pin));
-        println!("keys:              {}", e.keys);
-        println!("roles here:        {}", e.role_ids.join(", "));
-        println!("permissions here:  {}", e.permissions.join(", "));
+        out!("has PIN:           {}", yes_no(e.has_pin));
+        out!("keys:              {}", e.keys);
+        out!("roles here:        {}", e.role_ids.join(", "));
+        out!("permissions here:  {}", e.permissions.join(", "));
         for c in &e.credentials {
             let name = match pb::LoginMethod::try_from(c.method) {
                 Ok(pb::LoginMethod::Pin) => "PIN".to_owned(),
@@ -767,21 +796,21 @@ fn print_explanation(e: &pb::Explanation) {
                         .join(", ")
                 )
             };
-            println!("{:<19}{}{shared}", format!("{name}:"), c.outcome);
+            out!("{:<19}{}{shared}", format!("{name}:"), c.outcome);
         }
     }
-    println!("can log in here:   {}", yes_no(e.can_log_in));
+    out!("can log in here:   {}", yes_no(e.can_log_in));
     if !e.problems.is_empty() {
-        println!("problems:");
+        out!("problems:");
         for p in &e.problems {
-            println!("  - {p}");
+            out!("  - {p}");
         }
     }
 }
 
 fn print_collisions(report: &pb::CollisionReport) {
     if report.collisions.is_empty() {
-        println!("no shared PINs or keys among the users at this terminal");
+        out!("no shared PINs or keys among the users at this terminal");
         return;
     }
     for c in &report.collisions {
@@ -805,7 +834,7 @@ fn print_collisions(report: &pb::CollisionReport) {
             .as_ref()
             .map(|u| format!("{} logs in", u.id))
             .unwrap_or_else(|| "nobody may log in with it".into());
-        println!(
+        out!(
             "{} shared by {} -> {winner}",
             if method_label(c.method) == "pin" {
                 "PIN"

@@ -48,3 +48,21 @@ fn empty_secret_and_missing_daemon_are_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tillctl"))
+        .args(["hash", "--account", "acme"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end of stdout before tillctl writes to it.
+    drop(child.stdout.take());
+    child.stdin.take().unwrap().write_all(b"1234\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}
