@@ -306,6 +306,18 @@ pub fn changes(
         .unwrap()
 }
 
+/// Logs in with `pin` and returns the id of the user it resolved to (panics on a refusal).
+pub async fn pin_user(client: &mut TillClient, pin: &str) -> String {
+    let session = client.login_with_pin(pin).await.expect("PIN login");
+    session.user.expect("session names its user").id
+}
+
+/// Logs in with `key_id` and returns the id of the user it resolved to (panics on a refusal).
+pub async fn key_user(client: &mut TillClient, key_id: &str) -> String {
+    let session = client.login_with_key(key_id).await.expect("key login");
+    session.user.expect("session names its user").id
+}
+
 /// The gRPC status code of a failed call.
 pub fn code(result: Result<impl std::fmt::Debug, ClientError>) -> (tonic::Code, String) {
     match result {

@@ -96,16 +96,7 @@ async fn corrupt_database_is_quarantined_and_the_daemon_starts_empty() {
         .apply_snapshot(small_snapshot())
         .await
         .unwrap();
-    assert_eq!(
-        client
-            .login_with_pin("1111")
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "amy"
-    );
+    assert_eq!(pin_user(&mut client, "1111").await, "amy");
 }
 
 #[tokio::test]
@@ -491,16 +482,7 @@ async fn demo_mode_serves_the_built_in_account() {
     }
     assert!(ready, "demo daemon did not come up");
     let mut client = TillClient::connect(&socket).await.unwrap();
-    assert_eq!(
-        client
-            .login_with_pin("1234")
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "u-anna"
-    );
+    assert_eq!(pin_user(&mut client, "1234").await, "u-anna");
     let carla = client.login_with_pin("2468").await.unwrap();
     assert!(!carla.permissions.contains(&"drawer.open".to_owned()));
     assert_eq!(code(client.login_with_pin("1357").await).1, "user inactive");

@@ -167,16 +167,7 @@ async fn lockout_delay_doubles_up_to_the_cap_and_a_success_resets_the_count() {
         code(client.login_with_pin("0000").await).0,
         Code::Unauthenticated
     );
-    assert_eq!(
-        client
-            .login_with_pin("2222")
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "bob"
-    );
+    assert_eq!(pin_user(&mut client, "2222").await, "bob");
 }
 
 #[tokio::test]
@@ -284,16 +275,7 @@ async fn a_stale_replica_refuses_logins_until_central_syncs_again() {
         .await
         .unwrap();
     assert!(!replay.applied);
-    assert_eq!(
-        client
-            .login_with_pin("1111")
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "amy"
-    );
+    assert_eq!(pin_user(&mut client, "1111").await, "amy");
     assert!(!sync.state().await.unwrap().replica_stale);
 }
 

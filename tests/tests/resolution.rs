@@ -226,16 +226,7 @@ async fn key_login_uses_the_same_rules() {
         session.method,
         tillgate_client::proto::LoginMethod::Key as i32
     );
-    assert_eq!(
-        client
-            .login_with_key("SPARE-KEY")
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "max"
-    );
+    assert_eq!(key_user(&mut client, "SPARE-KEY").await, "max");
     // A key id is not a PIN.
     assert_eq!(
         code(client.login_with_pin("01A1B2C3D4E5F6C8").await).0,
@@ -262,26 +253,8 @@ async fn sub_terminal_access() {
     .await
     .unwrap();
     let mut client = daemon.client().await;
-    assert_eq!(
-        client
-            .login_with_pin("1111")
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "sub"
-    );
-    assert_eq!(
-        client
-            .login_with_pin("3333")
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "whole"
-    );
+    assert_eq!(pin_user(&mut client, "1111").await, "sub");
+    assert_eq!(pin_user(&mut client, "3333").await, "whole");
     assert_eq!(
         code(client.login_with_pin("2222").await),
         (

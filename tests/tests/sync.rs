@@ -62,16 +62,7 @@ async fn delta_apply_replay_and_gap() {
     assert!(result.applied);
     assert_eq!((result.users, result.cursor.unwrap().revision), (2, 11));
     let mut client = daemon.client().await;
-    assert_eq!(
-        client
-            .login_with_pin("3333")
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "cid"
-    );
+    assert_eq!(pin_user(&mut client, "3333").await, "cid");
     assert_eq!(
         code(client.login_with_pin("2222").await).0,
         Code::Unauthenticated
@@ -126,16 +117,7 @@ async fn delta_apply_replay_and_gap() {
         Code::Unauthenticated,
         "users not in the snapshot are removed"
     );
-    assert_eq!(
-        client
-            .login_with_pin("5555")
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "eve"
-    );
+    assert_eq!(pin_user(&mut client, "5555").await, "eve");
 }
 
 #[tokio::test]
@@ -171,16 +153,7 @@ async fn aborted_snapshot_stream_leaves_the_replica_unchanged() {
 
     assert_eq!(cursor(&mut sync).await, (7, 10));
     let mut client = daemon.client().await;
-    assert_eq!(
-        client
-            .login_with_pin("1111")
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "amy"
-    );
+    assert_eq!(pin_user(&mut client, "1111").await, "amy");
     assert_eq!(
         code(client.login_with_pin("9999").await).0,
         Code::Unauthenticated
@@ -278,16 +251,7 @@ async fn invalid_records_are_rejected_by_name_with_nothing_applied() {
 
     // Nothing of any of them was applied.
     assert_eq!(cursor(&mut sync).await, (7, 10));
-    assert_eq!(
-        client
-            .login_with_pin("1111")
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "amy"
-    );
+    assert_eq!(pin_user(&mut client, "1111").await, "amy");
     assert_eq!(
         code(client.login_with_pin("5555").await).0,
         Code::Unauthenticated

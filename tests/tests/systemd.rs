@@ -694,46 +694,10 @@ async fn secrets_never_reach_the_debug_log_the_notify_socket_or_the_disk() {
 
     // Logins: accepted, switched, refused for every reason.
     let mut watch = daemon.client().await.watch().await.unwrap();
-    assert_eq!(
-        client
-            .login_with_pin(amy_pin)
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "amy"
-    );
-    assert_eq!(
-        client
-            .login_with_key(amy_key)
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "amy"
-    );
-    assert_eq!(
-        client
-            .login_with_pin(bob_new_pin)
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "bob"
-    );
-    assert_eq!(
-        client
-            .login_with_key(bob_new_key)
-            .await
-            .unwrap()
-            .user
-            .unwrap()
-            .id,
-        "bob"
-    );
+    assert_eq!(pin_user(&mut client, amy_pin).await, "amy");
+    assert_eq!(key_user(&mut client, amy_key).await, "amy");
+    assert_eq!(pin_user(&mut client, bob_new_pin).await, "bob");
+    assert_eq!(key_user(&mut client, bob_new_key).await, "bob");
     for (result, expected) in [
         (client.login_with_pin(bob_pin).await, Code::Unauthenticated),
         (client.login_with_key(bob_key).await, Code::Unauthenticated),
