@@ -241,9 +241,14 @@ impl Replica {
         let users: i64 = conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?;
         let roles: i64 = conn.query_row("SELECT COUNT(*) FROM roles", [], |row| row.get(0))?;
         let at_terminal: i64 = conn
-            .prepare_cached(&format!(
-                "SELECT COUNT(*) FROM users u WHERE u.active = 1 AND {ASSIGNED_HERE}"
-            ))?
+            // Driven from the access index (only this terminal's users are visited), not from a
+            // scan of every user with a per-user probe.
+            .prepare_cached(
+                "SELECT COUNT(*) FROM users u WHERE u.active = 1 AND u.id IN (
+                     SELECT user_id FROM user_access WHERE kind = 1 AND target = ?1
+                     UNION
+                     SELECT user_id FROM user_access WHERE kind = 2 AND target = ?2)",
+            )?
             .query_row(
                 (&terminal.sales_point_id, &terminal.sub_terminal_id),
                 |row| row.get(0),
