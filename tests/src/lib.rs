@@ -217,6 +217,15 @@ impl Daemon {
         self.authorized_sync_named("central").await
     }
 
+    /// Creates the "central" sync token and applies `snapshot` with it.
+    pub async fn push_snapshot(&self, snapshot: tillgate_client::export::Snapshot) {
+        self.authorized_sync()
+            .await
+            .apply_snapshot(snapshot)
+            .await
+            .expect("snapshot applied");
+    }
+
     pub async fn authorized_sync_named(&self, name: &str) -> TillSyncClient {
         let token = self.client().await.create_token(name).await.unwrap().token;
         self.sync(Some(&token)).await

@@ -231,11 +231,8 @@ async fn over_the_cap_the_status_is_loud_and_nothing_is_dropped() {
 async fn no_pin_or_key_id_is_ever_written_to_the_database() {
     let mut daemon = Daemon::start();
     daemon
-        .authorized_sync()
-        .await
-        .apply_snapshot(snapshot(1, 1, roles(), people()))
-        .await
-        .unwrap();
+        .push_snapshot(snapshot(1, 1, roles(), people()))
+        .await;
     let mut client = daemon.client().await;
     client.login_with_pin(AMY_PIN).await.unwrap();
     client.login_with_key(AMY_KEY).await.unwrap();

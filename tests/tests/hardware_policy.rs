@@ -33,16 +33,13 @@ async fn bad_reads_are_audited_not_counted_wrong_keys_count_per_reader_and_remov
     );
     let waiter = user_with_keys("waiter", 1, None, &["017A6945260000AC"]);
     daemon
-        .authorized_sync()
-        .await
-        .apply_snapshot(snapshot(
+        .push_snapshot(snapshot(
             1,
             1,
             vec![role("cashier", &["sale.create"], &[])],
             vec![waiter, user("pinny", 2, Some("1111"))],
         ))
-        .await
-        .unwrap();
+        .await;
     let mut client = daemon.client().await;
     wait_device(&mut client, &lock_path, true).await;
     wait_device(&mut client, &door_path, true).await;

@@ -22,12 +22,7 @@ fn small_snapshot() -> tillgate_client::export::Snapshot {
 #[tokio::test]
 async fn restart_keeps_the_replica_and_sigterm_exits_zero() {
     let mut daemon = Daemon::start();
-    daemon
-        .authorized_sync()
-        .await
-        .apply_snapshot(small_snapshot())
-        .await
-        .unwrap();
+    daemon.push_snapshot(small_snapshot()).await;
     let status = daemon.stop().await;
     assert!(status.success(), "SIGTERM exit: {status}");
     assert!(!daemon.socket.exists(), "socket removed at shutdown");
@@ -90,24 +85,14 @@ async fn corrupt_database_is_quarantined_and_the_daemon_starts_empty() {
     assert_eq!((c, message.as_str()), (Code::Unavailable, "no replica yet"));
     assert!(daemon.log_text().contains("replica database was unusable"));
     // It recovers with a snapshot.
-    daemon
-        .authorized_sync()
-        .await
-        .apply_snapshot(small_snapshot())
-        .await
-        .unwrap();
+    daemon.push_snapshot(small_snapshot()).await;
     assert_eq!(pin_user(&mut client, "1111").await, "amy");
 }
 
 #[tokio::test]
 async fn replica_copied_without_its_key_is_not_trusted() {
     let mut daemon = Daemon::start();
-    daemon
-        .authorized_sync()
-        .await
-        .apply_snapshot(small_snapshot())
-        .await
-        .unwrap();
+    daemon.push_snapshot(small_snapshot()).await;
     daemon.stop().await;
     std::fs::remove_file(daemon.state_dir().join("terminal.key")).unwrap();
     let restarted = Daemon::spawn(&daemon.dir);
@@ -118,12 +103,7 @@ async fn replica_copied_without_its_key_is_not_trusted() {
 #[tokio::test]
 async fn watchers_see_login_switch_and_logout_in_order() {
     let daemon = Daemon::start();
-    daemon
-        .authorized_sync()
-        .await
-        .apply_snapshot(small_snapshot())
-        .await
-        .unwrap();
+    daemon.push_snapshot(small_snapshot()).await;
     let mut client = daemon.client().await;
     client.login_with_pin("1111").await.unwrap();
 

@@ -29,12 +29,7 @@ fn staff() -> Vec<serde_json::Value> {
 
 async fn started(extra: &str) -> Daemon {
     let daemon = Daemon::start_with("", extra);
-    daemon
-        .authorized_sync()
-        .await
-        .apply_snapshot(snapshot(1, 1, roles(), staff()))
-        .await
-        .unwrap();
+    daemon.push_snapshot(snapshot(1, 1, roles(), staff())).await;
     daemon
 }
 

@@ -35,9 +35,7 @@ async fn serial_reader_logs_in_and_reopens_after_the_other_end_comes_back() {
         ),
     );
     daemon
-        .authorized_sync()
-        .await
-        .apply_snapshot(snapshot(
+        .push_snapshot(snapshot(
             1,
             1,
             vec![role("cashier", &["sale.create"], &[])],
@@ -46,8 +44,7 @@ async fn serial_reader_logs_in_and_reopens_after_the_other_end_comes_back() {
                 user_with_keys("lou", 2, None, &["04FFEEDDCC"]),
             ],
         ))
-        .await
-        .unwrap();
+        .await;
     let mut client = daemon.client().await;
     let device = wait_attached(&mut client, &link, true).await;
     assert_eq!(
@@ -103,9 +100,7 @@ async fn addimat_over_serial_removal_ends_the_session_and_bad_crc_is_not_a_login
     );
     // The Addimat prints CRC first, family last; the canonical id is the 1-Wire read order.
     daemon
-        .authorized_sync()
-        .await
-        .apply_snapshot(snapshot(
+        .push_snapshot(snapshot(
             1,
             1,
             vec![role("cashier", &[], &[])],
@@ -114,8 +109,7 @@ async fn addimat_over_serial_removal_ends_the_session_and_bad_crc_is_not_a_login
                 user("pinny", 2, Some("1111")),
             ],
         ))
-        .await
-        .unwrap();
+        .await;
     let mut client = daemon.client().await;
     wait_attached(&mut client, &link, true).await;
     let mut activity = client.watch_input().await.unwrap();
@@ -163,16 +157,13 @@ async fn a_reader_added_to_the_config_is_read_after_sighup() {
     let mut pty = Pty::open(&link);
     let daemon = Daemon::start();
     daemon
-        .authorized_sync()
-        .await
-        .apply_snapshot(snapshot(
+        .push_snapshot(snapshot(
             1,
             1,
             vec![role("cashier", &[], &[])],
             vec![user_with_keys("kim", 1, None, &["04A1B2C3D4"])],
         ))
-        .await
-        .unwrap();
+        .await;
     let mut client = daemon.client().await;
     assert!(client.list_devices().await.unwrap().is_empty());
 

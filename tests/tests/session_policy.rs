@@ -29,11 +29,8 @@ fn cashier(allow: &[&str]) -> serde_json::Value {
 async fn an_idle_session_locks_its_user_resumes_it_and_another_user_switches() {
     let daemon = Daemon::start_with("", "[session]\nidle_lock = \"1s\"\n");
     daemon
-        .authorized_sync()
-        .await
-        .apply_snapshot(snapshot(1, 1, vec![cashier(&["sale.create"])], staff()))
-        .await
-        .unwrap();
+        .push_snapshot(snapshot(1, 1, vec![cashier(&["sale.create"])], staff()))
+        .await;
     let mut client = daemon.client().await;
     let mut watch = daemon.client().await.watch().await.unwrap();
     assert_eq!(kind(&next_event(&mut watch, WAIT).await), K::Current);
@@ -107,11 +104,8 @@ async fn an_idle_session_locks_its_user_resumes_it_and_another_user_switches() {
 async fn idle_lock_off_keeps_the_session_unlocked() {
     let daemon = Daemon::start_with("", "[session]\nidle_lock = \"off\"\n");
     daemon
-        .authorized_sync()
-        .await
-        .apply_snapshot(snapshot(1, 1, vec![cashier(&["sale.create"])], staff()))
-        .await
-        .unwrap();
+        .push_snapshot(snapshot(1, 1, vec![cashier(&["sale.create"])], staff()))
+        .await;
     let mut client = daemon.client().await;
     client.login_with_pin("1111").await.unwrap();
     let mut watch = daemon.client().await.watch().await.unwrap();

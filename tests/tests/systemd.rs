@@ -335,12 +335,7 @@ async fn socket_activation_readiness_status_watchdog_and_sigterm() {
     let mut client = daemon.client().await;
     let status = client.status().await.unwrap();
     assert_eq!(Path::new(&status.login_socket), daemon.socket);
-    daemon
-        .authorized_sync()
-        .await
-        .apply_snapshot(two_users())
-        .await
-        .unwrap();
+    daemon.push_snapshot(two_users()).await;
     notify
         .wait_until("a STATUS after the snapshot", |_| {
             status_lines(&notify)
@@ -498,12 +493,7 @@ async fn sighup_with_a_broken_config_is_refused_and_serving_goes_on() {
     let notify = NotifySocket::bind(&dir.join("notify.sock"));
     let mut daemon = launch_activated(&activate, dir, &notify, Duration::from_secs(10));
     daemon.wait_serving().await;
-    daemon
-        .authorized_sync()
-        .await
-        .apply_snapshot(two_users())
-        .await
-        .unwrap();
+    daemon.push_snapshot(two_users()).await;
     let mut client = daemon.client().await;
     let session = client.login_with_pin("739105").await.unwrap();
 

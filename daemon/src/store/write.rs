@@ -85,7 +85,7 @@ impl Replica {
         for (_, sql) in &indexes {
             tx.execute_batch(sql)?;
         }
-        finish(tx, target, true)
+        finish(tx, target)
     }
 
     /// Applies an incremental batch if `base` is the replica's cursor. `validate` runs inside the
@@ -186,7 +186,6 @@ impl Replica {
                 epoch: base.epoch,
                 revision: new_revision,
             },
-            true,
         )
     }
 }
@@ -205,7 +204,7 @@ fn secondary_indexes(tx: &Transaction<'_>) -> Result<Vec<(String, String)>, rusq
     rows.collect()
 }
 
-fn finish(tx: Transaction<'_>, cursor: Cursor, applied: bool) -> Result<ApplySummary, ApplyError> {
+fn finish(tx: Transaction<'_>, cursor: Cursor) -> Result<ApplySummary, ApplyError> {
     set_meta(&tx, "epoch", &cursor.epoch.to_string())?;
     set_meta(&tx, "revision", &cursor.revision.to_string())?;
     set_meta(
@@ -217,7 +216,7 @@ fn finish(tx: Transaction<'_>, cursor: Cursor, applied: bool) -> Result<ApplySum
     tx.commit()?;
     Ok(ApplySummary {
         cursor,
-        applied,
+        applied: true,
         users,
         roles,
     })
