@@ -378,6 +378,30 @@ pub fn kind(event: &pb::SessionEvent) -> pb::SessionEventKind {
     pb::SessionEventKind::try_from(event.kind).expect("known event kind")
 }
 
+/// Runs `tillctl` as the unprivileged uid/gid 65534 against `daemon` (whose socket must be
+/// reachable by others, e.g. mode 0666). The binary is copied into the daemon's directory, which
+/// is opened up to 0755: the checkout (and so `target/`) may sit under a 0700 directory such as
+/// /root or a private temporary directory, where that uid could not execute it.
+pub fn tillctl_as_nobody(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    for dir in [daemon.dir.clone(), daemon.dir.join("run")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let copy = daemon.dir.join("tillctl-nobody");
+    if !copy.exists() {
+        std::fs::copy(bin("tillctl"), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    Command::new(copy)
+        .args(args)
+        .env("TILLGATE_SOCKET", &daemon.socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap()
+}
+
 /// Runs `tillctl` against `daemon` with `stdin`; returns (success, stdout, stderr).
 pub fn run_tillctl(
     daemon: &Daemon,

@@ -254,22 +254,7 @@ async fn admin_calls_need_an_admin_uid() {
         return;
     }
     let daemon = Daemon::start_with("", "[login_socket]\nmode = \"0666\"\n");
-    std::fs::set_permissions(&daemon.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(
-        daemon.dir.join("run"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    let run_as_nobody = |args: &[&str]| {
-        Command::new(bin("tillctl"))
-            .args(args)
-            .env("TILLGATE_SOCKET", &daemon.socket)
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap()
-    };
-    use std::os::unix::process::CommandExt;
+    let run_as_nobody = |args: &[&str]| tillctl_as_nobody(&daemon, args);
     let output = run_as_nobody(&["token", "create", "sneaky"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);

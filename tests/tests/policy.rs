@@ -460,25 +460,12 @@ async fn fleet_health_reports_audit_backlog_lockouts_devices_session_and_version
 
 #[tokio::test]
 async fn policy_admin_calls_need_an_admin_uid() {
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root to run tillctl as another uid");
         return;
     }
     let daemon = started("[login_socket]\nmode = \"0666\"\n").await;
-    for dir in [daemon.dir.clone(), daemon.dir.join("run")] {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let run_as_nobody = |args: &[&str]| {
-        std::process::Command::new(bin("tillctl"))
-            .args(args)
-            .env("TILLGATE_SOCKET", &daemon.socket)
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap()
-    };
+    let run_as_nobody = |args: &[&str]| tillctl_as_nobody(&daemon, args);
     for args in [
         &["unlock"][..],
         &["lockouts"],
