@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 pub use audit::{AckError, AckSummary, MAX_AUDIT_BATCH};
-pub use lockout::{AttemptRecorded, CounterChange};
+pub use lockout::{Admitted, AttemptRecorded, Settlement};
 pub use read::{Counts, UserProfile};
 pub use tokens::TokenRow;
 pub use write::{ApplyError, ApplySummary};
@@ -56,6 +56,18 @@ pub enum StoreError {
     BadMeta { key: &'static str, value: String },
     #[error("replica lock poisoned by an earlier panic")]
     Poisoned,
+}
+
+impl StoreError {
+    /// SQLite could not write because the disk (or the state directory's filesystem) is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite(e) | StoreError::Open { source: e, .. } => {
+                e.sqlite_error_code() == Some(ErrorCode::DiskFull)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// What happened to the database file at start.

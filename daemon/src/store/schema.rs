@@ -107,6 +107,19 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX credentials_by_scheme
         ON credentials(kind, m_cost, t_cost, p_cost, output_len, salt);
     "#,
+    // 4: the guess throttle replaces the window counters (see `lockout.rs`): times on the
+    // monotonic clock of the boot that wrote them, and the terminal's leaky-bucket level.
+    r#"
+    DROP TABLE lockouts;
+    CREATE TABLE lockouts (
+        scope           TEXT PRIMARY KEY,
+        failures        INTEGER NOT NULL,
+        level_milli     INTEGER NOT NULL,
+        boot            TEXT NOT NULL,
+        updated_ms      INTEGER NOT NULL,
+        locked_until_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.
