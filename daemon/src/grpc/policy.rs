@@ -11,7 +11,7 @@ use crate::audit::AuditRow;
 use crate::explain::{self, Collision, CredentialCheck, Explanation, Person};
 use crate::lockout::{Counter, LockoutPolicy};
 use crate::model::Terminal;
-use crate::store::{AckError, Replica, StoreError};
+use crate::store::{AckError, LocalStore, Replica, StoreError};
 
 pub fn audit_to_pb(row: AuditRow) -> pb::AuditEvent {
     let r = row.record;
@@ -155,12 +155,12 @@ pub async fn collision_report(
 
 /// The lockout counters worth showing, for both listeners.
 pub async fn lockout_states(
-    replica: &std::sync::Arc<Replica>,
+    local: &std::sync::Arc<LocalStore>,
     policy: LockoutPolicy,
 ) -> Result<Vec<pb::LockoutState>, Status> {
-    let replica = replica.clone();
+    let local = local.clone();
     let now = SystemTime::now();
-    let counters = tokio::task::spawn_blocking(move || replica.lockout_counters(&policy, now))
+    let counters = tokio::task::spawn_blocking(move || local.lockout_counters(&policy, now))
         .await
         .map_err(join_error)??;
     Ok(counters

@@ -5,9 +5,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
-use super::{Replica, StoreError, unix_millis};
+use super::{LocalStore, StoreError};
 use crate::audit::{AuditKind, AuditOutcome, AuditRecord, AuditRow, AuditStats};
 use crate::model::CredentialKind;
+use crate::store::sqlite::unix_millis;
 
 /// Most rows one read returns.
 pub const MAX_AUDIT_BATCH: u32 = 1000;
@@ -142,9 +143,10 @@ fn read_rows(
 const COLUMNS: &str =
     "seq, uuid, at_ms, kind, method, source, outcome, user_id, session_user_id, permission, reason";
 
-impl Replica {
-    /// Appends one row on its own (a bad read: there is no counter to change).
-    pub fn append_audit(&self, record: &AuditRecord) -> Result<AuditStats, StoreError> {
+impl LocalStore {
+    /// Appends one row on its own (tests; the daemon writes rows with their counter change).
+    #[cfg(test)]
+    pub(crate) fn append_audit(&self, record: &AuditRecord) -> Result<AuditStats, StoreError> {
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         insert_audit(&tx, record)?;
