@@ -199,3 +199,102 @@ async fn a_quarantined_replica_keeps_tokens_audit_and_lockouts() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn the_audit_stream_id_changes_with_the_local_store_only() {
+    let mut daemon = Daemon::start();
+    let token = daemon
+        .client()
+        .await
+        .create_token("central")
+        .await
+        .unwrap()
+        .token;
+    let mut sync = daemon.sync(Some(&token)).await;
+    sync.apply_snapshot(snapshot(
+        1,
+        1,
+        vec![role("cashier", &[], &[])],
+        vec![user("amy", 1, Some("48213957"))],
+    ))
+    .await
+    .unwrap();
+    let mut client = daemon.client().await;
+    pin_user(&mut client, "48213957").await;
+    let first = sync.pull_audit(0, 0).await.unwrap();
+    let stream = first.stream_id.clone();
+    assert_eq!(stream.len(), 36, "a uuid: {stream:?}");
+    assert_eq!(first.last_seq, 1);
+    assert_eq!(sync.state().await.unwrap().audit_stream_id, stream);
+    let dir = daemon.dir.clone();
+    daemon.stop().await;
+
+    // A restart, and a quarantined replica, keep the stream (and the token).
+    let mut restarted = Daemon::spawn(&dir);
+    let pulled = restarted
+        .sync(Some(&token))
+        .await
+        .pull_audit(0, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        (pulled.stream_id.as_str(), pulled.last_seq),
+        (stream.as_str(), 1)
+    );
+    restarted.stop().await;
+    std::fs::write(dir.join("state/replica.db"), vec![0x42; 8192]).unwrap();
+    let mut quarantined = Daemon::spawn(&dir);
+    let pulled = quarantined
+        .sync(Some(&token))
+        .await
+        .pull_audit(0, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        (pulled.stream_id.as_str(), pulled.last_seq),
+        (stream.as_str(), 1)
+    );
+    quarantined.stop().await;
+
+    // A damaged local store is moved aside: a new stream, starting again at seq 1, and central
+    // needs a new token.
+    std::fs::write(dir.join("state/local.db"), vec![0x17; 8192]).unwrap();
+    let reset = Daemon::spawn(&dir);
+    assert!(
+        reset.log_text().contains("the local store was unusable"),
+        "{}",
+        reset.log_text()
+    );
+    assert_eq!(
+        code(reset.sync(Some(&token)).await.pull_audit(0, 0).await).0,
+        Code::Unauthenticated
+    );
+    let mut sync = reset.authorized_sync().await;
+    let fresh = sync.pull_audit(0, 0).await.unwrap();
+    assert_ne!(fresh.stream_id, stream);
+    assert_eq!((fresh.last_seq, fresh.events.len()), (0, 0));
+    sync.apply_snapshot(snapshot(
+        1,
+        1,
+        vec![role("cashier", &[], &[])],
+        vec![user("amy", 1, Some("48213957"))],
+    ))
+    .await
+    .unwrap();
+    let _ = reset.client().await.login_with_pin("00000000").await;
+    let next = sync.pull_audit(0, 0).await.unwrap();
+    assert_eq!(
+        next.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1]
+    );
+    // An acknowledgement meant for the old stream deletes nothing.
+    let refused = status(sync.ack_audit_in(&stream, 1).await);
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(
+        tillgate_client::error_reason(&refused).as_deref(),
+        Some("AUDIT_STREAM_CHANGED")
+    );
+    assert_eq!(sync.pull_audit(0, 0).await.unwrap().backlog, 1);
+    let acked = sync.ack_audit_in(&fresh.stream_id, 1).await.unwrap();
+    assert_eq!((acked.deleted, acked.backlog), (1, 0));
+}

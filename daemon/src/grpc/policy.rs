@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tillgate_proto::v1 as pb;
 use tonic::Status;
+use tonic_types::StatusExt;
 
 use super::{join_error, method_to_pb, timestamp};
 use crate::audit::AuditRow;
@@ -173,6 +174,15 @@ impl From<AckError> for Status {
     fn from(e: AckError) -> Status {
         match e {
             AckError::BeyondLast { .. } => Status::invalid_argument(e.to_string()),
+            AckError::StreamChanged { ref current, .. } => Status::with_error_details(
+                tonic::Code::FailedPrecondition,
+                e.to_string(),
+                tonic_types::ErrorDetails::with_error_info(
+                    "AUDIT_STREAM_CHANGED",
+                    super::ERROR_DOMAIN,
+                    std::collections::HashMap::from([("stream_id".to_owned(), current.clone())]),
+                ),
+            ),
             AckError::Store(s) => s.into(),
         }
     }

@@ -125,6 +125,7 @@ impl Sync for SyncService {
                 && policy.max_replica_age.is_some_and(|max| {
                     replica_too_old(state.last_sync_at, std::time::SystemTime::now(), max)
                 }),
+            audit_stream_id: self.local.identity().stream_id.clone(),
             session_user_id: session
                 .as_ref()
                 .map(|s| s.user_id.clone())
@@ -264,6 +265,7 @@ impl Sync for SyncService {
             events: rows.into_iter().map(audit_to_pb).collect(),
             backlog: stats.backlog,
             last_seq: stats.last_seq,
+            stream_id: self.local.identity().stream_id.clone(),
         }))
     }
 
@@ -272,11 +274,14 @@ impl Sync for SyncService {
         request: Request<pb::AckAuditEventsRequest>,
     ) -> Result<Response<pb::AckAuditEventsResponse>, Status> {
         let token = caller(&request);
-        let seq = request.into_inner().seq;
+        let request = request.into_inner();
+        let seq = request.seq;
+        let stream_id = Some(request.stream_id).filter(|s| !s.is_empty());
         let local = self.local.clone();
-        let outcome = tokio::task::spawn_blocking(move || local.audit_ack(seq))
-            .await
-            .map_err(join_error)?;
+        let outcome =
+            tokio::task::spawn_blocking(move || local.audit_ack(stream_id.as_deref(), seq))
+                .await
+                .map_err(join_error)?;
         match &outcome {
             Ok(ack) => tracing::info!(
                 token,

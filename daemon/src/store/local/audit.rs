@@ -16,6 +16,15 @@ pub const MAX_AUDIT_BATCH: u32 = 1000;
 #[derive(Debug, thiserror::Error)]
 pub enum AckError {
     #[error(
+        "cannot acknowledge audit seq {seq} of stream {presented}: the current audit stream is {current} \
+         (the terminal's local state was reset); pull again from seq 0"
+    )]
+    StreamChanged {
+        seq: u64,
+        presented: String,
+        current: String,
+    },
+    #[error(
         "cannot acknowledge audit seq {seq}: the last audit row written is {last_seq}; pull before acknowledging"
     )]
     BeyondLast { seq: u64, last_seq: u64 },
@@ -185,9 +194,19 @@ impl LocalStore {
     }
 
     /// Deletes every row with seq <= `seq` (central has stored them). Acknowledging again is a
-    /// no-op; acknowledging beyond the last row written is refused, as it would mean central's
-    /// bookkeeping is off.
-    pub fn audit_ack(&self, seq: u64) -> Result<AckSummary, AckError> {
+    /// no-op; acknowledging beyond the last row written, or a seq of another stream than this
+    /// store's (when `stream_id` is given), is refused, as it would mean central's bookkeeping
+    /// is off.
+    pub fn audit_ack(&self, stream_id: Option<&str>, seq: u64) -> Result<AckSummary, AckError> {
+        if let Some(presented) = stream_id
+            && presented != self.identity.stream_id
+        {
+            return Err(AckError::StreamChanged {
+                seq,
+                presented: presented.to_owned(),
+                current: self.identity.stream_id.clone(),
+            });
+        }
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let before = audit_stats(&tx)?;

@@ -44,24 +44,24 @@ fn audit_rows_are_deleted_only_when_acknowledged_and_seqs_never_reused() {
             .collect::<Vec<_>>(),
         vec![4, 5]
     );
-    let ack = store.audit_ack(3).unwrap();
+    let ack = store.audit_ack(None, 3).unwrap();
     assert_eq!(
         (ack.deleted, ack.stats.backlog, ack.stats.last_seq),
         (3, 2, 5)
     );
     assert_eq!(
-        store.audit_ack(3).unwrap().deleted,
+        store.audit_ack(None, 3).unwrap().deleted,
         0,
         "acknowledging again is a no-op"
     );
     assert!(matches!(
-        store.audit_ack(6),
+        store.audit_ack(None, 6),
         Err(AckError::BeyondLast {
             seq: 6,
             last_seq: 5
         })
     ));
-    store.audit_ack(5).unwrap();
+    store.audit_ack(None, 5).unwrap();
     assert_eq!(store.audit_stats().unwrap().backlog, 0);
     // Everything acknowledged: the next row still gets a new seq (AUTOINCREMENT), also after a
     // reopen.
@@ -133,4 +133,26 @@ fn counters_change_only_together_with_their_audit_row() {
         )
         .unwrap();
     assert_eq!(failures(&store), vec![("terminal".to_owned(), 1)]);
+}
+
+#[test]
+fn an_acknowledgement_for_another_stream_deletes_nothing() {
+    use crate::audit::AuditOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    for _ in 0..3 {
+        store
+            .append_audit(&attempt("s", AuditOutcome::NoMatch))
+            .unwrap();
+    }
+    let stream = store.identity().stream_id.clone();
+    assert!(matches!(
+        store.audit_ack(Some("an-older-stream"), 2),
+        Err(AckError::StreamChanged { ref current, .. }) if *current == stream
+    ));
+    assert_eq!(store.audit_stats().unwrap().backlog, 3);
+    assert_eq!(store.audit_ack(Some(&stream), 2).unwrap().deleted, 2);
+    // The id belongs to the file: a reopen keeps it.
+    drop(store);
+    assert_eq!(open(&dir).identity().stream_id, stream);
 }
