@@ -18,7 +18,7 @@ use crate::audit::{self, AuditKind, AuditOutcome, AuditRecord, ReadFault};
 use crate::credential::{HashError, TerminalKey, argon2id_in};
 use crate::lockout::{LockoutPolicy, TERMINAL_SCOPE};
 use crate::model::{CredentialKind, Terminal};
-use crate::resolve::{Candidate, DenialReason, Resolution, resolve};
+use crate::resolve::{Candidate, DenialReason, Resolution, may_log_in, resolve};
 use crate::session::{Session, SessionEvent, SessionManager, profile_change};
 use crate::store::{
     AttemptRecorded, CounterChange, LocalStore, Replica, ReplicaState, StoreError, UserProfile,
@@ -537,12 +537,9 @@ impl Authenticator {
             verified.user_id.clone(),
         );
         match blocking(move || replica.user_profile(&user_id, &terminal)).await?? {
-            Some(profile) if profile.active && profile.assigned_here => Ok(profile),
             Some(profile) => {
-                let reason = if profile.active {
-                    DenialReason::NoAccessHere
-                } else {
-                    DenialReason::Inactive
+                let Err(reason) = may_log_in(profile.active, profile.assigned_here) else {
+                    return Ok(profile);
                 };
                 let e = LoginError::Denied(reason);
                 let record = purpose
