@@ -69,8 +69,8 @@ async fn serial_reader_logs_in_and_reopens_after_the_other_end_comes_back() {
     // as detached, with when it was last seen.
     drop(pty);
     let gone = wait_attached(&mut client, &link, false).await;
-    let last_seen = std::time::SystemTime::try_from(gone.last_seen.expect("last_seen is set"))
-        .unwrap();
+    let last_seen =
+        std::time::SystemTime::try_from(gone.last_seen.expect("last_seen is set")).unwrap();
     assert!(last_seen.elapsed().unwrap() < Duration::from_secs(60));
     assert!(!gone.error.is_empty(), "{gone:?}");
     // It comes back (a new pseudo-terminal behind the same path): the daemon re-opens it.

@@ -237,6 +237,9 @@ async fn serve_device(ctx: &Context, path: &Path, slot: &Slot) {
             return;
         }
     };
+    // First thing after opening: changing the clock flushes what is already queued (the kernel
+    // then queues SYN_DROPPED), and right now the queue is empty or nearly so.
+    let (clock, refused) = EventClock::select_monotonic(&device);
     let info = describe(&device, path, &ctx.settings.dir);
     let rule = first_match(&ctx.settings.rules, &info).cloned();
     let mut state = DeviceState {
@@ -255,6 +258,9 @@ async fn serve_device(ctx: &Context, path: &Path, slot: &Slot) {
         return;
     };
     let label = DeviceLabel::new(&info.name, &info.phys, path.to_owned());
+    if let Some(e) = refused {
+        tracing::warn!(device = %label.source, error = %e, "kernel refused monotonic event timestamps; a wall-clock step during a burst can split it");
+    }
     let (mut framer, profile) = match framer_for(&rule, ctx) {
         Ok(pair) => pair,
         Err(problem) => {
@@ -271,10 +277,6 @@ async fn serve_device(ctx: &Context, path: &Path, slot: &Slot) {
         } else {
             state.grabbed = true;
         }
-    }
-    let (clock, refused) = EventClock::select_monotonic(&device);
-    if let Some(e) = refused {
-        tracing::warn!(device = %label.source, error = %e, "kernel refused monotonic event timestamps; a wall-clock step during a burst can split it");
     }
     let mut events = match device.into_event_stream() {
         Ok(events) => events,
