@@ -201,21 +201,24 @@ impl Counter {
     /// How long attempts charged to this scope are refused, if they are. The counter must be
     /// rebased to `now`'s boot.
     pub fn retry_after(&self, policy: &LockoutPolicy, scope: &str, now: Now) -> Option<Duration> {
-        if scope == TERMINAL_SCOPE {
-            let full = u64::from(policy.terminal_max_failures) * CHARGE;
-            let level = self.drained_level(policy, now);
-            if level + CHARGE <= full {
-                return None;
-            }
-            // Until the level has drained to one charge below full.
-            let excess = level + CHARGE - full;
-            let refill = millis(policy.terminal_refill).max(1);
-            let wait = u128::from(excess) * u128::from(refill) / u128::from(CHARGE);
-            let wait = u64::try_from(wait).unwrap_or(u64::MAX).max(1);
-            return Some(Duration::from_millis(wait));
+        let locked = (self.locked_until_ms > now.mono_ms)
+            .then(|| Duration::from_millis(self.locked_until_ms - now.mono_ms));
+        if scope != TERMINAL_SCOPE {
+            return locked;
         }
-        (self.locked_until_ms > now.mono_ms)
-            .then(|| Duration::from_millis(self.locked_until_ms - now.mono_ms))
+        // The terminal is locked while its budget is full (and, for a lockout carried over
+        // from the window counters of release 0.1, until that lockout's end).
+        let full = u64::from(policy.terminal_max_failures) * CHARGE;
+        let level = self.drained_level(policy, now);
+        if level + CHARGE <= full {
+            return locked;
+        }
+        // Until the level has drained to one charge below full.
+        let excess = level + CHARGE - full;
+        let refill = millis(policy.terminal_refill).max(1);
+        let wait = u128::from(excess) * u128::from(refill) / u128::from(CHARGE);
+        let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(u64::MAX).max(1));
+        Some(locked.map_or(wait, |l| l.max(wait)))
     }
 
     /// Charges one attempt (counted as a failure until [`Counter::refund`]). The caller has
@@ -247,7 +250,7 @@ impl Counter {
     /// True when the counter holds nothing worth keeping.
     pub fn is_spent(&self, policy: &LockoutPolicy, scope: &str, now: Now) -> bool {
         if scope == TERMINAL_SCOPE {
-            self.drained_level(policy, now) == 0
+            self.drained_level(policy, now) == 0 && self.retry_after(policy, scope, now).is_none()
         } else {
             self.failures == 0 && self.retry_after(policy, scope, now).is_none()
         }

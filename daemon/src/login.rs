@@ -19,9 +19,11 @@ use crate::credential::{HashError, TerminalKey, argon2id_in};
 use crate::hashing::{HashingPermit, HashingQueue, QueueFull};
 use crate::lockout::{Budget, LockoutPolicy, Refusal, scope_of};
 use crate::model::{CredentialKind, Terminal};
-use crate::resolve::{Candidate, DenialReason, Resolution, resolve};
+use crate::resolve::{Candidate, DenialReason, Resolution, may_log_in, resolve};
 use crate::session::{Session, SessionEvent, SessionManager, profile_change};
-use crate::store::{AttemptRecorded, Replica, ReplicaState, Settlement, StoreError, UserProfile};
+use crate::store::{
+    AttemptRecorded, LocalStore, Replica, ReplicaState, Settlement, StoreError, UserProfile,
+};
 
 const MAX_PIN_LEN: usize = 32;
 const MAX_KEY_ID_LEN: usize = 256;
@@ -161,6 +163,8 @@ impl Purpose {
 #[derive(Debug)]
 pub struct Authenticator {
     replica: Arc<Replica>,
+    /// Lockout counters and the audit outbox.
+    local: Arc<LocalStore>,
     key: Arc<TerminalKey>,
     terminal: Terminal,
     sessions: Arc<SessionManager>,
@@ -276,6 +280,7 @@ fn locked_out(refusal: Refusal) -> LoginError {
 impl Authenticator {
     pub fn new(
         replica: Arc<Replica>,
+        local: Arc<LocalStore>,
         key: Arc<TerminalKey>,
         terminal: Terminal,
         sessions: Arc<SessionManager>,
@@ -284,6 +289,7 @@ impl Authenticator {
     ) -> Self {
         Authenticator {
             replica,
+            local,
             key,
             terminal,
             sessions,
@@ -547,9 +553,9 @@ impl Authenticator {
         );
         let pending = self.take_all_refused(scope.as_deref());
         let rows: Vec<AuditRecord> = pending.iter().map(|(s, r)| r.record(s)).collect();
-        let replica = self.replica.clone();
+        let local = self.local.clone();
         let cleared =
-            blocking(move || replica.clear_lockouts(scope.as_deref(), &record, &rows)).await?;
+            blocking(move || local.clear_lockouts(scope.as_deref(), &record, &rows)).await?;
         let (cleared, stats) = match self.written(cleared) {
             Ok(done) => done,
             Err(e) => {
@@ -634,11 +640,10 @@ impl Authenticator {
             .await?;
             return Err(e);
         }
-        let (replica, policy, owned) =
-            (self.replica.clone(), self.policy.lockout, source.to_owned());
+        let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
         let budget = budget_of(kind);
         let now = crate::clock::now();
-        let locked = blocking(move || replica.refusal(budget, &owned, &policy, now)).await??;
+        let locked = blocking(move || local.refusal(budget, &owned, &policy, now)).await??;
         if let Some(refusal) = locked {
             self.count_refused(source, kind, RefusedFor::LockedOut);
             return Err(locked_out(refusal));
@@ -668,12 +673,11 @@ impl Authenticator {
         let pending = self.take_refused(&scope);
         let summary = pending.map(|p| p.record(&scope));
         let wrote_summary = summary.is_some();
-        let (replica, policy, owned) =
-            (self.replica.clone(), self.policy.lockout, source.to_owned());
+        let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
         let budget = budget_of(kind);
         let now = crate::clock::now();
         let admitted =
-            blocking(move || replica.admit_attempt(budget, &owned, &policy, now, summary.as_ref()))
+            blocking(move || local.admit_attempt(budget, &owned, &policy, now, summary.as_ref()))
                 .await?;
         let admitted = match self.written(admitted) {
             Ok(Ok(admitted)) => admitted,
@@ -748,12 +752,9 @@ impl Authenticator {
             verified.user_id.clone(),
         );
         match blocking(move || replica.user_profile(&user_id, &terminal)).await?? {
-            Some(profile) if profile.active && profile.assigned_here => Ok(profile),
             Some(profile) => {
-                let reason = if profile.active {
-                    DenialReason::NoAccessHere
-                } else {
-                    DenialReason::Inactive
+                let Err(reason) = may_log_in(profile.active, profile.assigned_here) else {
+                    return Ok(profile);
                 };
                 let e = LoginError::Denied(reason);
                 let record = purpose
@@ -781,11 +782,10 @@ impl Authenticator {
         settlement: Settlement,
         source: &str,
     ) -> Result<AttemptRecorded, LoginError> {
-        let (replica, policy, source) =
-            (self.replica.clone(), self.policy.lockout, source.to_owned());
+        let (local, policy, source) = (self.local.clone(), self.policy.lockout, source.to_owned());
         let now = crate::clock::now();
         let recorded =
-            blocking(move || replica.record_attempt(&record, settlement, &source, &policy, now))
+            blocking(move || local.record_attempt(&record, settlement, &source, &policy, now))
                 .await?;
         let recorded = self.written(recorded)?;
         audit::warn_if_over_cap(recorded.audit, self.policy.audit_max_rows);

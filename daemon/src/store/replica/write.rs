@@ -5,8 +5,9 @@ use std::time::SystemTime;
 
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
 
-use super::{Replica, StoreError, read_state, set_meta, unix_millis};
+use super::{Replica, StoreError, read_state};
 use crate::model::{Cursor, RoleRecord, UserRecord};
+use crate::store::sqlite::{set_meta, unix_millis};
 use crate::validate::{ValidChanges, ValidSnapshot, ValidationError};
 
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::audit::{audit_stats, insert_audit};
-use super::{Replica, StoreError};
+use super::{LocalStore, StoreError};
 use crate::audit::{AuditRecord, AuditStats};
 use crate::lockout::{Budget, Counter, LockoutPolicy, Now, Refusal, admit};
 
@@ -99,7 +99,7 @@ fn scoped(
         .collect()
 }
 
-impl Replica {
+impl LocalStore {
     /// Whether an attempt from `source` would be refused now (a read: the cheap check before
     /// an attempt queues for hashing).
     pub fn refusal(
