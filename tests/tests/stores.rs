@@ -109,7 +109,10 @@ async fn the_single_store_release_is_migrated_keeping_tokens_audit_and_lockouts(
     // it ends when it did, give or take the second the copy took.
     let shown = terminal.locked_until.as_ref().unwrap().seconds as u64;
     let fixture_until = fixture_terminal["locked_until_s"].as_u64().unwrap();
-    assert!(shown.abs_diff(fixture_until) <= 2, "{shown} vs {fixture_until}");
+    assert!(
+        shown.abs_diff(fixture_until) <= 2,
+        "{shown} vs {fixture_until}"
+    );
     assert_eq!(
         code(client.login_with_pin("48213957").await).0,
         Code::ResourceExhausted
