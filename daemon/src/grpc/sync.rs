@@ -17,7 +17,9 @@ use crate::hardware::DeviceRegistry;
 use crate::login::{Authenticator, replica_too_old};
 use crate::model::{Cursor, Terminal};
 use crate::store::{ApplyError, ApplySummary, LocalStore, Replica};
-use crate::validate::{Ingest, ValidationError, validate_changes, validate_snapshot};
+use crate::validate::{
+    Ingest, ValidationError, check_scheme_count, validate_changes, validate_snapshot,
+};
 
 /// Upper bound on users plus roles in one snapshot, so a runaway stream cannot exhaust memory.
 pub const MAX_SNAPSHOT_RECORDS: usize = 2_000_000;
@@ -34,6 +36,8 @@ pub struct SyncService {
     pub local: Arc<LocalStore>,
     pub key: Arc<TerminalKey>,
     pub limits: CostLimits,
+    /// `hashing.max_schemes`: distinct hash schemes per credential kind a sync may leave.
+    pub max_schemes: usize,
     pub terminal: Terminal,
     /// Signalled after every batch or snapshot that changed the replica.
     pub applied: Arc<tokio::sync::Notify>,
@@ -198,6 +202,7 @@ impl Sync for SyncService {
             ));
         }
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
+        let max_schemes = self.max_schemes;
         let summary = self
             .apply("snapshot", token, move || {
                 let ingest = Ingest {
@@ -205,6 +210,7 @@ impl Sync for SyncService {
                     limits: &limits,
                 };
                 let snapshot = validate_snapshot(users, roles, ingest)?;
+                check_scheme_count(&[], &snapshot.users, max_schemes)?;
                 replica.apply_snapshot(target, &snapshot)
             })
             .await?;
@@ -221,9 +227,10 @@ impl Sync for SyncService {
             .ok_or_else(|| Status::invalid_argument(ValidationError::MissingBase.to_string()))?;
         let new_revision = batch.new_revision;
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
+        let max_schemes = self.max_schemes;
         let summary = self
             .apply("changes", token, move || {
-                replica.apply_changes(base, new_revision, |role_in_replica| {
+                replica.apply_changes_bounded(base, new_revision, max_schemes, |role_in_replica| {
                     let ingest = Ingest {
                         key: &key,
                         limits: &limits,

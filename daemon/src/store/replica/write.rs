@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
 use super::{Replica, StoreError, read_state};
 use crate::model::{Cursor, RoleRecord, UserRecord};
 use crate::store::sqlite::{set_meta, unix_millis};
-use crate::validate::{ValidChanges, ValidSnapshot, ValidationError};
+use crate::validate::{ValidChanges, ValidSnapshot, ValidationError, check_scheme_count};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -97,7 +97,19 @@ impl Replica {
         new_revision: u64,
         validate: impl FnOnce(&dyn Fn(&str) -> bool) -> Result<ValidChanges, ValidationError>,
     ) -> Result<ApplySummary, ApplyError> {
-        let summary = self.write_changes(base, new_revision, validate);
+        self.apply_changes_bounded(base, new_revision, usize::MAX, validate)
+    }
+
+    /// [`Replica::apply_changes`], refused (nothing applied) when the replica would hold more
+    /// than `max_schemes` distinct hash schemes per credential kind afterwards.
+    pub fn apply_changes_bounded(
+        &self,
+        base: Cursor,
+        new_revision: u64,
+        max_schemes: usize,
+        validate: impl FnOnce(&dyn Fn(&str) -> bool) -> Result<ValidChanges, ValidationError>,
+    ) -> Result<ApplySummary, ApplyError> {
+        let summary = self.write_changes(base, new_revision, max_schemes, validate);
         self.invalidate_schemes();
         summary
     }
@@ -106,6 +118,7 @@ impl Replica {
         &self,
         base: Cursor,
         new_revision: u64,
+        max_schemes: usize,
         validate: impl FnOnce(&dyn Fn(&str) -> bool) -> Result<ValidChanges, ValidationError>,
     ) -> Result<ApplySummary, ApplyError> {
         let mut conn = self.writer()?;
@@ -163,6 +176,13 @@ impl Replica {
         for user in &changes.upsert_users {
             tx.prepare_cached("DELETE FROM users WHERE id = ?1")?
                 .execute([&user.id])?;
+        }
+        if max_schemes < usize::MAX {
+            // The schemes of every credential that stays, then the new ones in batch order.
+            let kept = super::read::distinct_schemes(&tx)?;
+            check_scheme_count(&kept, &changes.upsert_users, max_schemes)?;
+        }
+        for user in &changes.upsert_users {
             insert_user(&tx, user)?;
         }
         for role_id in &changes.delete_role_ids {
