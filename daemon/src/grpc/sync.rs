@@ -130,6 +130,7 @@ impl Sync for SyncService {
                     replica_too_old(state.last_sync_at, std::time::SystemTime::now(), max)
                 }),
             audit_stream_id: self.local.identity().stream_id.clone(),
+            disk_full: self.auth.disk_full(),
             session_user_id: session
                 .as_ref()
                 .map(|s| s.user_id.clone())
