@@ -13,6 +13,7 @@ pub mod demo;
 pub mod explain;
 pub mod grpc;
 pub mod hardware;
+pub mod history;
 pub mod input;
 pub mod lockout;
 pub mod logging;

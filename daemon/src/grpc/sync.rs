@@ -14,6 +14,7 @@ use super::{cursor_from_pb, cursor_to_pb, join_error, login::replica_status, tim
 use crate::audit;
 use crate::credential::{CostLimits, TerminalKey};
 use crate::hardware::DeviceRegistry;
+use crate::history::{BatchDigest, BatchHeader};
 use crate::login::{Authenticator, replica_too_old};
 use crate::model::{Cursor, Terminal};
 use crate::store::{ApplyError, ApplySummary, Replica};
@@ -214,14 +215,22 @@ impl Sync for SyncService {
         request: Request<pb::ChangeBatch>,
     ) -> Result<Response<pb::ApplyResult>, Status> {
         let token = caller(&request);
-        let mut batch = request.into_inner();
-        let base = cursor_from_pb(batch.base.take())
+        let batch = request.into_inner();
+        let base = cursor_from_pb(batch.base)
             .ok_or_else(|| Status::invalid_argument(ValidationError::MissingBase.to_string()))?;
-        let new_revision = batch.new_revision;
+        let header = BatchHeader {
+            base,
+            new_revision: batch.new_revision,
+            empty: batch.upsert_users.is_empty()
+                && batch.delete_user_ids.is_empty()
+                && batch.upsert_roles.is_empty()
+                && batch.delete_role_ids.is_empty(),
+            digest: BatchDigest::of(&prost::Message::encode_to_vec(&batch)),
+        };
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
         let summary = self
             .apply("changes", token, move || {
-                replica.apply_changes(base, new_revision, |role_in_replica| {
+                replica.apply_changes(&header, |role_in_replica| {
                     let ingest = Ingest {
                         key: &key,
                         limits: &limits,

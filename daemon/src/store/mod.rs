@@ -263,7 +263,7 @@ fn check_and_migrate(
               + (SELECT COUNT(*) FROM credentials) + (SELECT COUNT(*) FROM user_roles)
               + (SELECT COUNT(*) FROM user_access) + (SELECT COUNT(*) FROM role_permissions)
               + (SELECT COUNT(*) FROM sync_tokens) + (SELECT COUNT(*) FROM audit_events)
-              + (SELECT COUNT(*) FROM lockouts)",
+              + (SELECT COUNT(*) FROM lockouts) + (SELECT COUNT(*) FROM applied_batches)",
         [],
         |row| row.get::<_, i64>(0),
     ) {

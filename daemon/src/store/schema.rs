@@ -107,6 +107,17 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX credentials_by_scheme
         ON credentials(kind, m_cost, t_cost, p_cost, output_len, salt);
     "#,
+    // 4: the last batches applied (digest of central's encoding), so a replay is acknowledged only
+    // when it is the same batch. A snapshot empties it.
+    r#"
+    CREATE TABLE applied_batches (
+        epoch         INTEGER NOT NULL,
+        revision      INTEGER NOT NULL,
+        base_revision INTEGER NOT NULL,
+        digest        BLOB NOT NULL,
+        PRIMARY KEY (epoch, revision)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.
