@@ -10,6 +10,7 @@ mod explain;
 mod lockout;
 mod read;
 mod schema;
+mod snapshot_file;
 mod tokens;
 mod write;
 
@@ -22,6 +23,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 pub use audit::{AckError, AckSummary, MAX_AUDIT_BATCH};
 pub use lockout::{AttemptRecorded, CounterChange};
 pub use read::{Counts, UserProfile};
+pub use snapshot_file::{ReadySnapshot, SnapshotFile, discard_incoming, incoming_path};
 pub use tokens::TokenRow;
 pub use write::{ApplyError, ApplySummary};
 
@@ -56,6 +58,12 @@ pub enum StoreError {
     BadMeta { key: &'static str, value: String },
     #[error("replica lock poisoned by an earlier panic")]
     Poisoned,
+    #[error("snapshot side file {path}: {source}")]
+    SideFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What happened to the database file at start.

@@ -682,3 +682,106 @@ fn missing_tables_are_quarantined_not_fatal() {
     );
     assert!(replica.state().unwrap().cursor.needs_snapshot());
 }
+
+fn chunk(users: Vec<UserRecord>, roles: Vec<RoleRecord>) -> crate::snapshot::ValidChunk {
+    crate::snapshot::ValidChunk { users, roles }
+}
+
+#[test]
+fn a_snapshot_built_beside_the_replica_is_switched_in_and_read_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    let mut file = replica.begin_snapshot(cursor(1, 7)).unwrap();
+    assert!(incoming_path(replica.path()).exists());
+    file.insert(&chunk(vec![user("c", 3, 3)], vec![])).unwrap();
+    // The live replica keeps answering while the side file is written.
+    assert!(replica.user_profile("a", &terminal()).unwrap().is_some());
+    file.insert(&chunk(vec![user("d", 4, 4)], vec![cashier()]))
+        .unwrap();
+    let ready = file.finish().unwrap();
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+    let summary = replica.install_snapshot(ready).unwrap();
+    assert_eq!(
+        (summary.cursor, summary.users, summary.roles),
+        (cursor(1, 7), 2, 1)
+    );
+    assert!(!incoming_path(replica.path()).exists());
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 7));
+    assert!(replica.user_profile("a", &terminal()).unwrap().is_none());
+    assert!(replica.user_profile("d", &terminal()).unwrap().is_some());
+    assert_eq!(
+        replica
+            .candidates(CredentialKind::Pin, &[4; 32], &terminal())
+            .unwrap()
+            .len(),
+        1
+    );
+    // Indexes are all there, and the writer works on the new file.
+    let names: Vec<String> = index_definitions(&replica)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        names.contains(&"credentials_by_digest".to_owned()),
+        "{names:?}"
+    );
+    replica
+        .apply_changes(&batch(cursor(1, 7), 8), |_| Ok(no_changes()))
+        .unwrap();
+    drop(replica);
+    let reopened = open(&dir);
+    assert_eq!(reopened.state().unwrap().cursor, cursor(1, 8));
+    let check: String = reopened
+        .reader()
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
+#[test]
+fn an_unfinished_snapshot_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    let mut file = replica.begin_snapshot(cursor(2, 1)).unwrap();
+    file.insert(&chunk(vec![user("c", 3, 3)], vec![cashier()]))
+        .unwrap();
+    drop(file);
+    assert!(!incoming_path(replica.path()).exists());
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+    assert!(replica.user_profile("a", &terminal()).unwrap().is_some());
+}
+
+#[test]
+fn a_batch_applied_during_the_build_is_kept_unless_the_snapshot_is_newer() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    // Snapshot at 1:6 is started; batch 1:5 → 1:7 lands meanwhile: the snapshot is now older.
+    let file = replica.begin_snapshot(cursor(1, 6)).unwrap();
+    replica
+        .apply_changes(&batch(cursor(1, 5), 7), |_| {
+            Ok(ValidChanges {
+                upsert_users: vec![user("c", 3, 3)],
+                ..no_changes()
+            })
+        })
+        .unwrap();
+    let refused = replica
+        .install_snapshot(file.finish().unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            ApplyError::History(HistoryError::StaleSnapshot { .. })
+        ),
+        "{refused:?}"
+    );
+    assert!(!incoming_path(replica.path()).exists());
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 7));
+    assert!(replica.user_profile("c", &terminal()).unwrap().is_some());
+    // A stale target is refused before anything is written.
+    assert!(matches!(
+        replica.begin_snapshot(cursor(0, 9)),
+        Err(ApplyError::History(HistoryError::StaleEpoch { .. }))
+    ));
+}

@@ -253,7 +253,9 @@ fn remember_batch(tx: &Transaction<'_>, batch: AppliedBatch) -> Result<(), rusql
 
 /// The indexes a snapshot rebuilds: every declared index (not the primary keys) on the tables
 /// it rewrites, as (name, CREATE statement) from the schema itself.
-fn secondary_indexes(tx: &Transaction<'_>) -> Result<Vec<(String, String)>, rusqlite::Error> {
+pub(super) fn secondary_indexes(
+    tx: &rusqlite::Connection,
+) -> Result<Vec<(String, String)>, rusqlite::Error> {
     let mut stmt = tx.prepare(
         "SELECT name, sql FROM sqlite_master
          WHERE type = 'index' AND sql IS NOT NULL
@@ -289,13 +291,16 @@ fn counts(tx: &Transaction<'_>) -> Result<(u64, u64), rusqlite::Error> {
     Ok((users as u64, roles as u64))
 }
 
-fn insert_role(tx: &Transaction<'_>, role: &RoleRecord) -> Result<(), rusqlite::Error> {
+pub(super) fn insert_role(
+    tx: &rusqlite::Connection,
+    role: &RoleRecord,
+) -> Result<(), rusqlite::Error> {
     tx.prepare_cached("INSERT INTO roles (id, name, rank) VALUES (?1, ?2, ?3)")?
         .execute((&role.id, &role.name, role.rank))?;
     insert_permissions(tx, role)
 }
 
-fn insert_permissions(tx: &Transaction<'_>, role: &RoleRecord) -> Result<(), rusqlite::Error> {
+fn insert_permissions(tx: &rusqlite::Connection, role: &RoleRecord) -> Result<(), rusqlite::Error> {
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO role_permissions (role_id, permission, effect) VALUES (?1, ?2, ?3)",
     )?;
@@ -305,7 +310,10 @@ fn insert_permissions(tx: &Transaction<'_>, role: &RoleRecord) -> Result<(), rus
     Ok(())
 }
 
-fn insert_user(tx: &Transaction<'_>, user: &UserRecord) -> Result<(), rusqlite::Error> {
+pub(super) fn insert_user(
+    tx: &rusqlite::Connection,
+    user: &UserRecord,
+) -> Result<(), rusqlite::Error> {
     tx.prepare_cached(
         "INSERT INTO users (id, ordinal, first_name, last_name, email, active)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
