@@ -377,6 +377,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 state.audit_max_rows,
                 state.audit_status
             );
+            out!("audit stream:      {}", state.audit_stream_id);
             out!(
                 "session:           {}",
                 match (state.session_user_id.as_str(), state.session_locked) {

@@ -17,7 +17,7 @@ use crate::hardware::DeviceRegistry;
 use crate::history::{BatchDigest, BatchHeader};
 use crate::login::{Authenticator, replica_too_old};
 use crate::model::{Cursor, Terminal};
-use crate::store::{ApplyError, ApplySummary, Replica};
+use crate::store::{ApplyError, ApplySummary, LocalStore, Replica};
 use crate::validate::{Ingest, ValidationError, validate_changes, validate_snapshot};
 
 /// Upper bound on users plus roles in one snapshot, so a runaway stream cannot exhaust memory.
@@ -32,6 +32,7 @@ const DEFAULT_AUDIT_PULL: u32 = 100;
 #[derive(Debug)]
 pub struct SyncService {
     pub replica: Arc<Replica>,
+    pub local: Arc<LocalStore>,
     pub key: Arc<TerminalKey>,
     pub limits: CostLimits,
     pub terminal: Terminal,
@@ -93,13 +94,13 @@ impl Sync for SyncService {
         &self,
         _request: Request<pb::GetSyncStateRequest>,
     ) -> Result<Response<pb::SyncState>, Status> {
-        let replica = self.replica.clone();
+        let (replica, local) = (self.replica.clone(), self.local.clone());
         let terminal = self.terminal.clone();
         let (state, counts, audit_stats) = tokio::task::spawn_blocking(move || {
             Ok::<_, crate::store::StoreError>((
                 replica.state()?,
                 replica.counts(&terminal)?,
-                replica.audit_stats()?,
+                local.audit_stats()?,
             ))
         })
         .await
@@ -119,12 +120,13 @@ impl Sync for SyncService {
             audit_backlog: audit_stats.backlog,
             audit_max_rows: policy.audit_max_rows,
             audit_status: audit::status(audit_stats.backlog, policy.audit_max_rows),
-            lockouts: lockout_states(&self.replica, policy.lockout).await?,
+            lockouts: lockout_states(&self.local, policy.lockout).await?,
             input_devices: self.devices.list().into_iter().map(device_to_pb).collect(),
             replica_stale: !state.cursor.needs_snapshot()
                 && policy.max_replica_age.is_some_and(|max| {
                     replica_too_old(state.last_sync_at, std::time::SystemTime::now(), max)
                 }),
+            audit_stream_id: self.local.identity().stream_id.clone(),
             session_user_id: session
                 .as_ref()
                 .map(|s| s.user_id.clone())
@@ -252,11 +254,11 @@ impl Sync for SyncService {
             0 => DEFAULT_AUDIT_PULL,
             n => n,
         };
-        let replica = self.replica.clone();
+        let local = self.local.clone();
         let (rows, stats) = tokio::task::spawn_blocking(move || {
             Ok::<_, crate::store::StoreError>((
-                replica.audit_after(request.after_seq, limit)?,
-                replica.audit_stats()?,
+                local.audit_after(request.after_seq, limit)?,
+                local.audit_stats()?,
             ))
         })
         .await
@@ -272,6 +274,7 @@ impl Sync for SyncService {
             events: rows.into_iter().map(audit_to_pb).collect(),
             backlog: stats.backlog,
             last_seq: stats.last_seq,
+            stream_id: self.local.identity().stream_id.clone(),
         }))
     }
 
@@ -280,11 +283,14 @@ impl Sync for SyncService {
         request: Request<pb::AckAuditEventsRequest>,
     ) -> Result<Response<pb::AckAuditEventsResponse>, Status> {
         let token = caller(&request);
-        let seq = request.into_inner().seq;
-        let replica = self.replica.clone();
-        let outcome = tokio::task::spawn_blocking(move || replica.audit_ack(seq))
-            .await
-            .map_err(join_error)?;
+        let request = request.into_inner();
+        let seq = request.seq;
+        let stream_id = Some(request.stream_id).filter(|s| !s.is_empty());
+        let local = self.local.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || local.audit_ack(stream_id.as_deref(), seq))
+                .await
+                .map_err(join_error)?;
         match &outcome {
             Ok(ack) => tracing::info!(
                 token,

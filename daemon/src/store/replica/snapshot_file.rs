@@ -13,10 +13,12 @@ use std::time::SystemTime;
 use rusqlite::{Connection, OpenFlags};
 
 use super::write::{ApplyError, ApplySummary, insert_role, insert_user};
-use super::{Replica, StoreError, open_connection, read_state, schema, set_meta, unix_millis};
+use super::{Replica, read_state, schema};
 use crate::history::check_snapshot;
 use crate::model::Cursor;
 use crate::snapshot::ValidChunk;
+use crate::store::StoreError;
+use crate::store::sqlite::{open_connection, set_meta, unix_millis};
 
 /// Page cache of the side file's connection (KiB): bounds the memory the build and the index
 /// sorts take, whatever the snapshot's size.

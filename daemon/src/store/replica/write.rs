@@ -5,12 +5,13 @@ use std::time::SystemTime;
 
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
 
-use super::{Replica, StoreError, read_state, set_meta, unix_millis};
+use super::{Replica, StoreError, read_state};
 use crate::history::{
     AppliedBatch, BatchDecision, BatchDigest, BatchHeader, HistoryError, REMEMBERED_BATCHES,
     check_batch, check_snapshot,
 };
 use crate::model::{Cursor, RoleRecord, UserRecord};
+use crate::store::sqlite::{set_meta, unix_millis};
 use crate::validate::{ValidChanges, ValidSnapshot, ValidationError};
 
 #[derive(Debug, thiserror::Error)]
