@@ -34,10 +34,6 @@ fn open_replica(p: &Paths) -> (Replica, OpenOutcome) {
     Replica::open(&p.replica, &KEY).unwrap()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A replica as the single-file releases wrote it (schema 3): cursor 4/17, a token, audit rows
 /// 1–5 of which 1–2 were acknowledged (or all when `all_acked`), and a running lockout.
 fn write_single_file_replica(path: &Path, all_acked: bool) {
@@ -49,7 +45,7 @@ fn write_single_file_replica(path: &Path, all_acked: bool) {
     conn.pragma_update(None, "user_version", 3).unwrap();
     conn.execute(
         "INSERT INTO meta (key, value) VALUES ('key_fingerprint', ?1), ('epoch', '4'), ('revision', '17')",
-        [hex(&KEY)],
+        [hex::encode(KEY)],
     )
     .unwrap();
     conn.execute(

@@ -134,7 +134,7 @@ fn check_and_migrate(
     ) {
         return Ok(Err(Damage(format!("schema check: {e}"))));
     }
-    let fingerprint = hex(key_fingerprint);
+    let fingerprint = hex::encode(key_fingerprint);
     match get_meta(&tx, "key_fingerprint")? {
         Some(stored) if stored != fingerprint => {
             return Ok(Err(Damage(
@@ -157,10 +157,6 @@ pub(crate) fn read_state(conn: &Connection) -> Result<ReplicaState, StoreError> 
         cursor: Cursor { epoch, revision },
         last_sync_at,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -469,7 +469,7 @@ fn a_version_1_database_is_migrated_with_its_data() {
         conn.pragma_update(None, "user_version", 1).unwrap();
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('key_fingerprint', ?1), ('epoch', '4'), ('revision', '2')",
-            [hex(&KEY)],
+            [hex::encode(KEY)],
         )
         .unwrap();
         conn.execute(
