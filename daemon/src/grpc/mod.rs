@@ -130,7 +130,9 @@ impl From<ApplyError> for Status {
     fn from(e: ApplyError) -> Status {
         match e {
             ApplyError::Invalid(v) => Status::invalid_argument(v.to_string()),
-            ApplyError::RoleInUse { .. } => Status::invalid_argument(e.to_string()),
+            ApplyError::RoleInUse { .. } | ApplyError::DanglingReference { .. } => {
+                Status::invalid_argument(e.to_string())
+            }
             ApplyError::History(refusal) => {
                 let current = refusal.current();
                 let reason = match refusal {

@@ -112,7 +112,7 @@ fn fixture(policy: PolicySettings) -> Fixture {
                 epoch: 1,
                 revision: 1,
             },
-            &ValidSnapshot {
+            ValidSnapshot {
                 users: vec![
                     user(&key, "cashier", 1, "1111", "cashier"),
                     user(&key, "manager", 2, "9999", "manager"),
