@@ -122,6 +122,9 @@ impl Core {
         if let OpenOutcome::Quarantined { moved_to, .. } = &outcome {
             tracing::warn!(moved_to = %moved_to.display(), "starting with an empty replica: logins are refused until central sends a snapshot (sync tokens, lockouts and audit are kept)");
         }
+        // A snapshot side file left by a crash is garbage: the replica beside it is whole.
+        crate::store::discard_incoming(replica.path())
+            .map_err(io("unfinished snapshot file".to_owned()))?;
         let state = replica.state()?;
         tracing::info!(path = %replica.path().display(), cursor = %state.cursor, "replica open");
         let stats = local.audit_stats()?;
@@ -485,6 +488,7 @@ fn sync_server(
         auth: core.auth.clone(),
         devices: core.devices.clone(),
         applied: core.replica_changed.clone(),
+        snapshots: Arc::new(tokio::sync::Semaphore::new(1)),
     };
     let check = BearerCheck {
         tokens: core.tokens.clone(),

@@ -288,11 +288,15 @@ async fn denied_invalid_and_bad_reads_are_audited_but_not_counted() {
     inactive.active = false;
     f.replica
         .apply_changes(
-            Cursor {
-                epoch: 1,
-                revision: 1,
+            &crate::history::BatchHeader {
+                base: Cursor {
+                    epoch: 1,
+                    revision: 1,
+                },
+                new_revision: 2,
+                empty: false,
+                digest: crate::history::BatchDigest([2; 32]),
             },
-            2,
             |_| {
                 Ok(crate::validate::ValidChanges {
                     upsert_users: vec![inactive],
@@ -459,11 +463,15 @@ async fn locked_session_resumes_for_its_user_and_sync_changes_reach_it() {
     let (_, mut rx) = f.auth.sessions().watch();
     f.replica
         .apply_changes(
-            Cursor {
-                epoch: 1,
-                revision: 1,
+            &crate::history::BatchHeader {
+                base: Cursor {
+                    epoch: 1,
+                    revision: 1,
+                },
+                new_revision: 2,
+                empty: false,
+                digest: crate::history::BatchDigest([2; 32]),
             },
-            2,
             |_| {
                 Ok(crate::validate::ValidChanges {
                     upsert_roles: vec![role("cashier", &["refund", "sale"])],
@@ -485,11 +493,15 @@ async fn locked_session_resumes_for_its_user_and_sync_changes_reach_it() {
     // Deleting the user ends the session, naming why.
     f.replica
         .apply_changes(
-            Cursor {
-                epoch: 1,
-                revision: 2,
+            &crate::history::BatchHeader {
+                base: Cursor {
+                    epoch: 1,
+                    revision: 2,
+                },
+                new_revision: 3,
+                empty: false,
+                digest: crate::history::BatchDigest([3; 32]),
             },
-            3,
             |_| {
                 Ok(crate::validate::ValidChanges {
                     delete_user_ids: vec!["cashier".into()],

@@ -23,7 +23,10 @@ pub use local::Identity;
 pub use local::{
     AckError, AckSummary, AttemptRecorded, CounterChange, LocalStore, MAX_AUDIT_BATCH, TokenRow,
 };
-pub use replica::{ApplyError, ApplySummary, Counts, Replica, ReplicaState, UserProfile};
+pub use replica::{
+    ApplyError, ApplySummary, Counts, ReadySnapshot, Replica, ReplicaState, SnapshotFile,
+    UserProfile, discard_incoming, incoming_path,
+};
 pub(crate) use sqlite::unix_millis;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,12 @@ pub enum StoreError {
     BadMeta { key: &'static str, value: String },
     #[error("database lock poisoned by an earlier panic")]
     Poisoned,
+    #[error("snapshot side file {path}: {source}")]
+    SideFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What happened to a database file at start.

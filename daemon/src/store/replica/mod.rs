@@ -4,6 +4,7 @@
 mod explain;
 mod read;
 pub(super) mod schema;
+mod snapshot_file;
 mod write;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::SystemTime;
 use rusqlite::Connection;
 
 pub use read::{Counts, UserProfile};
+pub use snapshot_file::{ReadySnapshot, SnapshotFile, discard_incoming, incoming_path};
 pub use write::{ApplyError, ApplySummary};
 
 use super::sqlite::{self, Damage, get_meta, get_meta_u64, set_meta};
