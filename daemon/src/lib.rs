@@ -7,14 +7,17 @@
 
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod credential;
 pub mod demo;
 pub mod explain;
 pub mod grpc;
 pub mod hardware;
+pub mod hashing;
 pub mod history;
 pub mod input;
+pub mod listener;
 pub mod lockout;
 pub mod logging;
 pub mod login;

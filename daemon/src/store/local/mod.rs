@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use audit::{AckError, AckSummary, MAX_AUDIT_BATCH};
-pub use lockout::{AttemptRecorded, CounterChange};
+pub use lockout::{Admitted, AttemptRecorded, Settlement};
 pub use tokens::TokenRow;
 
 use super::sqlite::{self, Damage, get_meta, set_meta};
