@@ -377,6 +377,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 state.audit_max_rows,
                 state.audit_status
             );
+            out!("audit stream:      {}", state.audit_stream_id);
             out!(
                 "session:           {}",
                 match (state.session_user_id.as_str(), state.session_locked) {
@@ -615,11 +616,12 @@ fn print_event(event: &pb::SessionEvent) {
 }
 
 fn print_device(device: &pb::InputDevice) {
-    let state = match (device.attached, device.grabbed) {
-        (true, true) => "attached, grabbed",
-        (true, false) => "attached",
-        (false, _) if device.rule.is_empty() => "no rule matches: not read",
-        (false, _) => "not attached",
+    let state = match (device.attached, device.grabbed, &device.last_seen) {
+        (true, true, _) => "attached, grabbed".to_owned(),
+        (true, false, _) => "attached".to_owned(),
+        (false, _, Some(seen)) => format!("detached, last seen {}", time_label(Some(seen))),
+        (false, _, None) if device.rule.is_empty() => "no rule matches: not read".to_owned(),
+        (false, _, None) => "not attached".to_owned(),
     };
     out!("{} [{}] {}", device.path, device.kind, device.name);
     if !device.vendor_product.is_empty() {

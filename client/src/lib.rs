@@ -442,8 +442,22 @@ impl TillSyncClient {
     }
 
     /// Acknowledges (and so deletes) every audit row up to `seq`.
+    /// Acknowledges `seq` whatever the stream (prefer [`TillSyncClient::ack_audit_in`]).
     pub async fn ack_audit(&mut self, seq: u64) -> Result<pb::AckAuditEventsResponse, ClientError> {
-        let request = pb::AckAuditEventsRequest { seq };
+        self.ack_audit_in("", seq).await
+    }
+
+    /// Acknowledges `seq` of the audit stream `stream_id` (refused when the terminal's stream
+    /// is another one: its local state was reset).
+    pub async fn ack_audit_in(
+        &mut self,
+        stream_id: &str,
+        seq: u64,
+    ) -> Result<pb::AckAuditEventsResponse, ClientError> {
+        let request = pb::AckAuditEventsRequest {
+            seq,
+            stream_id: stream_id.to_owned(),
+        };
         Ok(self.inner.ack_audit_events(request).await?.into_inner())
     }
 

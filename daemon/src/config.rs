@@ -543,8 +543,14 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Central's data (replaceable by the next snapshot).
     pub fn database_path(&self) -> PathBuf {
         self.state_dir.join("replica.db")
+    }
+
+    /// The terminal's own state: sync tokens, audit outbox, lockout counters, identity.
+    pub fn local_store_path(&self) -> PathBuf {
+        self.state_dir.join("local.db")
     }
 
     pub fn terminal_key_path(&self) -> PathBuf {

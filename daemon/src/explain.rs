@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use crate::model::CredentialKind;
-use crate::resolve::{Candidate, Resolution, resolve};
+use crate::resolve::{Candidate, Resolution, may_log_in, resolve};
 
 /// A user as the checklist shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,7 +180,7 @@ pub fn explain(
         problems
             .push("the user's roles here grant no permission (or deny all they grant)".to_owned());
     }
-    if facts.person.active && facts.person.assigned_here {
+    if may_log_in(facts.person.active, facts.person.assigned_here).is_ok() {
         for c in checks.iter().filter(|c| !c.wins) {
             problems.push(format!("{}: {}", label(c.kind, c.index), c.outcome));
         }

@@ -18,10 +18,10 @@ use crate::audit::{self, AuditKind, AuditOutcome, AuditRecord, ReadFault};
 use crate::credential::{HashError, TerminalKey, argon2id_in};
 use crate::lockout::{LockoutPolicy, TERMINAL_SCOPE};
 use crate::model::{CredentialKind, Terminal};
-use crate::resolve::{Candidate, DenialReason, Resolution, resolve};
+use crate::resolve::{Candidate, DenialReason, Resolution, may_log_in, resolve};
 use crate::session::{Session, SessionEvent, SessionManager, profile_change};
 use crate::store::{
-    AttemptRecorded, CounterChange, Replica, ReplicaState, StoreError, UserProfile,
+    AttemptRecorded, CounterChange, LocalStore, Replica, ReplicaState, StoreError, UserProfile,
 };
 
 const MAX_PIN_LEN: usize = 32;
@@ -144,6 +144,8 @@ impl Purpose {
 #[derive(Debug)]
 pub struct Authenticator {
     replica: Arc<Replica>,
+    /// Lockout counters and the audit outbox.
+    local: Arc<LocalStore>,
     key: Arc<TerminalKey>,
     terminal: Terminal,
     sessions: Arc<SessionManager>,
@@ -182,6 +184,7 @@ impl std::fmt::Debug for HashMemory {
 impl Authenticator {
     pub fn new(
         replica: Arc<Replica>,
+        local: Arc<LocalStore>,
         key: Arc<TerminalKey>,
         terminal: Terminal,
         sessions: Arc<SessionManager>,
@@ -190,6 +193,7 @@ impl Authenticator {
     ) -> Self {
         Authenticator {
             replica,
+            local,
             key,
             terminal,
             sessions,
@@ -389,9 +393,9 @@ impl Authenticator {
             admin_source,
             AuditOutcome::Cleared,
         );
-        let replica = self.replica.clone();
+        let local = self.local.clone();
         let (cleared, stats) =
-            blocking(move || replica.clear_lockouts(scope.as_deref(), &record)).await??;
+            blocking(move || local.clear_lockouts(scope.as_deref(), &record)).await??;
         audit::warn_if_over_cap(stats, self.policy.audit_max_rows);
         tracing::info!(cleared = %cleared.join(", "), "lockouts cleared");
         Ok(cleared)
@@ -476,8 +480,8 @@ impl Authenticator {
             .map_err(|e| LoginError::Task(e.to_string()))?;
         if kind == CredentialKind::Pin {
             let scopes = self.policy.lockout.scopes(source);
-            let replica = self.replica.clone();
-            let locked = blocking(move || replica.locked_for(&scopes, SystemTime::now())).await??;
+            let local = self.local.clone();
+            let locked = blocking(move || local.locked_for(&scopes, SystemTime::now())).await??;
             if let Some((scope, retry_after)) = locked {
                 let e = LoginError::LockedOut {
                     retry_after,
@@ -533,12 +537,9 @@ impl Authenticator {
             verified.user_id.clone(),
         );
         match blocking(move || replica.user_profile(&user_id, &terminal)).await?? {
-            Some(profile) if profile.active && profile.assigned_here => Ok(profile),
             Some(profile) => {
-                let reason = if profile.active {
-                    DenialReason::NoAccessHere
-                } else {
-                    DenialReason::Inactive
+                let Err(reason) = may_log_in(profile.active, profile.assigned_here) else {
+                    return Ok(profile);
                 };
                 let e = LoginError::Denied(reason);
                 let record = purpose
@@ -566,9 +567,9 @@ impl Authenticator {
         record: AuditRecord,
         change: CounterChange,
     ) -> Result<AttemptRecorded, LoginError> {
-        let replica = self.replica.clone();
+        let local = self.local.clone();
         let policy = self.policy.lockout;
-        let recorded = blocking(move || replica.record_attempt(&record, change, &policy)).await??;
+        let recorded = blocking(move || local.record_attempt(&record, change, &policy)).await??;
         audit::warn_if_over_cap(recorded.audit, self.policy.audit_max_rows);
         for (scope, delay) in &recorded.locked {
             tracing::warn!(%scope, delay = %humantime::format_duration(*delay), "too many failed attempts: PIN entry locked");

@@ -1,4 +1,4 @@
-//! SIGHUP: re-read the sync tokens from the replica and the configuration file, and apply the
+//! SIGHUP: re-read the sync tokens from the local store and the configuration file, and apply the
 //! live part of the configuration ([`LiveSettings`]) without a restart. A config file that does
 //! not parse or validate is refused as a whole and the running configuration is kept. The
 //! current session is never touched.
@@ -55,7 +55,7 @@ impl Reloader {
     pub async fn reload(&self, core: &Core) -> ReloadReport {
         tracing::info!("reloading (SIGHUP)");
         let mut report = ReloadReport::default();
-        match reload_tokens(core.tokens.clone(), core.replica.clone()).await {
+        match reload_tokens(core.tokens.clone(), core.local.clone()).await {
             Ok(count) => report.tokens = count,
             Err(e) => {
                 tracing::error!(error = %e, "sync tokens not reloaded; keeping the loaded ones");
@@ -140,13 +140,13 @@ fn apply_input(
 
 async fn reload_tokens(
     tokens: Arc<TokenRegistry>,
-    replica: Arc<crate::store::Replica>,
+    local: Arc<crate::store::LocalStore>,
 ) -> Result<usize, ReloadError> {
     let count = tokio::task::spawn_blocking(move || {
-        tokens.reload(&replica)?;
+        tokens.reload(&local)?;
         Ok::<_, StoreError>(tokens.list().len())
     })
     .await??;
-    tracing::info!(tokens = count, "sync tokens reloaded from the replica");
+    tracing::info!(tokens = count, "sync tokens reloaded from the local store");
     Ok(count)
 }

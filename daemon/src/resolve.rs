@@ -52,25 +52,46 @@ pub enum Resolution {
     NoMatch,
 }
 
+/// May a user log in at this terminal: active, and assigned here (to this Sales Point or this
+/// sub-terminal: the store's `ACCESS_HERE`). The one place this is decided — resolution, the
+/// re-check before a session starts, the session's re-evaluation after a sync, `explain` and the
+/// users-at-terminal count all ask it.
+pub fn may_log_in(active: bool, assigned_here: bool) -> Result<(), DenialReason> {
+    if !active {
+        Err(DenialReason::Inactive)
+    } else if !assigned_here {
+        Err(DenialReason::NoAccessHere)
+    } else {
+        Ok(())
+    }
+}
+
+impl Candidate {
+    fn may_log_in(&self) -> Result<(), DenialReason> {
+        may_log_in(self.active, self.assigned_here)
+    }
+}
+
 /// Applies rules 1–3 to the users whose credential matched, in any order.
 pub fn resolve(mut candidates: Vec<Candidate>) -> Resolution {
     candidates.sort_by(|a, b| (a.ordinal, &a.user_id).cmp(&(b.ordinal, &b.user_id)));
-    if let Some(winner) = candidates.iter().find(|c| c.active && c.assigned_here) {
-        return Resolution::Accepted {
-            user_id: winner.user_id.clone(),
-        };
+    let mut first_refusal = None;
+    for candidate in candidates {
+        match candidate.may_log_in() {
+            Ok(()) => {
+                return Resolution::Accepted {
+                    user_id: candidate.user_id,
+                };
+            }
+            Err(reason) => {
+                first_refusal.get_or_insert(Resolution::Denied {
+                    user_id: candidate.user_id,
+                    reason,
+                });
+            }
+        }
     }
-    match candidates.into_iter().next() {
-        Some(first) => Resolution::Denied {
-            reason: if !first.active {
-                DenialReason::Inactive
-            } else {
-                DenialReason::NoAccessHere
-            },
-            user_id: first.user_id,
-        },
-        None => Resolution::NoMatch,
-    }
+    first_refusal.unwrap_or(Resolution::NoMatch)
 }
 
 /// Merges the permissions of the roles that apply at this terminal: a denial beats a permission.
@@ -109,6 +130,14 @@ mod tests {
             active,
             assigned_here: assigned,
         }
+    }
+
+    #[test]
+    fn may_log_in_needs_active_and_assigned_inactive_first() {
+        assert_eq!(may_log_in(true, true), Ok(()));
+        assert_eq!(may_log_in(false, true), Err(DenialReason::Inactive));
+        assert_eq!(may_log_in(true, false), Err(DenialReason::NoAccessHere));
+        assert_eq!(may_log_in(false, false), Err(DenialReason::Inactive));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::login::Authenticator;
 use crate::reload::Reloader;
 use crate::session::SessionManager;
 use crate::signals::{Signal, Signals};
-use crate::store::{OpenOutcome, Replica, StoreError};
+use crate::store::{LocalStore, OpenOutcome, Replica, StoreError};
 use crate::systemd::{Notifier, SystemdError};
 use crate::tokens::TokenRegistry;
 
@@ -84,6 +84,8 @@ pub struct Core {
     /// Signalled after each sync that changed the replica.
     pub replica_changed: Arc<Notify>,
     pub replica: Arc<Replica>,
+    /// The terminal's own state (tokens, audit outbox, lockouts, identity).
+    pub local: Arc<LocalStore>,
     pub key: Arc<TerminalKey>,
     pub sessions: Arc<SessionManager>,
     pub auth: Arc<Authenticator>,
@@ -93,7 +95,9 @@ pub struct Core {
 }
 
 impl Core {
-    /// Creates the state directory and key, and opens (or quarantines and recreates) the replica.
+    /// Creates the state directory and key, and opens (or quarantines and recreates) the two
+    /// stores: the local store first, as it copies the terminal's state out of a single-file
+    /// replica before the replica's migration drops it.
     pub fn open(settings: Settings) -> Result<Core, DaemonError> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -107,13 +111,25 @@ impl Core {
         if created {
             tracing::info!(path = %settings.terminal_key_path().display(), "terminal key created");
         }
+        let (local, outcome) =
+            LocalStore::open(&settings.local_store_path(), &settings.database_path())?;
+        if let OpenOutcome::Quarantined { moved_to, .. } = &outcome {
+            tracing::error!(moved_to = %moved_to.display(),
+                "the local store was unusable and was moved aside: sync tokens, lockout counters and audit rows \
+                 central had not pulled are in the moved file; a new audit stream starts; create a new sync token for central");
+        }
+        let identity = local.identity();
+        tracing::info!(path = %local.path().display(), audit_stream = %identity.stream_id, "local store open");
         let (replica, outcome) = Replica::open(&settings.database_path(), &key.fingerprint())?;
         if let OpenOutcome::Quarantined { moved_to, .. } = &outcome {
-            tracing::warn!(moved_to = %moved_to.display(), "starting with an empty replica: logins are refused until central sends a snapshot");
+            tracing::warn!(moved_to = %moved_to.display(), "starting with an empty replica: logins are refused until central sends a snapshot (sync tokens, lockouts and audit are kept)");
         }
+        // A snapshot side file left by a crash is garbage: the replica beside it is whole.
+        crate::store::discard_incoming(replica.path())
+            .map_err(io("unfinished snapshot file".to_owned()))?;
         let state = replica.state()?;
         tracing::info!(path = %replica.path().display(), cursor = %state.cursor, "replica open");
-        let stats = replica.audit_stats()?;
+        let stats = local.audit_stats()?;
         if stats.backlog > settings.policy.audit_max_rows {
             tracing::error!(
                 backlog = stats.backlog,
@@ -122,23 +138,26 @@ impl Core {
             );
         }
         let replica = Arc::new(replica);
+        let local = Arc::new(local);
         let key = Arc::new(key);
         let sessions = Arc::new(SessionManager::new(settings.session));
         let auth = Arc::new(Authenticator::new(
             replica.clone(),
+            local.clone(),
             key.clone(),
             settings.terminal.clone(),
             sessions.clone(),
             settings.max_concurrent_hashes,
             settings.policy,
         ));
-        let tokens = Arc::new(TokenRegistry::load(&replica)?);
+        let tokens = Arc::new(TokenRegistry::load(&local)?);
         Ok(Core {
             live: watch::Sender::new(settings.live.clone()),
             input: watch::Sender::new(Arc::new(settings.input.clone())),
             replica_changed: Arc::new(Notify::new()),
             settings,
             replica,
+            local,
             key,
             sessions,
             auth,
@@ -284,8 +303,13 @@ pub async fn serve(
         }
     }
     input.abort();
-    if let Err(e) = core.replica.checkpoint() {
-        tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+    for (store, checkpoint) in [
+        ("replica", core.replica.checkpoint()),
+        ("local", core.local.checkpoint()),
+    ] {
+        if let Err(e) = checkpoint {
+            tracing::warn!(store, error = %e, "WAL checkpoint at shutdown failed");
+        }
     }
     // An activated socket belongs to systemd, which keeps it open across restarts.
     if owns_socket {
@@ -425,6 +449,7 @@ fn login_server(
     admin_uids.push(nix::unistd::geteuid().as_raw());
     let admin = AdminService {
         replica: core.replica.clone(),
+        local: core.local.clone(),
         tokens: core.tokens.clone(),
         admin_uids,
         auth: core.auth.clone(),
@@ -491,12 +516,14 @@ fn sync_server(
     let max = settings.sync_max_message_bytes;
     let sync = SyncService {
         replica: core.replica.clone(),
+        local: core.local.clone(),
         key: core.key.clone(),
         limits: settings.cost_limits,
         terminal: settings.terminal.clone(),
         auth: core.auth.clone(),
         devices: core.devices.clone(),
         applied: core.replica_changed.clone(),
+        snapshots: Arc::new(tokio::sync::Semaphore::new(1)),
     };
     let check = BearerCheck {
         tokens: core.tokens.clone(),

@@ -8,6 +8,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 use crate::model::{CredentialKind, Cursor};
+use crate::resolve::{DenialReason, may_log_in};
 use crate::store::UserProfile;
 
 /// Capacity of the event channel; a watcher this far behind is told it lost events.
@@ -85,11 +86,12 @@ pub fn profile_change(session: &Session, profile: Option<&UserProfile>) -> Optio
     let Some(profile) = profile else {
         return Some(ProfileChange::End("user deleted"));
     };
-    if !profile.active {
-        return Some(ProfileChange::End("user deactivated"));
-    }
-    if !profile.assigned_here {
-        return Some(ProfileChange::End("access to this terminal removed"));
+    match may_log_in(profile.active, profile.assigned_here) {
+        Ok(()) => {}
+        Err(DenialReason::Inactive) => return Some(ProfileChange::End("user deactivated")),
+        Err(DenialReason::NoAccessHere) => {
+            return Some(ProfileChange::End("access to this terminal removed"));
+        }
     }
     if profile.permissions != session.permissions || profile.role_ids != session.role_ids {
         return Some(ProfileChange::Permissions {

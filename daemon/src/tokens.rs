@@ -1,5 +1,5 @@
 //! Sync bearer tokens: 256-bit random values shown once at creation; only their SHA-256 digests
-//! are kept (in the replica and in memory). Verification compares digests in constant time.
+//! are kept (in the local store and in memory). Verification compares digests in constant time.
 
 use std::sync::RwLock;
 use std::time::SystemTime;
@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::store::{Replica, StoreError, TokenRow};
+use crate::store::{LocalStore, StoreError, TokenRow};
 
 const TOKEN_PREFIX: &str = "tgs_";
 
@@ -35,21 +35,21 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// The known token digests, mirrored from the replica.
+/// The known token digests, mirrored from the local store.
 #[derive(Debug, Default)]
 pub struct TokenRegistry {
     rows: RwLock<Vec<TokenRow>>,
 }
 
 impl TokenRegistry {
-    pub fn load(replica: &Replica) -> Result<TokenRegistry, StoreError> {
+    pub fn load(store: &LocalStore) -> Result<TokenRegistry, StoreError> {
         Ok(TokenRegistry {
-            rows: RwLock::new(replica.tokens()?),
+            rows: RwLock::new(store.tokens()?),
         })
     }
 
     /// Creates a token and returns it; this is the only time its plaintext exists.
-    pub fn create(&self, replica: &Replica, name: &str) -> Result<Zeroizing<String>, TokenError> {
+    pub fn create(&self, store: &LocalStore, name: &str) -> Result<Zeroizing<String>, TokenError> {
         if !valid_name(name) {
             return Err(TokenError::BadName);
         }
@@ -64,15 +64,15 @@ impl TokenRegistry {
             digest: digest(&token),
             created_at: SystemTime::now(),
         };
-        if !replica.insert_token(&row)? {
+        if !store.insert_token(&row)? {
             return Err(TokenError::Exists(name.to_owned()));
         }
-        self.reload(replica)?;
+        self.reload(store)?;
         Ok(token)
     }
 
-    pub fn revoke(&self, replica: &Replica, name: &str) -> Result<bool, TokenError> {
-        let removed = replica.delete_token(name)?;
+    pub fn revoke(&self, store: &LocalStore, name: &str) -> Result<bool, TokenError> {
+        let removed = store.delete_token(name)?;
         // Forget it in memory directly: a failed re-read must not leave a revoked token valid.
         match self.rows.write() {
             Ok(mut rows) => rows.retain(|row| row.name != name),
@@ -88,8 +88,8 @@ impl TokenRegistry {
             .unwrap_or_default()
     }
 
-    pub fn reload(&self, replica: &Replica) -> Result<(), StoreError> {
-        let rows = replica.tokens()?;
+    pub fn reload(&self, store: &LocalStore) -> Result<(), StoreError> {
+        let rows = store.tokens()?;
         if let Ok(mut guard) = self.rows.write() {
             *guard = rows;
         }
@@ -127,22 +127,23 @@ mod tests {
     #[test]
     fn create_verify_revoke() {
         let dir = tempfile::tempdir().unwrap();
-        let (replica, _) = Replica::open(&dir.path().join("r.db"), &[0; 32]).unwrap();
-        let registry = TokenRegistry::load(&replica).unwrap();
-        let token = registry.create(&replica, "central").unwrap();
+        let path = dir.path().join("local.db");
+        let (store, _) = LocalStore::open(&path, &dir.path().join("replica.db")).unwrap();
+        let registry = TokenRegistry::load(&store).unwrap();
+        let token = registry.create(&store, "central").unwrap();
         assert!(token.starts_with(TOKEN_PREFIX));
         assert_eq!(registry.verify(&token).as_deref(), Some("central"));
         assert_eq!(registry.verify("tgs_wrong"), None);
         assert!(matches!(
-            registry.create(&replica, "central"),
+            registry.create(&store, "central"),
             Err(TokenError::Exists(_))
         ));
         // Only the digest is stored.
-        let reloaded = TokenRegistry::load(&replica).unwrap();
+        let reloaded = TokenRegistry::load(&store).unwrap();
         assert_eq!(reloaded.verify(&token).as_deref(), Some("central"));
-        assert!(registry.revoke(&replica, "central").unwrap());
+        assert!(registry.revoke(&store, "central").unwrap());
         assert_eq!(registry.verify(&token), None);
-        let bytes = std::fs::read(dir.path().join("r.db")).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
         let needle = token.as_bytes();
         assert!(!bytes.windows(needle.len()).any(|w| w == needle));
     }

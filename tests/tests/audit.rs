@@ -267,7 +267,7 @@ async fn no_pin_or_key_id_is_ever_written_to_the_database() {
     };
     search("while running");
     daemon.stop().await;
-    let db = std::fs::read(daemon.state_dir().join("replica.db")).unwrap();
+    let db = std::fs::read(daemon.state_dir().join("local.db")).unwrap();
     assert!(
         db.windows(b"no_match".len()).any(|w| w == b"no_match"),
         "the rows are in the file that was searched"

@@ -65,9 +65,14 @@ async fn serial_reader_logs_in_and_reopens_after_the_other_end_comes_back() {
     assert_eq!(session.method, pb::LoginMethod::Key as i32);
     assert!(session.source.contains("door reader"), "{}", session.source);
 
-    // The other end goes away: the daemon notices and keeps trying.
+    // The other end goes away: the daemon notices and keeps trying; the reader stays listed
+    // as detached, with when it was last seen.
     drop(pty);
-    wait_attached(&mut client, &link, false).await;
+    let gone = wait_attached(&mut client, &link, false).await;
+    let last_seen =
+        std::time::SystemTime::try_from(gone.last_seen.expect("last_seen is set")).unwrap();
+    assert!(last_seen.elapsed().unwrap() < Duration::from_secs(60));
+    assert!(!gone.error.is_empty(), "{gone:?}");
     // It comes back (a new pseudo-terminal behind the same path): the daemon re-opens it.
     let mut pty = Pty::open(&link);
     wait_attached(&mut client, &link, true).await;

@@ -380,9 +380,9 @@ async fn reload(daemon: &Daemon, notify: &NotifySocket) {
 }
 
 /// Adds or removes a sync token behind the daemon's back, as a provisioning tool writing the
-/// replica would: only SIGHUP makes the running daemon see it.
+/// local store would: only SIGHUP makes the running daemon see it.
 fn edit_tokens(dir: &Path, sql: &str, params: &[&dyn rusqlite::ToSql]) {
-    let conn = rusqlite::Connection::open(dir.join("state/replica.db")).unwrap();
+    let conn = rusqlite::Connection::open(dir.join("state/local.db")).unwrap();
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
     conn.execute(sql, params).unwrap();
 }
@@ -470,7 +470,7 @@ async fn sighup_reloads_tokens_and_log_level_and_keeps_the_session() {
         "{log}"
     );
     assert!(
-        log.contains("sync tokens reloaded from the replica tokens=1"),
+        log.contains("sync tokens reloaded from the local store tokens=1"),
         "{log}"
     );
 

@@ -12,7 +12,7 @@ use super::{internal, join_error, login::peer_label, timestamp};
 use crate::audit;
 use crate::login::Authenticator;
 use crate::model::Terminal;
-use crate::store::Replica;
+use crate::store::{LocalStore, Replica};
 use crate::tokens::{TokenError, TokenRegistry};
 
 /// Rows `tillctl audit` shows by default.
@@ -21,6 +21,7 @@ const DEFAULT_AUDIT_TAIL: u32 = 20;
 #[derive(Debug)]
 pub struct AdminService {
     pub replica: Arc<Replica>,
+    pub local: Arc<LocalStore>,
     pub tokens: Arc<TokenRegistry>,
     /// Configured admin uids plus the daemon's own.
     pub admin_uids: Vec<u32>,
@@ -68,8 +69,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         self.authorize(&request, "token create")?;
         let name = request.into_inner().name;
-        let (replica, tokens, n) = (self.replica.clone(), self.tokens.clone(), name.clone());
-        let token = tokio::task::spawn_blocking(move || tokens.create(&replica, &n))
+        let (local, tokens, n) = (self.local.clone(), self.tokens.clone(), name.clone());
+        let token = tokio::task::spawn_blocking(move || tokens.create(&local, &n))
             .await
             .map_err(join_error)??;
         tracing::info!(token = %name, "sync token created");
@@ -103,8 +104,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         self.authorize(&request, "token revoke")?;
         let name = request.into_inner().name;
-        let (replica, tokens, n) = (self.replica.clone(), self.tokens.clone(), name.clone());
-        let revoked = tokio::task::spawn_blocking(move || tokens.revoke(&replica, &n))
+        let (local, tokens, n) = (self.local.clone(), self.tokens.clone(), name.clone());
+        let revoked = tokio::task::spawn_blocking(move || tokens.revoke(&local, &n))
             .await
             .map_err(join_error)??;
         tracing::info!(token = %name, revoked, "sync token revoke");
@@ -129,7 +130,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListLockoutsResponse>, Status> {
         self.authorize(&request, "lockouts")?;
         Ok(Response::new(pb::ListLockoutsResponse {
-            lockouts: lockout_states(&self.replica, self.auth.policy().lockout).await?,
+            lockouts: lockout_states(&self.local, self.auth.policy().lockout).await?,
         }))
     }
 
@@ -142,9 +143,9 @@ impl Admin for AdminService {
             0 => DEFAULT_AUDIT_TAIL,
             n => n,
         };
-        let replica = self.replica.clone();
+        let local = self.local.clone();
         let (rows, stats) = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::store::StoreError>((replica.audit_tail(limit)?, replica.audit_stats()?))
+            Ok::<_, crate::store::StoreError>((local.audit_tail(limit)?, local.audit_stats()?))
         })
         .await
         .map_err(join_error)??;

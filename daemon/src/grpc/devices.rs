@@ -51,6 +51,7 @@ pub fn device_to_pb(state: DeviceState) -> pb::InputDevice {
         },
         grabbed: state.grabbed,
         attached: state.attached,
+        last_seen: state.last_seen.map(timestamp),
         error: state.error,
     }
 }

@@ -5,13 +5,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tillgate_proto::v1 as pb;
 use tonic::Status;
+use tonic_types::StatusExt;
 
 use super::{join_error, method_to_pb, timestamp};
 use crate::audit::AuditRow;
 use crate::explain::{self, Collision, CredentialCheck, Explanation, Person};
 use crate::lockout::{Counter, LockoutPolicy};
 use crate::model::Terminal;
-use crate::store::{AckError, Replica, StoreError};
+use crate::store::{AckError, LocalStore, Replica, StoreError};
 
 pub fn audit_to_pb(row: AuditRow) -> pb::AuditEvent {
     let r = row.record;
@@ -155,12 +156,12 @@ pub async fn collision_report(
 
 /// The lockout counters worth showing, for both listeners.
 pub async fn lockout_states(
-    replica: &std::sync::Arc<Replica>,
+    local: &std::sync::Arc<LocalStore>,
     policy: LockoutPolicy,
 ) -> Result<Vec<pb::LockoutState>, Status> {
-    let replica = replica.clone();
+    let local = local.clone();
     let now = SystemTime::now();
-    let counters = tokio::task::spawn_blocking(move || replica.lockout_counters(&policy, now))
+    let counters = tokio::task::spawn_blocking(move || local.lockout_counters(&policy, now))
         .await
         .map_err(join_error)??;
     Ok(counters
@@ -173,6 +174,15 @@ impl From<AckError> for Status {
     fn from(e: AckError) -> Status {
         match e {
             AckError::BeyondLast { .. } => Status::invalid_argument(e.to_string()),
+            AckError::StreamChanged { ref current, .. } => Status::with_error_details(
+                tonic::Code::FailedPrecondition,
+                e.to_string(),
+                tonic_types::ErrorDetails::with_error_info(
+                    "AUDIT_STREAM_CHANGED",
+                    super::ERROR_DOMAIN,
+                    std::collections::HashMap::from([("stream_id".to_owned(), current.clone())]),
+                ),
+            ),
             AckError::Store(s) => s.into(),
         }
     }

@@ -1,9 +1,15 @@
-//! From framed input to a login: the shared path of evdev and serial readers.
+//! From framed input to a login: the shared path of evdev and serial readers. Device tasks only
+//! read and frame; they push what they framed onto a bounded queue and go back to reading, so
+//! an unplug, a re-plug or a fast burst is never stuck behind a login that is still hashing.
+//! One dispatcher task takes the queue in order (a removal is handled after the login its key
+//! made, whichever device each came from).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tracing::instrument;
 use zeroize::Zeroizing;
 
@@ -110,6 +116,86 @@ impl DeviceLabel {
     }
 }
 
+/// Framed items waiting for the dispatcher. Beyond this many a reader's input is dropped
+/// (loudly) rather than making its device task wait.
+pub const QUEUE_LEN: usize = 64;
+
+/// One framed item on its way to the dispatcher.
+#[derive(Debug)]
+pub struct FramedInput {
+    pub device: DeviceLabel,
+    /// Canonicalises key ids (key readers only).
+    pub profile: Option<Arc<Profile>>,
+    pub framed: Framed,
+}
+
+/// The device tasks' end of the queue: pushing never waits.
+#[derive(Debug, Clone)]
+pub struct InputQueue {
+    sender: mpsc::Sender<FramedInput>,
+    pub registry: Arc<DeviceRegistry>,
+}
+
+impl InputQueue {
+    pub fn new(registry: Arc<DeviceRegistry>) -> (InputQueue, mpsc::Receiver<FramedInput>) {
+        let (sender, receiver) = mpsc::channel(QUEUE_LEN);
+        (InputQueue { sender, registry }, receiver)
+    }
+
+    /// Hands a framed item to the dispatcher without waiting. A full queue drops it (its secret
+    /// is zeroed on drop) and says so in the log and on `tillctl devices --watch`.
+    pub fn push(&self, device: &DeviceLabel, profile: Option<&Arc<Profile>>, framed: Framed) {
+        let input = FramedInput {
+            device: device.clone(),
+            profile: profile.cloned(),
+            framed,
+        };
+        match self.sender.try_send(input) {
+            Ok(()) => {}
+            Err(TrySendError::Full(input)) => {
+                tracing::warn!(device = %device.source, capacity = QUEUE_LEN, "input dropped: the dispatcher queue is full");
+                self.activity(
+                    device,
+                    ActivityKind::Rejected,
+                    String::new(),
+                    "dropped: the dispatcher queue is full".into(),
+                );
+                drop(input);
+            }
+            Err(TrySendError::Closed(_)) => {
+                tracing::debug!(device = %device.source, "input dropped: the dispatcher has stopped");
+            }
+        }
+    }
+
+    pub fn activity(
+        &self,
+        device: &DeviceLabel,
+        kind: ActivityKind,
+        masked: String,
+        outcome: String,
+    ) {
+        publish(&self.registry, device, kind, masked, outcome);
+    }
+}
+
+fn publish(
+    registry: &DeviceRegistry,
+    device: &DeviceLabel,
+    kind: ActivityKind,
+    masked: String,
+    outcome: String,
+) {
+    registry.publish(InputActivity {
+        at: SystemTime::now(),
+        device: device.name.clone(),
+        path: device.path.clone(),
+        kind,
+        masked,
+        outcome,
+    });
+}
+
 #[derive(Debug)]
 pub struct Dispatcher {
     pub auth: Arc<Authenticator>,
@@ -117,6 +203,14 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// Takes framed items off the queue in order until every sender is gone.
+    pub async fn run(self: Arc<Self>, mut queue: mpsc::Receiver<FramedInput>) {
+        while let Some(input) = queue.recv().await {
+            self.handle(&input.device, input.profile.as_deref(), input.framed)
+                .await;
+        }
+    }
+
     /// Handles one framed item from `device`; `profile` canonicalises key ids.
     #[instrument(skip_all, fields(device = %device.source))]
     pub async fn handle(&self, device: &DeviceLabel, profile: Option<&Profile>, framed: Framed) {
@@ -205,13 +299,6 @@ impl Dispatcher {
         masked: String,
         outcome: String,
     ) {
-        self.registry.publish(InputActivity {
-            at: SystemTime::now(),
-            device: device.name.clone(),
-            path: device.path.clone(),
-            kind,
-            masked,
-            outcome,
-        });
+        publish(&self.registry, device, kind, masked, outcome);
     }
 }

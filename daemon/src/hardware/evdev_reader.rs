@@ -1,20 +1,25 @@
 //! evdev adapter: discovers PIN pads and key readers under the input directory, follows
-//! hot-plug with inotify, grabs readers, and feeds their key events to the framers.
+//! hot-plug with inotify, grabs readers, and feeds their key events to the framers. A device
+//! task only reads and frames: what it frames goes onto the dispatcher's queue without waiting,
+//! so an unplug ends the task at once whatever logins are still hashing.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use evdev::raw_stream::RawDevice;
 use futures::StreamExt;
 use inotify::{Inotify, WatchMask};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::InputSettings;
-use super::dispatch::{DeviceLabel, Dispatcher, Framer};
+use super::clock::EventClock;
+use super::dispatch::{DeviceLabel, Framer, InputQueue};
 use super::matching::{CompiledRule, DeviceInfo, first_match};
 use super::registry::{ActivityKind, DeviceKind, DeviceState};
 use crate::config::DeviceRole;
@@ -22,33 +27,44 @@ use crate::input::event::InputEvent;
 use crate::input::pin_pad::PinPad;
 use crate::input::profile::Profile;
 
-/// Attempts to open a new node: udev may set its permissions a moment after it appears.
-const OPEN_ATTEMPTS: u32 = 20;
-const OPEN_RETRY: Duration = Duration::from_millis(100);
+/// Opening a new node is retried (udev may set its permissions a moment after it appears)
+/// with this backoff, until it opens or the node is gone; an inotify event on the node retries
+/// at once.
+const OPEN_RETRY_FIRST: Duration = Duration::from_millis(10);
+const OPEN_RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long to wait for held keys to be released before grabbing anyway.
 const GRAB_WAIT: Duration = Duration::from_secs(2);
 const DIR_RETRY: Duration = Duration::from_secs(5);
-const BUSY_RETRY: Duration = Duration::from_millis(500);
-const GRAB_BUSY_ATTEMPTS: u32 = 30;
+const GRAB_BUSY_RETRY: Duration = Duration::from_millis(20);
+const GRAB_BUSY_ATTEMPTS: u32 = 150;
+
+/// One node's task: at most one per path.
+#[derive(Debug, Default)]
+struct Slot {
+    /// The node was created again or changed while its task was busy: when the task ends
+    /// (the old device is gone), it serves the path once more.
+    again: AtomicBool,
+    /// Wakes a task that is waiting to retry opening the node.
+    poke: Notify,
+}
 
 struct Context {
     settings: Arc<InputSettings>,
-    dispatcher: Arc<Dispatcher>,
-    /// Nodes with a task reading or opening them, so inotify bursts attach each once.
-    busy: Mutex<HashSet<PathBuf>>,
+    queue: InputQueue,
+    slots: Mutex<HashMap<PathBuf, Arc<Slot>>>,
 }
 
 /// Runs until `stop` turns true (then every device is released before it returns) or the task
 /// is aborted.
 pub async fn run(
     settings: Arc<InputSettings>,
-    dispatcher: Arc<Dispatcher>,
+    queue: InputQueue,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let ctx = Arc::new(Context {
         settings,
-        dispatcher,
-        busy: Mutex::new(HashSet::new()),
+        queue,
+        slots: Mutex::new(HashMap::new()),
     });
     let dir = ctx.settings.dir.clone();
     // Device tasks belong to this set: when this task is aborted (shutdown, reload), dropping
@@ -77,7 +93,9 @@ pub async fn run(
                             };
                             let path = dir.join(name);
                             if event.mask.contains(inotify::EventMask::DELETE) {
-                                ctx.dispatcher.registry.remove(&path);
+                                // A task opening it sees NotFound and ends; one reading it
+                                // sees ENODEV and marks it detached.
+                                ctx.queue.registry.node_removed(&path);
                             } else {
                                 attach(&ctx, path, &mut devices);
                             }
@@ -131,48 +149,52 @@ fn scan(ctx: &Arc<Context>, dir: &Path, devices: &mut JoinSet<()>) {
     }
 }
 
-/// Starts a task that opens, matches and reads `path`, unless one is already on it. A node
-/// re-created under the same name while the old task is still winding down (a fast re-plug) is
-/// tried once more a moment later.
+/// Starts a task that opens, matches and reads `path`. When a task is already on it (a fast
+/// re-plug: the old device's task is ending; or udev changing the node's permissions while it
+/// is being opened), that task is asked to try the node again instead.
 fn attach(ctx: &Arc<Context>, path: PathBuf, devices: &mut JoinSet<()>) {
+    let slot = {
+        let mut slots = ctx.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots.get(&path) {
+            slot.again.store(true, Ordering::SeqCst);
+            slot.poke.notify_one();
+            return;
+        }
+        let slot = Arc::new(Slot::default());
+        slots.insert(path.clone(), slot.clone());
+        slot
+    };
     let ctx = ctx.clone();
-    if claim(&ctx, &path) {
-        devices.spawn(async move { serve_claimed(&ctx, &path).await });
-    } else {
-        devices.spawn(async move {
-            tokio::time::sleep(BUSY_RETRY).await;
-            if claim(&ctx, &path) {
-                serve_claimed(&ctx, &path).await;
+    devices.spawn(async move {
+        loop {
+            serve_device(&ctx, &path, &slot).await;
+            let mut slots = ctx.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if !slot.again.swap(false, Ordering::SeqCst) {
+                slots.remove(&path);
+                return;
             }
-        });
-    }
+        }
+    });
 }
 
-fn claim(ctx: &Context, path: &Path) -> bool {
-    ctx.busy
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(path.to_owned())
-}
-
-async fn serve_claimed(ctx: &Context, path: &Path) {
-    serve_device(ctx, path).await;
-    ctx.busy
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(path);
-}
-
-async fn open_with_retry(path: &Path) -> io::Result<RawDevice> {
-    let mut attempt = 0;
+/// Opens the node, retrying until it opens or is gone (NotFound).
+async fn open_until_gone(path: &Path, slot: &Slot) -> io::Result<RawDevice> {
+    let mut delay = OPEN_RETRY_FIRST;
     loop {
+        slot.again.store(false, Ordering::SeqCst);
         match RawDevice::open(path) {
             Ok(device) => return Ok(device),
-            Err(e) if attempt + 1 < OPEN_ATTEMPTS && e.kind() != io::ErrorKind::NotFound => {
-                attempt += 1;
-                tokio::time::sleep(OPEN_RETRY).await;
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+            Err(e) => {
+                if delay == OPEN_RETRY_MAX {
+                    tracing::debug!(path = %path.display(), error = %e, "input node not readable yet; retrying");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = slot.poke.notified() => {}
+                }
+                delay = (delay * 2).min(OPEN_RETRY_MAX);
             }
-            Err(e) => return Err(e),
         }
     }
 }
@@ -206,21 +228,18 @@ fn links_to(path: &Path, dirs: &[PathBuf]) -> Vec<PathBuf> {
     links
 }
 
-fn now_since_epoch() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
-async fn serve_device(ctx: &Context, path: &Path) {
-    let registry = &ctx.dispatcher.registry;
-    let mut device = match open_with_retry(path).await {
+async fn serve_device(ctx: &Context, path: &Path, slot: &Slot) {
+    let registry = &ctx.queue.registry;
+    let mut device = match open_until_gone(path, slot).await {
         Ok(device) => device,
         Err(e) => {
-            tracing::debug!(path = %path.display(), error = %e, "input node not readable");
+            tracing::debug!(path = %path.display(), error = %e, "input node gone before it opened");
             return;
         }
     };
+    // First thing after opening: changing the clock flushes what is already queued (the kernel
+    // then queues SYN_DROPPED), and right now the queue is empty or nearly so.
+    let (clock, refused) = EventClock::select_monotonic(&device);
     let info = describe(&device, path, &ctx.settings.dir);
     let rule = first_match(&ctx.settings.rules, &info).cloned();
     let mut state = DeviceState {
@@ -231,6 +250,7 @@ async fn serve_device(ctx: &Context, path: &Path) {
         grabbed: false,
         attached: false,
         error: String::new(),
+        last_seen: None,
     };
     let Some(rule) = rule else {
         tracing::debug!(path = %path.display(), name = %info.name, "input device matches no rule; left alone");
@@ -238,6 +258,9 @@ async fn serve_device(ctx: &Context, path: &Path) {
         return;
     };
     let label = DeviceLabel::new(&info.name, &info.phys, path.to_owned());
+    if let Some(e) = refused {
+        tracing::warn!(device = %label.source, error = %e, "kernel refused monotonic event timestamps; a wall-clock step during a burst can split it");
+    }
     let (mut framer, profile) = match framer_for(&rule, ctx) {
         Ok(pair) => pair,
         Err(problem) => {
@@ -265,8 +288,8 @@ async fn serve_device(ctx: &Context, path: &Path) {
     };
     state.attached = true;
     registry.upsert(state);
-    tracing::info!(device = %label.source, path = %path.display(), rule = %rule.describe(), grabbed = rule.grab, "input device attached");
-    ctx.dispatcher.activity(
+    tracing::info!(device = %label.source, path = %path.display(), rule = %rule.describe(), grabbed = rule.grab, clock = clock.name(), "input device attached");
+    ctx.queue.activity(
         &label,
         ActivityKind::Attached,
         String::new(),
@@ -275,34 +298,31 @@ async fn serve_device(ctx: &Context, path: &Path) {
 
     let reason = loop {
         let deadline = framer.deadline();
-        let wait = deadline.map(|d| d.saturating_sub(now_since_epoch()));
+        let wait = deadline.map(|d| d.saturating_sub(clock.now()));
         tokio::select! {
             event = events.next_event() => match event {
                 Ok(event) => {
+                    // The kernel's stamp on `clock`, as a duration since that clock's zero.
                     let time = event.timestamp().duration_since(UNIX_EPOCH).unwrap_or_default();
                     let event = InputEvent::new(time, event.event_type().0, event.code(), event.value());
                     for framed in framer.feed(&event) {
-                        ctx.dispatcher.handle(&label, profile.as_ref(), framed).await;
+                        ctx.queue.push(&label, profile.as_ref(), framed);
                     }
                 }
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
                 Err(e) => break e,
             },
             () = sleep_for(wait) => {
-                if let Some(framed) = framer.expire(now_since_epoch()) {
-                    ctx.dispatcher.handle(&label, profile.as_ref(), framed).await;
+                if let Some(framed) = framer.expire(clock.now()) {
+                    ctx.queue.push(&label, profile.as_ref(), framed);
                 }
             }
         }
     };
     // ENODEV when unplugged; the node's reappearance attaches it again through inotify.
     tracing::info!(device = %label.source, path = %path.display(), error = %reason, "input device detached");
-    registry.update(path, |s| {
-        s.attached = false;
-        s.grabbed = false;
-        s.error = reason.to_string();
-    });
-    ctx.dispatcher.activity(
+    registry.detach(path, reason.to_string());
+    ctx.queue.activity(
         &label,
         ActivityKind::Detached,
         String::new(),
@@ -317,7 +337,10 @@ async fn sleep_for(wait: Option<Duration>) {
     }
 }
 
-fn framer_for(rule: &CompiledRule, ctx: &Context) -> Result<(Framer, Option<Profile>), String> {
+fn framer_for(
+    rule: &CompiledRule,
+    ctx: &Context,
+) -> Result<(Framer, Option<Arc<Profile>>), String> {
     match rule.role {
         DeviceRole::PinPad => PinPad::new(ctx.settings.pin_pad.clone())
             .map(|pad| (Framer::PinPad(pad), None))
@@ -329,7 +352,10 @@ fn framer_for(rule: &CompiledRule, ctx: &Context) -> Result<(Framer, Option<Prof
                 .get(&rule.profile)
                 .cloned()
                 .ok_or_else(|| format!("unknown profile {}", rule.profile))?;
-            Ok((Framer::KeyReader(profile.key_reader()), Some(profile)))
+            Ok((
+                Framer::KeyReader(profile.key_reader()),
+                Some(Arc::new(profile)),
+            ))
         }
     }
 }
@@ -340,7 +366,7 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 }
 
 /// EVIOCGRAB; EBUSY means another descriptor still holds the grab (a reader set being
-/// replaced by a reload is closing it): retry for a moment before giving up.
+/// replaced by a reload is closing it): retry for up to 3 s before giving up.
 async fn grab(device: &mut RawDevice) -> io::Result<()> {
     let mut attempts = 0;
     loop {
@@ -349,7 +375,7 @@ async fn grab(device: &mut RawDevice) -> io::Result<()> {
                 if e.raw_os_error() == Some(nix::libc::EBUSY) && attempts < GRAB_BUSY_ATTEMPTS =>
             {
                 attempts += 1;
-                tokio::time::sleep(OPEN_RETRY).await;
+                tokio::time::sleep(GRAB_BUSY_RETRY).await;
             }
             other => return other,
         }

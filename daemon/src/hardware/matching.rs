@@ -102,7 +102,8 @@ impl CompiledRule {
             by_id: rule.by_id.clone(),
             role,
             profile,
-            grab: rule.grab.unwrap_or(role == DeviceRole::KeyReader),
+            // PIN digits are secrets: a dedicated pad is grabbed unless the rule opts out.
+            grab: rule.grab.unwrap_or(true),
         })
     }
 
@@ -229,7 +230,10 @@ mod tests {
             &builtin_only,
         )
         .unwrap();
-        assert!(!pad.grab);
+        assert!(
+            pad.grab,
+            "a PIN pad is grabbed unless the rule says grab = false"
+        );
         let err = CompiledRule::compile(3, &rule(|_| {}), &builtin_only).unwrap_err();
         assert!(
             err.to_string()

@@ -2,6 +2,7 @@
 //! independent of the keyboard layout) and serial key readers. Framed PINs and key ids go through
 //! exactly the same resolution as a gRPC login; the session change reaches WatchSession.
 
+pub mod clock;
 pub mod dispatch;
 pub mod evdev_reader;
 pub mod matching;
@@ -19,7 +20,7 @@ use crate::input::pin_pad::PinPadConfig;
 use crate::input::profile::Profile;
 use crate::input::serial_frame::{SerialFramerConfig, SerialFraming};
 
-pub use dispatch::Dispatcher;
+pub use dispatch::{Dispatcher, InputQueue};
 pub use matching::{CompiledRule, DeviceInfo};
 pub use registry::{ActivityKind, DeviceRegistry, DeviceState, InputActivity};
 
@@ -157,14 +158,10 @@ struct Readers {
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Readers {
-    fn start(settings: &Arc<InputSettings>, dispatcher: &Arc<Dispatcher>) -> Readers {
+    fn start(settings: &Arc<InputSettings>, queue: &InputQueue) -> Readers {
         let evdev = (!settings.rules.is_empty()).then(|| {
             let (stop, stopped) = tokio::sync::watch::channel(false);
-            let task = tokio::spawn(evdev_reader::run(
-                settings.clone(),
-                dispatcher.clone(),
-                stopped,
-            ));
+            let task = tokio::spawn(evdev_reader::run(settings.clone(), queue.clone(), stopped));
             (task, stop)
         });
         let serial = settings
@@ -173,7 +170,7 @@ impl Readers {
             .cloned()
             .map(|port| {
                 let profile = settings.profiles.get(&port.profile).cloned();
-                tokio::spawn(serial_reader::run(port, profile, dispatcher.clone()))
+                tokio::spawn(serial_reader::run(port, profile, queue.clone()))
             })
             .collect();
         Readers { evdev, serial }
@@ -210,22 +207,32 @@ impl Drop for Readers {
 
 /// Runs the readers for the current input settings, and replaces them all whenever a reload
 /// publishes new ones (devices are released, re-matched and grabbed again under the new
-/// rules). Aborting the returned task stops every reader.
+/// rules). The dispatcher runs in the same task, fed by the readers through the input queue.
+/// Aborting the returned task stops every reader and the dispatcher.
 pub fn supervise(
     mut settings: tokio::sync::watch::Receiver<Arc<InputSettings>>,
     dispatcher: Arc<Dispatcher>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    let (queue, framed) = InputQueue::new(dispatcher.registry.clone());
+    let registry = dispatcher.registry.clone();
+    let readers = async move {
         loop {
             let current = settings.borrow_and_update().clone();
-            let readers = Readers::start(&current, &dispatcher);
+            let readers = Readers::start(&current, &queue);
             if settings.changed().await.is_err() {
                 // The sender is gone: keep these readers until the task is aborted.
                 std::future::pending::<()>().await;
             }
             readers.stop().await;
-            dispatcher.registry.clear();
+            // Devices seen so far stay listed (as detached) until readers re-attach them.
+            registry.all_detached();
             tracing::info!("input rules reloaded: readers restarted");
+        }
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            () = readers => {}
+            () = dispatcher.run(framed) => {}
         }
     })
 }
@@ -252,7 +259,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.rules.len(), 2);
-        assert!(s.rules[0].grab && !s.rules[1].grab);
+        assert!(s.rules[0].grab && s.rules[1].grab);
         assert_eq!(s.serial[0].framer.framing, SerialFraming::StxEtx);
         assert_eq!(s.pin_pad.idle_timeout, Duration::from_secs(5));
         assert!(settings("").unwrap().is_empty());

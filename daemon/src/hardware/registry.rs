@@ -30,6 +30,16 @@ pub struct DeviceState {
     pub attached: bool,
     /// The last problem (open failure, read error), if any.
     pub error: String,
+    /// When the device was last being read: set when it detaches (unplug, port gone), so
+    /// `tillctl devices` keeps showing it as detached until the daemon restarts.
+    pub last_seen: Option<SystemTime>,
+}
+
+impl DeviceState {
+    /// Once read under a rule and no longer: unplugged, or its port went away.
+    pub fn detached(&self) -> bool {
+        !self.attached && self.last_seen.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,13 +99,40 @@ impl DeviceRegistry {
         }
     }
 
-    /// Forgets every device (the readers are being restarted).
-    pub fn clear(&self) {
-        self.lock().clear();
+    /// Marks `path` detached now (it was being read and no longer is), with why.
+    pub fn detach(&self, path: &Path, reason: String) {
+        self.update(path, |s| {
+            s.attached = false;
+            s.grabbed = false;
+            s.error = reason;
+            s.last_seen = Some(SystemTime::now());
+        });
     }
 
-    pub fn remove(&self, path: &Path) {
-        self.lock().remove(path);
+    /// The readers are being restarted: every device read so far is detached now; a device
+    /// that was never read (no rule matched) is forgotten, the new rules may match it.
+    pub fn all_detached(&self) {
+        let now = SystemTime::now();
+        self.lock().retain(|_, s| {
+            if s.attached {
+                s.attached = false;
+                s.grabbed = false;
+                s.last_seen = Some(now);
+            }
+            s.last_seen.is_some()
+        });
+    }
+
+    /// A node was removed: forget it unless it was read under a rule (then its reader
+    /// marks it detached and it stays listed).
+    pub fn node_removed(&self, path: &Path) {
+        let mut devices = self.lock();
+        if devices
+            .get(path)
+            .is_some_and(|s| s.role.is_none() || (!s.attached && s.last_seen.is_none()))
+        {
+            devices.remove(path);
+        }
     }
 
     pub fn list(&self) -> Vec<DeviceState> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::SerialSettings;
-use super::dispatch::{DeviceLabel, Dispatcher, Framed};
+use super::dispatch::{DeviceLabel, Framed, InputQueue};
 use super::matching::DeviceInfo;
 use super::registry::{ActivityKind, DeviceKind, DeviceState};
 use crate::config::{DeviceRole, ParityConfig};
@@ -21,15 +21,15 @@ const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Runs until the daemon stops.
-pub async fn run(port: SerialSettings, profile: Option<Profile>, dispatcher: Arc<Dispatcher>) {
-    let Some(profile) = profile else {
+pub async fn run(port: SerialSettings, profile: Option<Profile>, queue: InputQueue) {
+    let Some(profile) = profile.map(Arc::new) else {
         // Validated at config load; kept as a guard.
         tracing::error!(port = %port.label, profile = %port.profile, "unknown reader profile");
         return;
     };
     let removal = profile.reader_config().removal_token.clone();
     let label = DeviceLabel::new(&port.label, "", port.path.clone());
-    let registry = dispatcher.registry.clone();
+    let registry = queue.registry.clone();
     registry.upsert(DeviceState {
         kind: DeviceKind::Serial,
         info: DeviceInfo {
@@ -42,6 +42,7 @@ pub async fn run(port: SerialSettings, profile: Option<Profile>, dispatcher: Arc
         grabbed: false,
         attached: false,
         error: String::new(),
+        last_seen: None,
     });
     let mut backoff = BACKOFF_START;
     loop {
@@ -53,7 +54,7 @@ pub async fn run(port: SerialSettings, profile: Option<Profile>, dispatcher: Arc
                     s.error.clear();
                 });
                 tracing::info!(device = %label.source, "serial reader attached");
-                dispatcher.activity(
+                queue.activity(
                     &label,
                     ActivityKind::Attached,
                     String::new(),
@@ -73,18 +74,15 @@ pub async fn run(port: SerialSettings, profile: Option<Profile>, dispatcher: Arc
                         },
                         SerialOutcome::Rejected(reason) => Framed::Rejected(format!("{reason:?}")),
                     };
-                    dispatcher.handle(&label, Some(&profile), framed).await;
+                    queue.push(&label, Some(&profile), framed);
                 }
                 let reason = match reading.await {
                     Ok(reason) => reason,
                     Err(e) => io::Error::other(e.to_string()),
                 };
                 tracing::info!(device = %label.source, error = %reason, "serial reader detached; re-opening");
-                registry.update(&port.path, |s| {
-                    s.attached = false;
-                    s.error = reason.to_string();
-                });
-                dispatcher.activity(
+                registry.detach(&port.path, reason.to_string());
+                queue.activity(
                     &label,
                     ActivityKind::Detached,
                     String::new(),

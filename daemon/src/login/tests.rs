@@ -1,4 +1,4 @@
-//! The Authenticator against a real replica in a temporary directory (cheap argon2 costs).
+//! The Authenticator against real stores in a temporary directory (cheap argon2 costs).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
@@ -83,6 +83,7 @@ fn terminal() -> Terminal {
 struct Fixture {
     _dir: tempfile::TempDir,
     replica: Arc<Replica>,
+    local: Arc<LocalStore>,
     key: Arc<TerminalKey>,
     auth: Authenticator,
 }
@@ -103,6 +104,8 @@ fn fixture(policy: PolicySettings) -> Fixture {
     let key = Arc::new(TerminalKey::from_bytes([3; 32]));
     let (replica, _) = Replica::open(&dir.path().join("r.db"), &key.fingerprint()).unwrap();
     let replica = Arc::new(replica);
+    let (local, _) = LocalStore::open(&dir.path().join("l.db"), &dir.path().join("r.db")).unwrap();
+    let local = Arc::new(local);
     replica
         .apply_snapshot(
             Cursor {
@@ -124,6 +127,7 @@ fn fixture(policy: PolicySettings) -> Fixture {
     let sessions = Arc::new(SessionManager::new(SessionPolicy::default()));
     let auth = Authenticator::new(
         replica.clone(),
+        local.clone(),
         key.clone(),
         terminal(),
         sessions,
@@ -133,6 +137,7 @@ fn fixture(policy: PolicySettings) -> Fixture {
     Fixture {
         _dir: dir,
         replica,
+        local,
         key,
         auth,
     }
@@ -143,7 +148,7 @@ fn pin(s: &str) -> Zeroizing<String> {
 }
 
 fn audit(f: &Fixture) -> Vec<AuditRow> {
-    f.replica.audit_after(0, 1000).unwrap()
+    f.local.audit_after(0, 1000).unwrap()
 }
 
 fn outcomes(f: &Fixture) -> Vec<&'static str> {
@@ -222,7 +227,7 @@ async fn success_resets_the_source_but_not_the_terminal_counter() {
         .login(CredentialKind::Pin, pin("1111"), SOCKET)
         .await
         .unwrap();
-    let counters = f.replica.lockout_counters(&policy().lockout, now).unwrap();
+    let counters = f.local.lockout_counters(&policy().lockout, now).unwrap();
     assert_eq!(
         counters
             .iter()
@@ -283,11 +288,15 @@ async fn denied_invalid_and_bad_reads_are_audited_but_not_counted() {
     inactive.active = false;
     f.replica
         .apply_changes(
-            Cursor {
-                epoch: 1,
-                revision: 1,
+            &crate::history::BatchHeader {
+                base: Cursor {
+                    epoch: 1,
+                    revision: 1,
+                },
+                new_revision: 2,
+                empty: false,
+                digest: crate::history::BatchDigest([2; 32]),
             },
-            2,
             |_| {
                 Ok(crate::validate::ValidChanges {
                     upsert_users: vec![inactive],
@@ -312,7 +321,7 @@ async fn denied_invalid_and_bad_reads_are_audited_but_not_counted() {
             .unwrap();
     }
     assert!(
-        f.replica
+        f.local
             .lockout_counters(&policy().lockout, now)
             .unwrap()
             .is_empty()
@@ -454,11 +463,15 @@ async fn locked_session_resumes_for_its_user_and_sync_changes_reach_it() {
     let (_, mut rx) = f.auth.sessions().watch();
     f.replica
         .apply_changes(
-            Cursor {
-                epoch: 1,
-                revision: 1,
+            &crate::history::BatchHeader {
+                base: Cursor {
+                    epoch: 1,
+                    revision: 1,
+                },
+                new_revision: 2,
+                empty: false,
+                digest: crate::history::BatchDigest([2; 32]),
             },
-            2,
             |_| {
                 Ok(crate::validate::ValidChanges {
                     upsert_roles: vec![role("cashier", &["refund", "sale"])],
@@ -480,11 +493,15 @@ async fn locked_session_resumes_for_its_user_and_sync_changes_reach_it() {
     // Deleting the user ends the session, naming why.
     f.replica
         .apply_changes(
-            Cursor {
-                epoch: 1,
-                revision: 2,
+            &crate::history::BatchHeader {
+                base: Cursor {
+                    epoch: 1,
+                    revision: 2,
+                },
+                new_revision: 3,
+                empty: false,
+                digest: crate::history::BatchDigest([3; 32]),
             },
-            3,
             |_| {
                 Ok(crate::validate::ValidChanges {
                     delete_user_ids: vec!["cashier".into()],

@@ -1,634 +1,219 @@
+//! The two stores together: migration from the single-file replica, and quarantining one store
+//! without touching the other.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::path::{Path, PathBuf};
+
 use super::*;
-use crate::model::{
-    CredentialKind, Effect, HashScheme, RoleAssignment, RolePermission, RoleRecord,
-    StoredCredential, Terminal, UserRecord,
-};
-use crate::validate::{ValidChanges, ValidSnapshot, ValidationError};
+use crate::audit::{AuditKind, AuditOutcome, AuditRecord};
+use crate::lockout::LockoutPolicy;
+use crate::model::{CredentialKind, Cursor};
 
 const KEY: [u8; 32] = [9; 32];
 
-fn open(dir: &tempfile::TempDir) -> Replica {
-    Replica::open(&dir.path().join("replica.db"), &KEY)
-        .unwrap()
-        .0
+struct Paths {
+    _dir: tempfile::TempDir,
+    replica: PathBuf,
+    local: PathBuf,
 }
 
-fn scheme() -> HashScheme {
-    HashScheme {
-        m_cost: 64,
-        t_cost: 1,
-        p_cost: 1,
-        output_len: 32,
-        salt: b"account-salt".to_vec(),
-    }
-}
-
-fn user(id: &str, ordinal: i64, digest: u8) -> UserRecord {
-    UserRecord {
-        id: id.into(),
-        ordinal,
-        first_name: id.into(),
-        last_name: String::new(),
-        email: String::new(),
-        active: true,
-        credentials: vec![StoredCredential {
-            kind: CredentialKind::Pin,
-            scheme: scheme(),
-            digest: [digest; 32],
-        }],
-        roles: vec![RoleAssignment {
-            role_id: "cashier".into(),
-            sales_point_id: None,
-        }],
-        sales_point_ids: vec!["sp".into()],
-        sub_terminal_ids: vec![],
-    }
-}
-
-fn cashier() -> RoleRecord {
-    RoleRecord {
-        id: "cashier".into(),
-        name: "Cashier".into(),
-        rank: 1,
-        permissions: vec![RolePermission {
-            name: "sale".into(),
-            effect: Effect::Allow,
-        }],
-    }
-}
-
-fn terminal() -> Terminal {
-    Terminal {
-        sales_point_id: "sp".into(),
-        sub_terminal_id: None,
-    }
-}
-
-fn cursor(epoch: u64, revision: u64) -> Cursor {
-    Cursor { epoch, revision }
-}
-
-fn seeded(dir: &tempfile::TempDir) -> Replica {
-    let replica = open(dir);
-    let snapshot = ValidSnapshot {
-        users: vec![user("a", 1, 1), user("b", 2, 1)],
-        roles: vec![cashier()],
-    };
-    replica.apply_snapshot(cursor(1, 5), &snapshot).unwrap();
-    replica
-}
-
-fn no_changes() -> ValidChanges {
-    ValidChanges {
-        upsert_users: vec![],
-        delete_user_ids: vec![],
-        upsert_roles: vec![],
-        delete_role_ids: vec![],
-    }
-}
-
-#[test]
-fn new_replica_is_empty_and_needs_a_snapshot() {
+fn paths() -> Paths {
     let dir = tempfile::tempdir().unwrap();
-    let (replica, outcome) = Replica::open(&dir.path().join("r.db"), &KEY).unwrap();
-    assert_eq!(outcome, OpenOutcome::Opened);
-    assert!(replica.state().unwrap().cursor.needs_snapshot());
-    let version: i64 = replica
-        .reader()
-        .unwrap()
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, schema::current_version());
-}
-
-#[test]
-fn snapshot_replaces_everything_and_finds_candidates_by_digest() {
-    let dir = tempfile::tempdir().unwrap();
-    let replica = seeded(&dir);
-    let found = replica
-        .candidates(CredentialKind::Pin, &[1; 32], &terminal())
-        .unwrap();
-    assert_eq!(found.len(), 2);
-    assert_eq!(
-        replica.hash_schemes(CredentialKind::Pin).unwrap(),
-        vec![scheme()]
-    );
-    assert!(
-        replica
-            .hash_schemes(CredentialKind::Key)
-            .unwrap()
-            .is_empty()
-    );
-
-    let next = ValidSnapshot {
-        users: vec![user("c", 1, 2)],
-        roles: vec![cashier()],
-    };
-    let summary = replica.apply_snapshot(cursor(2, 1), &next).unwrap();
-    assert_eq!((summary.users, summary.roles), (1, 1));
-    assert!(
-        replica
-            .candidates(CredentialKind::Pin, &[1; 32], &terminal())
-            .unwrap()
-            .is_empty()
-    );
-    let profile = replica.user_profile("c", &terminal()).unwrap().unwrap();
-    assert_eq!(profile.permissions, vec!["sale"]);
-    assert_eq!(replica.user_profile("a", &terminal()).unwrap(), None);
-}
-
-#[test]
-fn every_distinct_hash_scheme_is_found_and_changes_are_seen() {
-    let dir = tempfile::tempdir().unwrap();
-    let replica = open(&dir);
-    // Schemes that differ in each column of the index, shared by many users or by one.
-    let variants: Vec<(CredentialKind, HashScheme)> = vec![
-        (CredentialKind::Pin, scheme()),
-        (
-            CredentialKind::Pin,
-            HashScheme {
-                salt: b"account-salt-2".to_vec(),
-                ..scheme()
-            },
-        ),
-        (
-            CredentialKind::Pin,
-            HashScheme {
-                output_len: 16,
-                ..scheme()
-            },
-        ),
-        (
-            CredentialKind::Pin,
-            HashScheme {
-                p_cost: 2,
-                ..scheme()
-            },
-        ),
-        (
-            CredentialKind::Pin,
-            HashScheme {
-                t_cost: 3,
-                ..scheme()
-            },
-        ),
-        (
-            CredentialKind::Pin,
-            HashScheme {
-                m_cost: 32,
-                ..scheme()
-            },
-        ),
-        (CredentialKind::Key, scheme()),
-        (
-            CredentialKind::Key,
-            HashScheme {
-                m_cost: 128,
-                salt: vec![0; 8],
-                ..scheme()
-            },
-        ),
-    ];
-    let users: Vec<UserRecord> = (0..40)
-        .map(|i| {
-            let (kind, scheme) = variants[if i < 30 { 0 } else { i % variants.len() }].clone();
-            let mut u = user(&format!("u{i:02}"), i as i64, i as u8);
-            u.credentials = vec![StoredCredential {
-                kind,
-                scheme,
-                digest: [i as u8; 32],
-            }];
-            u
-        })
-        .collect();
-    let snapshot = ValidSnapshot {
-        users,
-        roles: vec![cashier()],
-    };
-    replica.apply_snapshot(cursor(1, 1), &snapshot).unwrap();
-    let mut expected: Vec<(CredentialKind, HashScheme)> = snapshot
-        .users
-        .iter()
-        .map(|u| (u.credentials[0].kind, u.credentials[0].scheme.clone()))
-        .collect();
-    expected.sort();
-    expected.dedup();
-    assert_eq!(expected.len(), variants.len());
-    for kind in [CredentialKind::Pin, CredentialKind::Key] {
-        let mut want: Vec<HashScheme> = expected
-            .iter()
-            .filter(|(k, _)| *k == kind)
-            .map(|(_, s)| s.clone())
-            .collect();
-        want.sort();
-        let mut got = replica.hash_schemes(kind).unwrap();
-        got.sort();
-        assert_eq!(got, want, "{kind:?}");
+    Paths {
+        replica: dir.path().join("replica.db"),
+        local: dir.path().join("local.db"),
+        _dir: dir,
     }
-
-    // A change that removes every holder of a scheme and brings a new one is seen.
-    let holders: Vec<String> = snapshot
-        .users
-        .iter()
-        .filter(|u| u.credentials[0].scheme.m_cost == 128)
-        .map(|u| u.id.clone())
-        .collect();
-    assert!(!holders.is_empty());
-    let mut newcomer = user("new", 99, 99);
-    newcomer.credentials[0].scheme.salt = b"rotated-salt".to_vec();
-    let mut changes = no_changes();
-    changes.delete_user_ids = holders;
-    changes.upsert_users = vec![newcomer];
-    replica
-        .apply_changes(cursor(1, 1), 2, |_| Ok(changes))
-        .unwrap();
-    let keys = replica.hash_schemes(CredentialKind::Key).unwrap();
-    assert_eq!(keys, vec![scheme()]);
-    let pins = replica.hash_schemes(CredentialKind::Pin).unwrap();
-    assert!(pins.iter().any(|s| s.salt == b"rotated-salt"));
-    assert_eq!(pins.len(), 7);
 }
 
-#[test]
-fn changes_need_the_current_base_and_replays_are_no_ops() {
-    let dir = tempfile::tempdir().unwrap();
-    let replica = seeded(&dir);
-    let upsert = || {
-        Ok(ValidChanges {
-            upsert_users: vec![user("c", 3, 3)],
-            ..no_changes()
-        })
-    };
-    let applied = replica
-        .apply_changes(cursor(1, 5), 6, |_| upsert())
-        .unwrap();
-    assert!(applied.applied);
-    assert_eq!(applied.cursor, cursor(1, 6));
-    // Replay: validation is not even consulted.
-    let replay = replica
-        .apply_changes(
-            cursor(1, 5),
-            6,
-            |_| -> Result<ValidChanges, ValidationError> {
-                panic!("a replay must not be validated or applied")
-            },
+fn open_local(p: &Paths) -> (LocalStore, OpenOutcome) {
+    LocalStore::open(&p.local, &p.replica).unwrap()
+}
+
+fn open_replica(p: &Paths) -> (Replica, OpenOutcome) {
+    Replica::open(&p.replica, &KEY).unwrap()
+}
+
+/// A replica as the single-file releases wrote it (schema 3): cursor 4/17, a token, audit rows
+/// 1–5 of which 1–2 were acknowledged (or all when `all_acked`), and a running lockout.
+fn write_single_file_replica(path: &Path, all_acked: bool) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    for migration in &replica::schema::MIGRATIONS[..3] {
+        conn.execute_batch(migration).unwrap();
+    }
+    conn.pragma_update(None, "user_version", 3).unwrap();
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('key_fingerprint', ?1), ('epoch', '4'), ('revision', '17')",
+        [hex::encode(KEY)],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO sync_tokens (name, digest, created_at) VALUES ('central', zeroblob(32), 5)",
+        [],
+    )
+    .unwrap();
+    for seq in 1..=5 {
+        conn.execute(
+            "INSERT INTO audit_events (seq, uuid, at_ms, kind, method, source, outcome, reason)
+             VALUES (?1, 'uuid-' || ?1, 1000, 'login', 1, 'socket uid=7', 'no_match', '')",
+            [seq],
         )
         .unwrap();
-    assert!(!replay.applied);
-    // Gap and another epoch.
-    for (base, new) in [(cursor(1, 7), 8), (cursor(2, 6), 7)] {
-        match replica.apply_changes(base, new, |_| upsert()) {
-            Err(ApplyError::CursorMismatch { current, .. }) => assert_eq!(current, cursor(1, 6)),
-            other => panic!("{other:?}"),
-        }
     }
-}
-
-#[test]
-fn a_failed_batch_rolls_back_every_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let replica = seeded(&dir);
-    // The role delete fails after the user delete and upsert were written in the transaction.
-    let result = replica.apply_changes(cursor(1, 5), 6, |_| {
-        Ok(ValidChanges {
-            delete_user_ids: vec!["a".into()],
-            upsert_users: vec![user("c", 3, 3)],
-            delete_role_ids: vec!["cashier".into()],
-            ..no_changes()
-        })
-    });
-    assert!(matches!(result, Err(ApplyError::RoleInUse { ref user_id, .. }) if user_id == "b"));
-    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
-    assert!(replica.user_profile("a", &terminal()).unwrap().is_some());
-    assert!(replica.user_profile("c", &terminal()).unwrap().is_none());
-    // A validation error: nothing written either.
-    let result = replica.apply_changes(cursor(1, 5), 6, |role_known| {
-        assert!(role_known("cashier") && !role_known("ghost"));
-        Err(ValidationError::DuplicateUser("x".into()))
-    });
-    assert!(matches!(result, Err(ApplyError::Invalid(_))));
-    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
-}
-
-fn index_definitions(replica: &Replica) -> Vec<(String, String)> {
-    let conn = replica.reader().unwrap();
-    let mut stmt = conn
-        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name")
+    let acked = if all_acked { 5 } else { 2 };
+    conn.execute("DELETE FROM audit_events WHERE seq <= ?1", [acked])
         .unwrap();
-    stmt.query_map([], |row| {
-        Ok((
-            row.get(0)?,
-            row.get::<_, Option<String>>(1)?.unwrap_or_default(),
-        ))
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
+    conn.execute(
+        "INSERT INTO lockouts VALUES ('terminal', 0, 1000, 1, 4000000000000, 1000)",
+        [],
+    )
+    .unwrap();
 }
 
-#[test]
-fn snapshot_rebuilds_its_indexes_and_a_failed_one_keeps_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let fresh = open(&dir);
-    let before = index_definitions(&fresh);
-    assert!(
-        before
-            .iter()
-            .any(|(name, _)| name == "credentials_by_digest")
-    );
-    drop(fresh);
-    let replica = seeded(&dir);
-    assert_eq!(index_definitions(&replica), before);
-    // The candidates query still finds users through the rebuilt index.
-    assert_eq!(
-        replica
-            .candidates(CredentialKind::Pin, &[1; 32], &terminal())
-            .unwrap()
-            .len(),
-        2
-    );
-    // A snapshot that fails after the indexes were dropped (a role the store cannot reference)
-    // leaves the replica and its indexes as they were.
-    let mut ghost = user("g", 1, 7);
-    ghost.roles = vec![RoleAssignment {
-        role_id: "ghost".into(),
-        sales_point_id: None,
-    }];
-    let broken = ValidSnapshot {
-        users: vec![user("c", 1, 2), ghost],
-        roles: vec![cashier()],
-    };
-    assert!(replica.apply_snapshot(cursor(1, 6), &broken).is_err());
-    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
-    assert_eq!(index_definitions(&replica), before);
-    assert!(replica.user_profile("a", &terminal()).unwrap().is_some());
-    assert!(replica.user_profile("c", &terminal()).unwrap().is_none());
-}
-
-#[test]
-fn stale_snapshot_in_the_same_epoch_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let replica = seeded(&dir);
-    let empty = ValidSnapshot {
-        users: vec![],
-        roles: vec![],
-    };
-    assert!(matches!(
-        replica.apply_snapshot(cursor(1, 4), &empty),
-        Err(ApplyError::StaleSnapshot { .. })
-    ));
-    assert_eq!(replica.counts(&terminal()).unwrap().users, 2);
-}
-
-#[test]
-fn replica_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(seeded(&dir));
-    let replica = open(&dir);
-    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
-    assert_eq!(replica.counts(&terminal()).unwrap().users_at_terminal, 2);
-}
-
-#[test]
-fn garbage_file_is_quarantined() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("replica.db");
-    std::fs::write(&path, vec![0x42; 8192]).unwrap();
-    let (replica, outcome) = Replica::open(&path, &KEY).unwrap();
-    let OpenOutcome::Quarantined { moved_to, .. } = outcome else {
-        panic!("expected quarantine");
-    };
-    assert!(moved_to.exists());
-    assert_eq!(std::fs::read(&moved_to).unwrap(), vec![0x42; 8192]);
-    assert!(replica.state().unwrap().cursor.needs_snapshot());
-}
-
-#[test]
-fn damaged_pages_are_quarantined() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("replica.db");
-    let replica = seeded(&dir);
-    replica.checkpoint().unwrap();
-    drop(replica);
-    // Overwrite everything after the header page with noise.
-    let mut bytes = std::fs::read(&path).unwrap();
-    for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
-        *b = (i * 31 % 251) as u8;
-    }
-    std::fs::write(&path, bytes).unwrap();
-    let (_, outcome) = Replica::open(&path, &KEY).unwrap();
-    assert!(
-        matches!(outcome, OpenOutcome::Quarantined { .. }),
-        "{outcome:?}"
-    );
-}
-
-#[test]
-fn another_terminal_key_is_detected() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(seeded(&dir));
-    let (replica, outcome) = Replica::open(&dir.path().join("replica.db"), &[1; 32]).unwrap();
-    assert!(
-        matches!(outcome, OpenOutcome::Quarantined { ref reason, .. } if reason.contains("another terminal key"))
-    );
-    assert!(replica.state().unwrap().cursor.needs_snapshot());
-}
-
-fn attempt(source: &str, outcome: crate::audit::AuditOutcome) -> crate::audit::AuditRecord {
-    crate::audit::AuditRecord::new(
-        crate::audit::AuditKind::Login,
+fn record() -> AuditRecord {
+    AuditRecord::new(
+        AuditKind::Login,
         Some(CredentialKind::Pin),
-        source,
-        outcome,
+        "socket uid=7",
+        AuditOutcome::NoMatch,
     )
 }
 
+fn table_names(path: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap();
+    stmt.query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 #[test]
-fn a_version_1_database_is_migrated_with_its_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("replica.db");
-    {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
-        conn.pragma_update(None, "user_version", 1).unwrap();
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('key_fingerprint', ?1), ('epoch', '4'), ('revision', '2')",
-            [hex(&KEY)],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO sync_tokens (name, digest, created_at) VALUES ('central', x'00', 0)",
-            [],
-        )
-        .unwrap();
-    }
-    let (replica, outcome) = Replica::open(&path, &KEY).unwrap();
+fn a_single_file_replica_hands_its_terminal_state_to_the_local_store() {
+    let p = paths();
+    write_single_file_replica(&p.replica, false);
+    let (local, outcome) = open_local(&p);
     assert_eq!(outcome, OpenOutcome::Opened);
-    assert_eq!(replica.state().unwrap().cursor, cursor(4, 2));
-    let version: i64 = replica
-        .reader()
-        .unwrap()
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, schema::current_version());
+    let (replica, outcome) = open_replica(&p);
+    assert_eq!(outcome, OpenOutcome::Opened);
     assert_eq!(
-        replica.audit_stats().unwrap(),
-        crate::audit::AuditStats::default()
+        replica.state().unwrap().cursor,
+        Cursor {
+            epoch: 4,
+            revision: 17
+        }
     );
-}
-
-#[test]
-fn audit_rows_are_deleted_only_when_acknowledged_and_seqs_never_reused() {
-    use crate::audit::AuditOutcome;
-    let dir = tempfile::tempdir().unwrap();
-    let replica = open(&dir);
-    for _ in 0..5 {
-        replica
-            .append_audit(&attempt("s", AuditOutcome::NoMatch))
-            .unwrap();
-    }
-    let rows = replica.audit_after(0, 100).unwrap();
-    assert_eq!(
-        rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5]
-    );
-    assert_eq!(replica.audit_after(3, 100).unwrap().len(), 2);
-    assert_eq!(replica.audit_after(0, 2).unwrap().len(), 2);
-    assert_eq!(
-        replica
-            .audit_tail(2)
-            .unwrap()
+    assert!(
+        !table_names(&p.replica)
             .iter()
-            .map(|r| r.seq)
+            .any(|t| ["sync_tokens", "audit_events", "lockouts"].contains(&t.as_str())),
+        "{:?}",
+        table_names(&p.replica)
+    );
+    assert_eq!(local.tokens().unwrap()[0].name, "central");
+    let rows = local.audit_after(0, 100).unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r.seq, r.uuid.as_str()))
             .collect::<Vec<_>>(),
-        vec![4, 5]
+        vec![(3, "uuid-3"), (4, "uuid-4"), (5, "uuid-5")]
     );
-    let ack = replica.audit_ack(3).unwrap();
-    assert_eq!(
-        (ack.deleted, ack.stats.backlog, ack.stats.last_seq),
-        (3, 2, 5)
-    );
-    assert_eq!(
-        replica.audit_ack(3).unwrap().deleted,
-        0,
-        "acknowledging again is a no-op"
-    );
-    assert!(matches!(
-        replica.audit_ack(6),
-        Err(AckError::BeyondLast {
-            seq: 6,
-            last_seq: 5
-        })
-    ));
-    replica.audit_ack(5).unwrap();
-    assert_eq!(replica.audit_stats().unwrap().backlog, 0);
-    // Everything acknowledged: the next row still gets a new seq (AUTOINCREMENT), also after a
-    // reopen.
-    drop(replica);
-    let replica = open(&dir);
-    let stats = replica
-        .append_audit(&attempt("s", AuditOutcome::Accepted))
+    let locked = local
+        .locked_for(&["terminal".to_owned()], std::time::SystemTime::now())
         .unwrap();
-    assert_eq!((stats.backlog, stats.last_seq), (1, 6));
-    assert_eq!(replica.audit_after(0, 10).unwrap()[0].seq, 6);
+    assert!(matches!(locked, Some((ref scope, _)) if scope == "terminal"));
+    assert_eq!(local.append_audit(&record()).unwrap().last_seq, 6);
+
+    // A second start copies nothing again and keeps the stream.
+    let stream = local.identity().stream_id.clone();
+    drop((local, replica));
+    let (local, _) = open_local(&p);
+    assert_eq!(local.identity().stream_id, stream);
+    assert_eq!(local.audit_stats().unwrap().backlog, 4);
 }
 
 #[test]
-fn counters_change_only_together_with_their_audit_row() {
-    use crate::audit::AuditOutcome;
-    use crate::lockout::LockoutPolicy;
-    let dir = tempfile::tempdir().unwrap();
-    let replica = open(&dir);
-    let policy = LockoutPolicy::default();
-    let source = "socket uid=5 gid=5 pid=5";
-    let recorded = replica
-        .record_attempt(
-            &attempt(source, AuditOutcome::NoMatch),
-            CounterChange::Failure,
-            &policy,
-        )
-        .unwrap();
-    assert_eq!(recorded.audit.backlog, 1);
-    let now = std::time::SystemTime::now();
-    let failures = |r: &Replica| {
-        r.lockout_counters(&policy, now)
-            .unwrap()
-            .into_iter()
-            .map(|(s, c)| (s, c.failures))
-            .collect::<Vec<_>>()
-    };
-    let expected = vec![("socket uid=5".to_owned(), 1), ("terminal".to_owned(), 1)];
-    assert_eq!(failures(&replica), expected);
-    // Make the audit insert fail: the counter update in the same transaction rolls back.
-    replica
-        .writer()
-        .unwrap()
-        .execute_batch("ALTER TABLE audit_events RENAME TO audit_moved")
-        .unwrap();
-    assert!(
-        replica
-            .record_attempt(
-                &attempt(source, AuditOutcome::NoMatch),
-                CounterChange::Failure,
-                &policy
-            )
-            .is_err()
-    );
-    assert_eq!(failures(&replica), expected);
-    replica
-        .writer()
-        .unwrap()
-        .execute_batch("ALTER TABLE audit_moved RENAME TO audit_events")
-        .unwrap();
-    // Counters survive a reopen; a success resets the source's.
-    drop(replica);
-    let replica = open(&dir);
-    assert_eq!(failures(&replica), expected);
-    replica
-        .record_attempt(
-            &attempt(source, AuditOutcome::Accepted),
-            CounterChange::Success,
-            &policy,
-        )
-        .unwrap();
-    assert_eq!(failures(&replica), vec![("terminal".to_owned(), 1)]);
+fn seqs_continue_after_the_last_one_written_when_everything_was_acknowledged() {
+    let p = paths();
+    write_single_file_replica(&p.replica, true);
+    let (local, _) = open_local(&p);
+    assert_eq!(local.audit_stats().unwrap().backlog, 0);
+    assert_eq!(local.audit_stats().unwrap().last_seq, 5);
+    assert_eq!(local.append_audit(&record()).unwrap().last_seq, 6);
 }
 
 #[test]
-fn shared_digests_are_grouped_with_who_holds_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let replica = seeded(&dir);
-    let groups = replica.shared_credentials(&terminal()).unwrap();
-    assert_eq!(groups.len(), 1);
-    let (kind, people) = &groups[0];
-    assert_eq!(*kind, CredentialKind::Pin);
-    let mut ids: Vec<_> = people.iter().map(|p| p.user_id.as_str()).collect();
-    ids.sort();
-    assert_eq!(ids, vec!["a", "b"]);
-    let held = replica.held_credentials("a", &terminal()).unwrap();
-    assert_eq!(held.len(), 1);
-    assert_eq!(held[0].holders.len(), 2);
-    let facts = replica.user_facts("a", &terminal()).unwrap().unwrap();
-    assert!(facts.assigned_to_sales_point && !facts.assigned_to_sub_terminal);
-    assert_eq!(facts.person.ordinal, 1);
-    assert!(replica.user_facts("nobody", &terminal()).unwrap().is_none());
+fn a_stop_between_the_two_migrations_copies_once_and_drops_afterwards() {
+    let p = paths();
+    write_single_file_replica(&p.replica, false);
+    // The local store is created, then the daemon stops before the replica is migrated.
+    drop(open_local(&p));
+    assert!(table_names(&p.replica).contains(&"audit_events".to_owned()));
+    let (local, _) = open_local(&p);
+    let (_replica, _) = open_replica(&p);
+    assert_eq!(local.audit_stats().unwrap().backlog, 3);
+    assert_eq!(local.tokens().unwrap().len(), 1);
+    assert!(!table_names(&p.replica).contains(&"audit_events".to_owned()));
 }
 
 #[test]
-fn missing_tables_are_quarantined_not_fatal() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("replica.db");
-    drop(seeded(&dir));
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE user_access;")
-        .unwrap();
-    drop(conn);
-    let (replica, outcome) = Replica::open(&path, &KEY).unwrap();
-    assert!(
-        matches!(outcome, OpenOutcome::Quarantined { ref reason, .. } if reason.contains("no such table")),
-        "{outcome:?}"
-    );
+fn quarantining_the_replica_keeps_tokens_audit_and_lockouts() {
+    let p = paths();
+    write_single_file_replica(&p.replica, false);
+    let (local, _) = open_local(&p);
+    drop(open_replica(&p));
+    let stream = local.identity().stream_id.clone();
+    drop(local);
+    std::fs::write(&p.replica, vec![0x42; 8192]).unwrap();
+    let (local, outcome) = open_local(&p);
+    assert_eq!(outcome, OpenOutcome::Opened);
+    let (replica, outcome) = open_replica(&p);
+    assert!(matches!(outcome, OpenOutcome::Quarantined { .. }));
     assert!(replica.state().unwrap().cursor.needs_snapshot());
+    assert_eq!(local.identity().stream_id, stream);
+    assert_eq!(local.tokens().unwrap().len(), 1);
+    assert_eq!(local.audit_stats().unwrap().backlog, 3);
+    assert_eq!(
+        local
+            .lockout_counters(&LockoutPolicy::default(), std::time::SystemTime::now())
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_damaged_local_store_is_moved_aside_and_a_new_stream_starts() {
+    let p = paths();
+    let (local, _) = open_local(&p);
+    local.append_audit(&record()).unwrap();
+    let stream = local.identity().stream_id.clone();
+    drop(local);
+    let (replica, _) = open_replica(&p);
+    drop(replica);
+    std::fs::write(&p.local, vec![0x17; 8192]).unwrap();
+    let (local, outcome) = open_local(&p);
+    let OpenOutcome::Quarantined { moved_to, .. } = outcome else {
+        panic!("expected a quarantine, got {outcome:?}");
+    };
+    assert_eq!(std::fs::read(moved_to).unwrap(), vec![0x17; 8192]);
+    assert_ne!(local.identity().stream_id, stream);
+    assert_eq!(local.audit_stats().unwrap().last_seq, 0);
+    // The replica is not touched.
+    let (_replica, outcome) = open_replica(&p);
+    assert_eq!(outcome, OpenOutcome::Opened);
+}
+
+#[test]
+fn an_unreadable_old_replica_costs_only_the_copy() {
+    let p = paths();
+    std::fs::write(&p.replica, vec![0x42; 8192]).unwrap();
+    let (local, outcome) = open_local(&p);
+    assert_eq!(outcome, OpenOutcome::Opened);
+    assert!(local.tokens().unwrap().is_empty());
+    let (_replica, outcome) = open_replica(&p);
+    assert!(matches!(outcome, OpenOutcome::Quarantined { .. }));
 }

@@ -7,7 +7,7 @@ use rusqlite::types::Value;
 
 use super::{Replica, StoreError};
 use crate::model::{CredentialKind, Effect, HashScheme, Terminal};
-use crate::resolve::{Candidate, assignment_applies, effective_permissions};
+use crate::resolve::{Candidate, assignment_applies, effective_permissions, may_log_in};
 
 /// What a session shows of a user at this terminal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +30,15 @@ pub struct Counts {
     pub users_at_terminal: u64,
 }
 
-pub(super) const ASSIGNED_HERE: &str = "EXISTS (SELECT 1 FROM user_access a WHERE a.user_id = u.id
-      AND ((a.kind = 1 AND a.target = ?1) OR (a.kind = 2 AND a.target = ?2)))";
+/// The access rows (`a`) that put a user at this terminal: this Sales Point (?1) or this
+/// sub-terminal (?2). The SQL only reports this fact; whether the user may log in is decided by
+/// `resolve::may_log_in`.
+const ACCESS_HERE: &str = "((a.kind = 1 AND a.target = ?1) OR (a.kind = 2 AND a.target = ?2))";
+
+/// Whether user `u` is assigned here, as a column (one index probe per user).
+pub(super) fn assigned_here_column() -> String {
+    format!("EXISTS (SELECT 1 FROM user_access a WHERE a.user_id = u.id AND {ACCESS_HERE})")
+}
 
 /// The key of the `credentials_by_scheme` index, in order.
 const SCHEME_KEY: [&str; 6] = ["kind", "m_cost", "t_cost", "p_cost", "output_len", "salt"];
@@ -146,9 +153,10 @@ impl Replica {
     ) -> Result<Vec<Candidate>, StoreError> {
         let conn = self.reader()?;
         let sql = format!(
-            "SELECT DISTINCT u.id, u.ordinal, u.active, {ASSIGNED_HERE}
+            "SELECT DISTINCT u.id, u.ordinal, u.active, {}
              FROM credentials c JOIN users u ON u.id = c.user_id
-             WHERE c.kind = ?3 AND c.digest = ?4"
+             WHERE c.kind = ?3 AND c.digest = ?4",
+            assigned_here_column()
         );
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(
@@ -178,7 +186,8 @@ impl Replica {
     ) -> Result<Option<UserProfile>, StoreError> {
         let conn = self.reader()?;
         let sql = format!(
-            "SELECT u.first_name, u.last_name, u.active, {ASSIGNED_HERE} FROM users u WHERE u.id = ?3"
+            "SELECT u.first_name, u.last_name, u.active, {} FROM users u WHERE u.id = ?3",
+            assigned_here_column()
         );
         let head = conn
             .prepare_cached(&sql)?
@@ -240,19 +249,24 @@ impl Replica {
         let conn = self.reader()?;
         let users: i64 = conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?;
         let roles: i64 = conn.query_row("SELECT COUNT(*) FROM roles", [], |row| row.get(0))?;
-        let at_terminal: i64 = conn
-            // Driven from the access index (only this terminal's users are visited), not from a
-            // scan of every user with a per-user probe.
-            .prepare_cached(
-                "SELECT COUNT(*) FROM users u WHERE u.active = 1 AND u.id IN (
-                     SELECT user_id FROM user_access WHERE kind = 1 AND target = ?1
-                     UNION
-                     SELECT user_id FROM user_access WHERE kind = 2 AND target = ?2)",
-            )?
-            .query_row(
+        // The users assigned here, counted per `active`, driven from the access index (only
+        // this terminal's users are visited, not every user with a per-user probe).
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT u.active, COUNT(*) FROM users u
+             WHERE u.id IN (SELECT a.user_id FROM user_access a WHERE {ACCESS_HERE})
+             GROUP BY u.active"
+        ))?;
+        let groups = stmt
+            .query_map(
                 (&terminal.sales_point_id, &terminal.sub_terminal_id),
-                |row| row.get(0),
-            )?;
+                |row| Ok((row.get::<_, bool>(0)?, row.get::<_, i64>(1)?)),
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        let at_terminal: i64 = groups
+            .into_iter()
+            .filter(|(active, _)| may_log_in(*active, true).is_ok())
+            .map(|(_, n)| n)
+            .sum();
         Ok(Counts {
             users: users as u64,
             roles: roles as u64,

@@ -4,7 +4,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::TransactionBehavior;
 
-use super::{Replica, StoreError, unix_millis};
+use super::{LocalStore, StoreError};
+use crate::store::sqlite::unix_millis;
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct TokenRow {
@@ -22,7 +23,7 @@ impl std::fmt::Debug for TokenRow {
     }
 }
 
-impl Replica {
+impl LocalStore {
     /// Inserts a token; returns false if the name is taken.
     pub fn insert_token(&self, row: &TokenRow) -> Result<bool, StoreError> {
         let mut conn = self.writer()?;

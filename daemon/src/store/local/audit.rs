@@ -5,15 +5,25 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
-use super::{Replica, StoreError, unix_millis};
+use super::{LocalStore, StoreError};
 use crate::audit::{AuditKind, AuditOutcome, AuditRecord, AuditRow, AuditStats};
 use crate::model::CredentialKind;
+use crate::store::sqlite::unix_millis;
 
 /// Most rows one read returns.
 pub const MAX_AUDIT_BATCH: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AckError {
+    #[error(
+        "cannot acknowledge audit seq {seq} of stream {presented}: the current audit stream is {current} \
+         (the terminal's local state was reset); pull again from seq 0"
+    )]
+    StreamChanged {
+        seq: u64,
+        presented: String,
+        current: String,
+    },
     #[error(
         "cannot acknowledge audit seq {seq}: the last audit row written is {last_seq}; pull before acknowledging"
     )]
@@ -142,9 +152,10 @@ fn read_rows(
 const COLUMNS: &str =
     "seq, uuid, at_ms, kind, method, source, outcome, user_id, session_user_id, permission, reason";
 
-impl Replica {
-    /// Appends one row on its own (a bad read: there is no counter to change).
-    pub fn append_audit(&self, record: &AuditRecord) -> Result<AuditStats, StoreError> {
+impl LocalStore {
+    /// Appends one row on its own (tests; the daemon writes rows with their counter change).
+    #[cfg(test)]
+    pub(crate) fn append_audit(&self, record: &AuditRecord) -> Result<AuditStats, StoreError> {
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         insert_audit(&tx, record)?;
@@ -183,9 +194,19 @@ impl Replica {
     }
 
     /// Deletes every row with seq <= `seq` (central has stored them). Acknowledging again is a
-    /// no-op; acknowledging beyond the last row written is refused, as it would mean central's
-    /// bookkeeping is off.
-    pub fn audit_ack(&self, seq: u64) -> Result<AckSummary, AckError> {
+    /// no-op; acknowledging beyond the last row written, or a seq of another stream than this
+    /// store's (when `stream_id` is given), is refused, as it would mean central's bookkeeping
+    /// is off.
+    pub fn audit_ack(&self, stream_id: Option<&str>, seq: u64) -> Result<AckSummary, AckError> {
+        if let Some(presented) = stream_id
+            && presented != self.identity.stream_id
+        {
+            return Err(AckError::StreamChanged {
+                seq,
+                presented: presented.to_owned(),
+                current: self.identity.stream_id.clone(),
+            });
+        }
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let before = audit_stats(&tx)?;

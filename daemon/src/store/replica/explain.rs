@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::read::ASSIGNED_HERE;
+use super::read::assigned_here_column;
 use super::{Replica, StoreError};
 use crate::explain::{HeldCredential, Person, UserFacts};
 use crate::model::{CredentialKind, Terminal};
@@ -24,8 +24,9 @@ fn holders(
     kind: i64,
     digest: &[u8],
 ) -> Result<Vec<Person>, rusqlite::Error> {
+    let assigned_here = assigned_here_column();
     let sql = format!(
-        "SELECT DISTINCT u.id, u.first_name, u.last_name, u.ordinal, u.active, {ASSIGNED_HERE}
+        "SELECT DISTINCT u.id, u.first_name, u.last_name, u.ordinal, u.active, {assigned_here}
          FROM credentials c JOIN users u ON u.id = c.user_id
          WHERE c.kind = ?3 AND c.digest = ?4"
     );
@@ -136,8 +137,9 @@ impl Replica {
         terminal: &Terminal,
     ) -> Result<Vec<(CredentialKind, Vec<Person>)>, StoreError> {
         let conn = self.reader()?;
+        let assigned_here = assigned_here_column();
         let sql = format!(
-            "SELECT DISTINCT u.id, u.first_name, u.last_name, u.ordinal, u.active, {ASSIGNED_HERE},
+            "SELECT DISTINCT u.id, u.first_name, u.last_name, u.ordinal, u.active, {assigned_here},
                     c.kind, c.digest
              FROM credentials c JOIN users u ON u.id = c.user_id
              WHERE (c.kind, c.digest) IN (SELECT kind, digest FROM credentials

@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::audit::{audit_stats, insert_audit};
-use super::{Replica, StoreError, unix_millis};
+use super::{LocalStore, StoreError};
 use crate::audit::{AuditRecord, AuditStats};
 use crate::lockout::{Counter, LockoutPolicy, scope_of};
+use crate::store::sqlite::unix_millis;
 
 /// What an attempt does to the counters of its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +89,7 @@ fn all(conn: &Connection) -> Result<Vec<(String, Counter)>, rusqlite::Error> {
     rows.collect()
 }
 
-impl Replica {
+impl LocalStore {
     /// The longest running lockout among `scopes`, if any: its scope and remaining time.
     pub fn locked_for(
         &self,

@@ -1,5 +1,8 @@
 //! Replica schema, versioned with `PRAGMA user_version`. Migrations run at start in one
 //! transaction; each entry upgrades from the previous version.
+//!
+//! Versions 1–3 held the terminal's own state as well (tokens, audit outbox, lockouts); version
+//! 4 drops those tables once the local store has copied them (see `store::local::legacy`).
 
 pub const MIGRATIONS: &[&str] = &[
     // 1: users, roles, credentials, access, sync tokens.
@@ -107,9 +110,28 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX credentials_by_scheme
         ON credentials(kind, m_cost, t_cost, p_cost, output_len, salt);
     "#,
+    // 4: the terminal's own state lives in the local store, which copied these tables before
+    // this migration runs (the local store opens first).
+    r#"
+    DROP TABLE sync_tokens;
+    DROP TABLE audit_events;
+    DROP TABLE lockouts;
+    "#,
+    // 5: the last batches applied (digest of central's encoding), so a replay is acknowledged only
+    // when it is the same batch. A snapshot empties it.
+    r#"
+    CREATE TABLE applied_batches (
+        epoch         INTEGER NOT NULL,
+        revision      INTEGER NOT NULL,
+        base_revision INTEGER NOT NULL,
+        digest        BLOB NOT NULL,
+        PRIMARY KEY (epoch, revision)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.
+#[cfg(test)]
 pub fn current_version() -> i64 {
     MIGRATIONS.len() as i64
 }

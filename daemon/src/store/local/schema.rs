@@ -1,0 +1,49 @@
+//! Local store schema, versioned with `PRAGMA user_version` like the replica's. The table
+//! definitions are those the single-file releases kept in the replica (schema versions 1–3),
+//! so the rows copy over as they are.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: identity, sync tokens, the audit outbox, the failed-attempt counters.
+    r#"
+    -- stream_id: the audit stream's random id, made with this file (see PullAuditEvents).
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    -- Sync bearer tokens: only SHA-256 digests of 256-bit random tokens are kept.
+    CREATE TABLE sync_tokens (
+        name       TEXT PRIMARY KEY,
+        digest     BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+
+    -- Append-only; rows are deleted only once central acknowledges them (a prefix by seq).
+    -- AUTOINCREMENT: a seq is never reused, also after the rows before it were deleted.
+    -- Never holds a PIN or a key id.
+    CREATE TABLE audit_events (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        uuid            TEXT NOT NULL UNIQUE,
+        at_ms           INTEGER NOT NULL,
+        kind            TEXT NOT NULL,
+        method          INTEGER CHECK (method IN (1, 2)),
+        source          TEXT NOT NULL,
+        outcome         TEXT NOT NULL,
+        user_id         TEXT,
+        session_user_id TEXT,
+        permission      TEXT,
+        reason          TEXT NOT NULL
+    );
+
+    -- One row per input source (and one for the whole terminal) with failed attempts,
+    -- a running lockout or remembered strikes. Times are Unix milliseconds.
+    CREATE TABLE lockouts (
+        scope           TEXT PRIMARY KEY,
+        failures        INTEGER NOT NULL,
+        window_start_ms INTEGER NOT NULL,
+        strikes         INTEGER NOT NULL,
+        locked_until_ms INTEGER NOT NULL,
+        last_failure_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
+];

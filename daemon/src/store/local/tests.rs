@@ -1,0 +1,158 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+use crate::model::CredentialKind;
+
+fn open(dir: &tempfile::TempDir) -> LocalStore {
+    LocalStore::open(&dir.path().join("local.db"), &dir.path().join("replica.db"))
+        .unwrap()
+        .0
+}
+
+fn attempt(source: &str, outcome: crate::audit::AuditOutcome) -> crate::audit::AuditRecord {
+    crate::audit::AuditRecord::new(
+        crate::audit::AuditKind::Login,
+        Some(CredentialKind::Pin),
+        source,
+        outcome,
+    )
+}
+
+#[test]
+fn audit_rows_are_deleted_only_when_acknowledged_and_seqs_never_reused() {
+    use crate::audit::AuditOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    for _ in 0..5 {
+        store
+            .append_audit(&attempt("s", AuditOutcome::NoMatch))
+            .unwrap();
+    }
+    let rows = store.audit_after(0, 100).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(store.audit_after(3, 100).unwrap().len(), 2);
+    assert_eq!(store.audit_after(0, 2).unwrap().len(), 2);
+    assert_eq!(
+        store
+            .audit_tail(2)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    let ack = store.audit_ack(None, 3).unwrap();
+    assert_eq!(
+        (ack.deleted, ack.stats.backlog, ack.stats.last_seq),
+        (3, 2, 5)
+    );
+    assert_eq!(
+        store.audit_ack(None, 3).unwrap().deleted,
+        0,
+        "acknowledging again is a no-op"
+    );
+    assert!(matches!(
+        store.audit_ack(None, 6),
+        Err(AckError::BeyondLast {
+            seq: 6,
+            last_seq: 5
+        })
+    ));
+    store.audit_ack(None, 5).unwrap();
+    assert_eq!(store.audit_stats().unwrap().backlog, 0);
+    // Everything acknowledged: the next row still gets a new seq (AUTOINCREMENT), also after a
+    // reopen.
+    drop(store);
+    let store = open(&dir);
+    let stats = store
+        .append_audit(&attempt("s", AuditOutcome::Accepted))
+        .unwrap();
+    assert_eq!((stats.backlog, stats.last_seq), (1, 6));
+    assert_eq!(store.audit_after(0, 10).unwrap()[0].seq, 6);
+}
+
+#[test]
+fn counters_change_only_together_with_their_audit_row() {
+    use crate::audit::AuditOutcome;
+    use crate::lockout::LockoutPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let policy = LockoutPolicy::default();
+    let source = "socket uid=5 gid=5 pid=5";
+    let recorded = store
+        .record_attempt(
+            &attempt(source, AuditOutcome::NoMatch),
+            CounterChange::Failure,
+            &policy,
+        )
+        .unwrap();
+    assert_eq!(recorded.audit.backlog, 1);
+    let now = std::time::SystemTime::now();
+    let failures = |r: &LocalStore| {
+        r.lockout_counters(&policy, now)
+            .unwrap()
+            .into_iter()
+            .map(|(s, c)| (s, c.failures))
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![("socket uid=5".to_owned(), 1), ("terminal".to_owned(), 1)];
+    assert_eq!(failures(&store), expected);
+    // Make the audit insert fail: the counter update in the same transaction rolls back.
+    store
+        .writer()
+        .unwrap()
+        .execute_batch("ALTER TABLE audit_events RENAME TO audit_moved")
+        .unwrap();
+    assert!(
+        store
+            .record_attempt(
+                &attempt(source, AuditOutcome::NoMatch),
+                CounterChange::Failure,
+                &policy
+            )
+            .is_err()
+    );
+    assert_eq!(failures(&store), expected);
+    store
+        .writer()
+        .unwrap()
+        .execute_batch("ALTER TABLE audit_moved RENAME TO audit_events")
+        .unwrap();
+    // Counters survive a reopen; a success resets the source's.
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(failures(&store), expected);
+    store
+        .record_attempt(
+            &attempt(source, AuditOutcome::Accepted),
+            CounterChange::Success,
+            &policy,
+        )
+        .unwrap();
+    assert_eq!(failures(&store), vec![("terminal".to_owned(), 1)]);
+}
+
+#[test]
+fn an_acknowledgement_for_another_stream_deletes_nothing() {
+    use crate::audit::AuditOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    for _ in 0..3 {
+        store
+            .append_audit(&attempt("s", AuditOutcome::NoMatch))
+            .unwrap();
+    }
+    let stream = store.identity().stream_id.clone();
+    assert!(matches!(
+        store.audit_ack(Some("an-older-stream"), 2),
+        Err(AckError::StreamChanged { ref current, .. }) if *current == stream
+    ));
+    assert_eq!(store.audit_stats().unwrap().backlog, 3);
+    assert_eq!(store.audit_ack(Some(&stream), 2).unwrap().deleted, 2);
+    // The id belongs to the file: a reopen keeps it.
+    drop(store);
+    assert_eq!(open(&dir).identity().stream_id, stream);
+}
