@@ -15,17 +15,20 @@ pub mod explain;
 pub mod grpc;
 pub mod hardware;
 pub mod hashing;
+pub mod history;
 pub mod input;
 pub mod listener;
 pub mod lockout;
 pub mod logging;
 pub mod login;
+pub mod memory;
 pub mod model;
 pub mod reload;
 pub mod resolve;
 pub mod server;
 pub mod session;
 pub mod signals;
+pub mod snapshot;
 pub mod store;
 pub mod systemd;
 pub mod tokens;
@@ -57,16 +60,18 @@ pub fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), DaemonError> {
     let (settings, config_path) = if args.demo {
-        (
-            demo::settings(&args.demo_dir, &args.demo_sync_listen)?,
-            None,
-        )
+        let settings = demo::settings(
+            &args.demo_dir,
+            &args.demo_sync_listen,
+            args.config.as_deref(),
+        )?;
+        (settings, None)
     } else {
-        let settings = Config::load(&args.config)?.validate()?;
-        (settings, Some(args.config.clone()))
+        let path = args.config_path();
+        (Config::load(&path)?.validate()?, Some(path))
     };
     if args.check_config {
-        println!("{}: ok", args.config.display());
+        println!("{}: ok", args.config_path().display());
         return Ok(());
     }
     let log = logging::init(settings.log_format, &settings.live.log_level);

@@ -49,14 +49,31 @@ impl Drop for Tmpfs {
     }
 }
 
+/// The most the filler writes: a little over the tmpfs, so a state directory that is somehow
+/// not on it can never fill the real disk.
+const FILL_AT_MOST: usize = 8 << 20;
+
 /// Writes until the filesystem refuses; returns the filler's path.
 fn fill(dir: &Path) -> PathBuf {
+    let stat = nix::sys::statfs::statfs(dir).unwrap();
+    assert_eq!(
+        stat.filesystem_type(),
+        nix::sys::statfs::TMPFS_MAGIC,
+        "{} is not the test's tmpfs",
+        dir.display()
+    );
     let path = dir.join("filler");
     let mut file = std::fs::File::create(&path).unwrap();
+    let mut written = 0;
     let chunk = vec![0x5a_u8; 16 * 1024];
-    while file.write_all(&chunk).is_ok() {}
+    while written < FILL_AT_MOST && file.write_all(&chunk).is_ok() {
+        written += chunk.len();
+    }
     let small = [0u8; 512];
-    while file.write_all(&small).is_ok() {}
+    while written < FILL_AT_MOST && file.write_all(&small).is_ok() {
+        written += small.len();
+    }
+    assert!(written < FILL_AT_MOST, "the 4 MiB tmpfs never filled");
     let _ = file.sync_all();
     path
 }

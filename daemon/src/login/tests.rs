@@ -112,7 +112,7 @@ fn fixture(policy: PolicySettings) -> Fixture {
                 epoch: 1,
                 revision: 1,
             },
-            &ValidSnapshot {
+            ValidSnapshot {
                 users: vec![
                     user(&key, "cashier", 1, "1111", "cashier"),
                     user(&key, "manager", 2, "9999", "manager"),
@@ -311,11 +311,15 @@ async fn denied_pins_count_as_failures_and_malformed_ones_are_coalesced() {
     inactive.active = false;
     f.replica
         .apply_changes(
-            Cursor {
-                epoch: 1,
-                revision: 1,
+            &crate::history::BatchHeader {
+                base: Cursor {
+                    epoch: 1,
+                    revision: 1,
+                },
+                new_revision: 2,
+                empty: false,
+                digest: crate::history::BatchDigest([2; 32]),
             },
-            2,
             |_| {
                 Ok(crate::validate::ValidChanges {
                     upsert_users: vec![inactive],
@@ -523,11 +527,15 @@ async fn locked_session_resumes_for_its_user_and_sync_changes_reach_it() {
     let (_, mut rx) = f.auth.sessions().watch();
     f.replica
         .apply_changes(
-            Cursor {
-                epoch: 1,
-                revision: 1,
+            &crate::history::BatchHeader {
+                base: Cursor {
+                    epoch: 1,
+                    revision: 1,
+                },
+                new_revision: 2,
+                empty: false,
+                digest: crate::history::BatchDigest([2; 32]),
             },
-            2,
             |_| {
                 Ok(crate::validate::ValidChanges {
                     upsert_roles: vec![role("cashier", &["refund", "sale"])],
@@ -549,11 +557,15 @@ async fn locked_session_resumes_for_its_user_and_sync_changes_reach_it() {
     // Deleting the user ends the session, naming why.
     f.replica
         .apply_changes(
-            Cursor {
-                epoch: 1,
-                revision: 2,
+            &crate::history::BatchHeader {
+                base: Cursor {
+                    epoch: 1,
+                    revision: 2,
+                },
+                new_revision: 3,
+                empty: false,
+                digest: crate::history::BatchDigest([3; 32]),
             },
-            3,
             |_| {
                 Ok(crate::validate::ValidChanges {
                     delete_user_ids: vec!["cashier".into()],

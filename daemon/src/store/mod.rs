@@ -24,7 +24,10 @@ pub use local::{
     AckError, AckSummary, Admitted, AttemptRecorded, LocalStore, MAX_AUDIT_BATCH, Settlement,
     TokenRow,
 };
-pub use replica::{ApplyError, ApplySummary, Counts, Replica, ReplicaState, UserProfile};
+pub use replica::{
+    ApplyError, ApplySummary, Counts, ReadySnapshot, Replica, ReplicaState, SnapshotFile,
+    UserProfile, discard_incoming, incoming_path,
+};
 pub(crate) use sqlite::unix_millis;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,12 @@ pub enum StoreError {
     BadMeta { key: &'static str, value: String },
     #[error("database lock poisoned by an earlier panic")]
     Poisoned,
+    #[error("snapshot side file {path}: {source}")]
+    SideFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl StoreError {
