@@ -202,3 +202,39 @@ async fn a_stale_snapshot_is_refused_at_its_first_chunk() {
     assert_eq!(error_reason(&refused).as_deref(), Some("STALE_EPOCH"));
     drop(sender);
 }
+
+#[tokio::test]
+async fn quick_check_runs_only_after_a_stop_that_was_not_clean() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    std::fs::write(dir.join("tillgated.toml"), config_text(dir, "", "")).unwrap();
+    let skipped = |d: &Daemon| d.log_text().matches("quick_check skipped").count();
+    let checked = |d: &Daemon| d.log_text().matches("running quick_check").count();
+
+    let mut daemon = Daemon::spawn(dir);
+    daemon
+        .push_snapshot(snapshot(
+            1,
+            1,
+            cashier(),
+            vec![user("amy", 1, Some("1111"))],
+        ))
+        .await;
+    assert_eq!(
+        (skipped(&daemon), checked(&daemon)),
+        (0, 2),
+        "new stores are checked"
+    );
+    assert!(daemon.stop().await.success());
+
+    // After a clean stop neither store is read in full.
+    let mut daemon = Daemon::spawn(dir);
+    assert_eq!((skipped(&daemon), checked(&daemon)), (2, 0));
+    assert_eq!(pin_user(&mut daemon.client().await, "1111").await, "amy");
+    daemon.kill();
+
+    // After a kill both are.
+    let daemon = Daemon::spawn(dir);
+    assert_eq!((skipped(&daemon), checked(&daemon)), (0, 2));
+    assert_eq!(pin_user(&mut daemon.client().await, "1111").await, "amy");
+}

@@ -125,10 +125,17 @@ fn a_single_file_replica_hands_its_terminal_state_to_the_local_store() {
             .collect::<Vec<_>>(),
         vec![(3, "uuid-3"), (4, "uuid-4"), (5, "uuid-5")]
     );
+    // The fixture's terminal lockout (a wall-clock deadline far ahead) keeps running.
+    let policy = LockoutPolicy::default();
+    let now = crate::clock::now();
+    local.rebase_lockouts(now).unwrap();
     let locked = local
-        .locked_for(&["terminal".to_owned()], std::time::SystemTime::now())
+        .refusal(crate::lockout::Budget::Pin, "socket uid=1", &policy, now)
         .unwrap();
-    assert!(matches!(locked, Some((ref scope, _)) if scope == "terminal"));
+    assert!(
+        matches!(locked, Some(ref r) if r.terminal_wide()),
+        "{locked:?}"
+    );
     assert_eq!(local.append_audit(&record()).unwrap().last_seq, 6);
 
     // A second start copies nothing again and keeps the stream.
@@ -182,7 +189,7 @@ fn quarantining_the_replica_keeps_tokens_audit_and_lockouts() {
     assert_eq!(local.audit_stats().unwrap().backlog, 3);
     assert_eq!(
         local
-            .lockout_counters(&LockoutPolicy::default(), std::time::SystemTime::now())
+            .lockout_counters(&LockoutPolicy::default(), crate::clock::now())
             .unwrap()
             .len(),
         1

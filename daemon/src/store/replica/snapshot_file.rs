@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::write::{ApplyError, ApplySummary, insert_role, insert_user};
 use super::{Replica, read_state, schema};
@@ -204,6 +204,16 @@ impl SnapshotFile {
         let conn = self.conn()?;
         for (_, sql) in &self.indexes {
             conn.execute_batch(sql)?;
+        }
+        // The validator resolves references across chunks; the file checks them once more, so
+        // a dangling one can never be switched in.
+        let dangling: Option<(String, String)> = conn
+            .query_row("PRAGMA foreign_key_check", [], |row| {
+                Ok((row.get(0)?, row.get(2)?))
+            })
+            .optional()?;
+        if let Some((table, parent)) = dangling {
+            return Err(ApplyError::DanglingReference { table, parent });
         }
         set_meta(conn, "epoch", &self.target.epoch.to_string())?;
         set_meta(conn, "revision", &self.target.revision.to_string())?;

@@ -87,7 +87,7 @@ fn seeded(dir: &tempfile::TempDir) -> Replica {
         users: vec![user("a", 1, 1), user("b", 2, 1)],
         roles: vec![cashier()],
     };
-    replica.apply_snapshot(cursor(1, 5), &snapshot).unwrap();
+    replica.apply_snapshot(cursor(1, 5), snapshot).unwrap();
     replica
 }
 
@@ -137,7 +137,7 @@ fn snapshot_replaces_everything_and_finds_candidates_by_digest() {
         users: vec![user("c", 1, 2)],
         roles: vec![cashier()],
     };
-    let summary = replica.apply_snapshot(cursor(2, 1), &next).unwrap();
+    let summary = replica.apply_snapshot(cursor(2, 1), next).unwrap();
     assert_eq!((summary.users, summary.roles), (1, 1));
     assert!(
         replica
@@ -218,7 +218,12 @@ fn every_distinct_hash_scheme_is_found_and_changes_are_seen() {
         users,
         roles: vec![cashier()],
     };
-    replica.apply_snapshot(cursor(1, 1), &snapshot).unwrap();
+    let users = snapshot.users.clone();
+    replica.apply_snapshot(cursor(1, 1), snapshot).unwrap();
+    let snapshot = ValidSnapshot {
+        users,
+        roles: vec![],
+    };
     let mut expected: Vec<(CredentialKind, HashScheme)> = snapshot
         .users
         .iter()
@@ -383,7 +388,7 @@ fn snapshot_rebuilds_its_indexes_and_a_failed_one_keeps_them() {
         users: vec![user("c", 1, 2), ghost],
         roles: vec![cashier()],
     };
-    assert!(replica.apply_snapshot(cursor(1, 6), &broken).is_err());
+    assert!(replica.apply_snapshot(cursor(1, 6), broken).is_err());
     assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
     assert_eq!(index_definitions(&replica), before);
     assert!(replica.user_profile("a", &terminal()).unwrap().is_some());
@@ -399,7 +404,7 @@ fn stale_snapshot_in_the_same_epoch_is_refused() {
         roles: vec![],
     };
     assert!(matches!(
-        replica.apply_snapshot(cursor(1, 4), &empty),
+        replica.apply_snapshot(cursor(1, 4), empty),
         Err(ApplyError::History(HistoryError::StaleSnapshot { .. }))
     ));
     assert_eq!(replica.counts(&terminal()).unwrap().users, 2);
@@ -665,4 +670,40 @@ fn a_batch_applied_during_the_build_is_kept_unless_the_snapshot_is_newer() {
         replica.begin_snapshot(cursor(0, 9)),
         Err(ApplyError::History(HistoryError::StaleEpoch { .. }))
     ));
+}
+
+#[test]
+fn quick_check_runs_only_after_an_exit_that_was_not_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    let replica = seeded(&dir);
+    let root: usize = replica
+        .reader()
+        .unwrap()
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'credentials_by_digest'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    replica.close_cleanly().unwrap();
+    drop(replica);
+    // Damage a page the start does not read: the root of a credentials index.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = (root - 1) * 4096..root * 4096;
+    for (i, b) in bytes[page].iter_mut().enumerate() {
+        *b = (i * 31 % 251) as u8;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    // Closed cleanly: the start reads the schema and meta only, and does not see it.
+    let (replica, outcome) = Replica::open(&path, &KEY).unwrap();
+    assert_eq!(outcome, OpenOutcome::Opened);
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+    // This run ends without closing cleanly: the next start checks the whole file.
+    drop(replica);
+    let (_, outcome) = Replica::open(&path, &KEY).unwrap();
+    assert!(
+        matches!(&outcome, OpenOutcome::Quarantined { reason, .. } if reason.contains("quick_check")),
+        "{outcome:?}"
+    );
 }

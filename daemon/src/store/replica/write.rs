@@ -8,9 +8,10 @@ use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
 use super::{Replica, StoreError, read_state};
 use crate::history::{
     AppliedBatch, BatchDecision, BatchDigest, BatchHeader, HistoryError, REMEMBERED_BATCHES,
-    check_batch, check_snapshot,
+    check_batch,
 };
 use crate::model::{Cursor, RoleRecord, UserRecord};
+use crate::snapshot::ValidChunk;
 use crate::store::sqlite::{set_meta, unix_millis};
 use crate::validate::{ValidChanges, ValidSnapshot, ValidationError};
 
@@ -22,6 +23,8 @@ pub enum ApplyError {
     History(#[from] HistoryError),
     #[error("role \"{role_id}\" cannot be deleted: user \"{user_id}\" still holds it")]
     RoleInUse { role_id: String, user_id: String },
+    #[error("snapshot: a {table} row references a missing {parent} row")]
+    DanglingReference { table: String, parent: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -42,49 +45,19 @@ pub struct ApplySummary {
 }
 
 impl Replica {
-    /// Replaces the whole replica with `snapshot` at `target`.
+    /// Replaces the whole replica with an already validated `snapshot` at `target`, through the
+    /// same side file and switch as a streamed one (the demo account, tests).
     pub fn apply_snapshot(
         &self,
         target: Cursor,
-        snapshot: &ValidSnapshot,
+        snapshot: ValidSnapshot,
     ) -> Result<ApplySummary, ApplyError> {
-        let summary = self.write_snapshot(target, snapshot);
-        self.invalidate_schemes();
-        summary
-    }
-
-    fn write_snapshot(
-        &self,
-        target: Cursor,
-        snapshot: &ValidSnapshot,
-    ) -> Result<ApplySummary, ApplyError> {
-        let mut conn = self.writer()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        check_snapshot(read_state(&tx)?.cursor, target)?;
-        // Bulk load: the secondary indexes of the rewritten tables are dropped, and built again
-        // from the new rows before the commit. Sorting 200,000 keys once is several times faster
-        // than as many random inserts into a B-tree, and DDL is transactional in SQLite, so a
-        // failed snapshot rolls the indexes back with everything else.
-        let indexes = secondary_indexes(&tx)?;
-        for (name, _) in &indexes {
-            tx.execute_batch(&format!("DROP INDEX \"{name}\""))?;
-        }
-        // Children first: with the indexes gone, each parent delete checks its (empty) children.
-        tx.execute_batch(
-            "DELETE FROM credentials; DELETE FROM user_roles; DELETE FROM user_access;
-             DELETE FROM users; DELETE FROM role_permissions; DELETE FROM roles;
-             DELETE FROM applied_batches;",
-        )?;
-        for role in &snapshot.roles {
-            insert_role(&tx, role)?;
-        }
-        for user in &snapshot.users {
-            insert_user(&tx, user)?;
-        }
-        for (_, sql) in &indexes {
-            tx.execute_batch(sql)?;
-        }
-        finish(tx, target)
+        let mut file = self.begin_snapshot(target)?;
+        file.insert(&ValidChunk {
+            users: snapshot.users,
+            roles: snapshot.roles,
+        })?;
+        self.install_snapshot(file.finish()?)
     }
 
     /// Applies an incremental batch if its base is the replica's cursor; acknowledges it again
