@@ -107,6 +107,12 @@ pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Channel, ClientError
         .map_err(|source| ClientError::Connect { target, source })
 }
 
+/// The largest response the login socket sends and this client accepts. Requests stay under
+/// `login_socket.max_message_bytes` (64 KiB by default): that limit is about what peers may
+/// make the daemon read. Responses are bounded by the data instead: `audit -n 1000` is about
+/// 0.2 MB, `collisions` over 100k users sharing 4-digit PINs a few MB.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
 /// The POS app's view of the daemon.
 #[derive(Debug, Clone)]
 pub struct TillClient {
@@ -122,9 +128,9 @@ impl TillClient {
 
     pub fn from_channel(channel: Channel) -> TillClient {
         TillClient {
-            login: LoginClient::new(channel.clone()),
-            admin: AdminClient::new(channel.clone()),
-            devices: DevicesClient::new(channel),
+            login: LoginClient::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            admin: AdminClient::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            devices: DevicesClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES),
         }
     }
 
@@ -154,7 +160,7 @@ impl TillClient {
     pub async fn session(&mut self) -> Result<Option<pb::Session>, ClientError> {
         Ok(self
             .login
-            .get_session(pb::GetSessionRequest {})
+            .get_session(pb::GetSessionRequest::default())
             .await?
             .into_inner()
             .session)
@@ -172,10 +178,36 @@ impl TillClient {
         &mut self,
         permission: &str,
     ) -> Result<pb::CheckPermissionResponse, ClientError> {
+        self.check_permission_in(permission, "").await
+    }
+
+    /// [`Client::check_permission`] for the session `session_id` only: another session (or
+    /// none) is FAILED_PRECONDITION "session changed". An empty id asks for whoever is current.
+    pub async fn check_permission_in(
+        &mut self,
+        permission: &str,
+        session_id: &str,
+    ) -> Result<pb::CheckPermissionResponse, ClientError> {
         let request = pb::CheckPermissionRequest {
             permission: permission.to_owned(),
+            session_id: session_id.to_owned(),
         };
         Ok(self.login.check_permission(request).await?.into_inner())
+    }
+
+    /// The current session, if it is `session_id` (else FAILED_PRECONDITION "session changed").
+    pub async fn session_if(
+        &mut self,
+        session_id: &str,
+    ) -> Result<Option<pb::Session>, ClientError> {
+        Ok(self
+            .login
+            .get_session(pb::GetSessionRequest {
+                session_id: session_id.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .session)
     }
 
     /// Manager override: does the user this credential resolves to hold `permission`? The

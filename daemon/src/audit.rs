@@ -70,6 +70,9 @@ pub enum AuditOutcome {
     InvalidInput,
     BadRead,
     Cleared,
+    /// One row for many attempts refused without a row each (locked out, malformed, too busy),
+    /// with the count in the reason.
+    Refused,
 }
 
 impl AuditOutcome {
@@ -87,6 +90,7 @@ impl AuditOutcome {
             AuditOutcome::InvalidInput => "invalid_input",
             AuditOutcome::BadRead => "bad_read",
             AuditOutcome::Cleared => "cleared",
+            AuditOutcome::Refused => "refused",
         }
     }
 
@@ -105,6 +109,7 @@ impl AuditOutcome {
             InvalidInput,
             BadRead,
             Cleared,
+            Refused,
         ]
         .into_iter()
         .find(|o| o.as_str() == text)

@@ -15,15 +15,19 @@ use tokio::sync::{Notify, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::util::MapResponseLayer;
 
-use crate::config::{LiveSettings, Settings};
+use crate::config::{ListenerLimits, LiveSettings, Settings};
 use crate::credential::{KeyFileError, TerminalKey};
 use crate::grpc::admin::AdminService;
 use crate::grpc::auth::BearerCheck;
 use crate::grpc::devices::DevicesService;
+use crate::grpc::limits::over_limit_is_resource_exhausted;
 use crate::grpc::login::{ListenerInfo, LoginService};
 use crate::grpc::sync::SyncService;
 use crate::hardware::{DeviceRegistry, Dispatcher};
+use crate::listener::ConnectionCap;
 use crate::login::Authenticator;
 use crate::reload::Reloader;
 use crate::session::SessionManager;
@@ -127,6 +131,18 @@ impl Core {
             .map_err(io("unfinished snapshot file".to_owned()))?;
         let state = replica.state()?;
         tracing::info!(path = %replica.path().display(), cursor = %state.cursor, "replica open");
+        // Not fatal: on a full disk the daemon still starts, and the counters are rebased by
+        // their next write.
+        match local.rebase_lockouts(crate::clock::now()) {
+            Ok(0) => {}
+            Ok(rebased) => tracing::info!(
+                counters = rebased,
+                "lockout counters from an earlier boot carried over"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "could not carry lockout counters over to this boot")
+            }
+        }
         let stats = local.audit_stats()?;
         if stats.backlog > settings.policy.audit_max_rows {
             tracing::error!(
@@ -145,7 +161,10 @@ impl Core {
             key.clone(),
             settings.terminal.clone(),
             sessions.clone(),
-            settings.max_concurrent_hashes,
+            crate::hashing::HashingQueue::new(
+                settings.max_concurrent_hashes,
+                settings.max_waiting_per_source,
+            ),
             settings.policy,
         ));
         let tokens = Arc::new(TokenRegistry::load(&local)?);
@@ -222,6 +241,14 @@ pub async fn serve(
         }
     };
     tracing::info!(socket = %socket_path.display(), activated = !owns_socket, sync = %sync_addr, tls = settings.tls.is_some(), "listening");
+    if bearer_tokens_in_the_clear(sync_addr, settings.tls.is_some()) {
+        tracing::warn!(
+            sync = %sync_addr,
+            "the sync listener is reachable from the network without TLS: central's bearer \
+             tokens and the replica travel in the clear; set [sync.tls], or reach this till \
+             over a VPN (README.md, \"Install\")"
+        );
+    }
     on_ready(settings, sync_addr);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -366,7 +393,25 @@ async fn wait_for(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-fn reflection() -> Result<
+/// A sync listener off loopback without TLS: tokens (and the pushed replica) cross the LAN as
+/// plain text.
+fn bearer_tokens_in_the_clear(addr: std::net::SocketAddr, tls: bool) -> bool {
+    !tls && !addr.ip().is_loopback()
+}
+
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+const LOGIN_SOCKET_SERVICES: &[&str] = &[
+    <LoginServer<LoginService> as tonic::server::NamedService>::NAME,
+    <AdminServer<AdminService> as tonic::server::NamedService>::NAME,
+    <DevicesServer<DevicesService> as tonic::server::NamedService>::NAME,
+];
+const SYNC_SERVICES: &[&str] = &[<SyncServer<SyncService> as tonic::server::NamedService>::NAME];
+
+/// Reflection for one listener: it advertises `services` (and health and itself) only, so a
+/// client of the sync port does not see the login socket's services, nor the other way round.
+fn reflection(
+    services: &'static [&'static str],
+) -> Result<
     (
         tonic_reflection::server::v1::ServerReflectionServer<
             impl tonic_reflection::server::v1::ServerReflection,
@@ -377,15 +422,21 @@ fn reflection() -> Result<
     ),
     DaemonError,
 > {
-    let builder = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tillgate_proto::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let builder = |reflection_service: &str| {
+        services
+            .iter()
+            .chain(&[HEALTH_SERVICE, reflection_service])
+            .fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(tillgate_proto::v1::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |builder, name| builder.with_service_name(*name),
+            )
     };
-    let v1 = builder()
+    let v1 = builder("grpc.reflection.v1.ServerReflection")
         .build_v1()
         .map_err(|e| DaemonError::Runtime(format!("reflection: {e}")))?;
-    let v1alpha = builder()
+    let v1alpha = builder("grpc.reflection.v1alpha.ServerReflection")
         .build_v1alpha()
         .map_err(|e| DaemonError::Runtime(format!("reflection: {e}")))?;
     Ok((v1, v1alpha))
@@ -400,6 +451,7 @@ fn login_server(
 ) -> impl std::future::Future<Output = Result<(), DaemonError>> + use<> {
     let settings = &core.settings;
     let max = settings.login_max_message_bytes;
+    let limits = settings.login_limits;
     let login = LoginService {
         auth: core.auth.clone(),
         replica: core.replica.clone(),
@@ -429,39 +481,45 @@ fn login_server(
         allow_uids: settings.allow_uids.clone(),
         allow_gids: settings.allow_gids.clone(),
     };
-    let reflection = reflection();
+    let reflection = reflection(LOGIN_SOCKET_SERVICES);
     async move {
         let (v1, v1alpha) = reflection?;
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<LoginServer<LoginService>>().await;
         health.set_serving::<AdminServer<AdminService>>().await;
         health.set_serving::<DevicesServer<DevicesService>>().await;
+        let cap = ConnectionCap::new("login socket", limits.max_connections);
         let incoming =
             UnixListenerStream::new(listener).filter_map(move |accepted| match accepted {
-                Ok(stream) => policy.admit(stream).map(Ok::<_, std::io::Error>),
+                Ok(stream) => policy
+                    .admit(stream)
+                    .and_then(|stream| cap.admit(stream))
+                    .map(Ok::<_, std::io::Error>),
                 Err(e) => {
                     tracing::warn!(error = %e, "login socket accept failed");
                     None
                 }
             });
-        Server::builder()
+        bounded(Server::builder(), limits)
+            .layer(MapResponseLayer::new(over_limit_is_resource_exhausted))
+            .layer(GlobalConcurrencyLimitLayer::new(limits.max_calls))
             .add_service(health_service)
             .add_service(v1)
             .add_service(v1alpha)
             .add_service(
                 LoginServer::new(login)
                     .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
+                    .max_encoding_message_size(tillgate_client::MAX_RESPONSE_BYTES),
             )
             .add_service(
                 DevicesServer::new(devices)
                     .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
+                    .max_encoding_message_size(tillgate_client::MAX_RESPONSE_BYTES),
             )
             .add_service(
                 AdminServer::new(admin)
                     .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
+                    .max_encoding_message_size(tillgate_client::MAX_RESPONSE_BYTES),
             )
             .serve_with_incoming_shutdown(incoming, wait_for(shutdown))
             .await
@@ -479,6 +537,7 @@ fn sync_server(
 ) -> Result<impl std::future::Future<Output = Result<(), DaemonError>> + use<>, DaemonError> {
     let settings = &core.settings;
     let max = settings.sync_max_message_bytes;
+    let limits = settings.sync_limits;
     let sync = SyncService {
         replica: core.replica.clone(),
         local: core.local.clone(),
@@ -493,7 +552,7 @@ fn sync_server(
     let check = BearerCheck {
         tokens: core.tokens.clone(),
     };
-    let mut builder = Server::builder();
+    let mut builder = bounded(Server::builder(), limits);
     if let Some(tls) = &settings.tls {
         let read =
             |path: &Path| std::fs::read(path).map_err(io(format!("TLS file {}", path.display())));
@@ -509,7 +568,7 @@ fn sync_server(
                 source,
             })?;
     }
-    let reflection = reflection();
+    let reflection = reflection(SYNC_SERVICES);
     Ok(async move {
         let (v1, v1alpha) = reflection?;
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -517,20 +576,38 @@ fn sync_server(
         let service = SyncServer::new(sync)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let cap = ConnectionCap::new("sync listener", limits.max_connections);
+        let incoming =
+            TcpListenerStream::new(listener).filter_map(move |accepted| match accepted {
+                Ok(stream) => cap.admit(stream).map(Ok),
+                Err(e) => Some(Err(e)),
+            });
         builder
+            .layer(MapResponseLayer::new(over_limit_is_resource_exhausted))
+            .layer(GlobalConcurrencyLimitLayer::new(limits.max_calls))
             .add_service(health_service)
             .add_service(v1)
             .add_service(v1alpha)
             .add_service(tonic::service::interceptor::InterceptedService::new(
                 service, check,
             ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), wait_for(shutdown))
+            .serve_with_incoming_shutdown(incoming, wait_for(shutdown))
             .await
             .map_err(|source| DaemonError::Transport {
                 context: "sync listener",
                 source,
             })
     })
+}
+
+/// The per-call time limit and the HTTP/2 stream cap of a listener. (The connection cap is
+/// [`ConnectionCap`] on the accepted streams, the calls-in-progress cap a global concurrency
+/// limit layer.)
+fn bounded(builder: Server, limits: ListenerLimits) -> Server {
+    let streams = u32::try_from(limits.max_calls).unwrap_or(u32::MAX);
+    builder
+        .timeout(limits.call_timeout)
+        .max_concurrent_streams(streams)
 }
 
 /// Which Unix socket peers may connect, by uid or primary gid. Empty lists admit every peer
@@ -641,4 +718,21 @@ fn write_atomically(path: &Path, contents: &str) -> Result<(), DaemonError> {
     file.write_all(contents.as_bytes())
         .map_err(io(format!("writing {}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_network_facing_sync_listener_without_tls_is_in_the_clear() {
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(!bearer_tokens_in_the_clear(addr("127.0.0.1:7870"), false));
+        assert!(!bearer_tokens_in_the_clear(addr("[::1]:7870"), false));
+        assert!(bearer_tokens_in_the_clear(addr("0.0.0.0:7870"), false));
+        assert!(bearer_tokens_in_the_clear(addr("192.168.1.20:7870"), false));
+        assert!(bearer_tokens_in_the_clear(addr("[::]:7870"), false));
+        assert!(!bearer_tokens_in_the_clear(addr("0.0.0.0:7870"), true));
+    }
 }

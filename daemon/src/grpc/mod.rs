@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod devices;
+pub mod limits;
 pub mod login;
 pub mod policy;
 pub mod sync;
@@ -103,6 +104,8 @@ impl From<LoginError> for Status {
                 e.to_string(),
                 ErrorDetails::with_retry_info(Some(round_up_to_seconds(retry_after))),
             ),
+            LoginError::Busy(_) => Status::resource_exhausted(e.to_string()),
+            LoginError::DiskFull => Status::unavailable(e.to_string()),
             LoginError::Stale { .. } => Status::with_error_details(
                 Code::FailedPrecondition,
                 e.to_string(),

@@ -21,7 +21,8 @@ use std::path::PathBuf;
 
 pub use local::Identity;
 pub use local::{
-    AckError, AckSummary, AttemptRecorded, CounterChange, LocalStore, MAX_AUDIT_BATCH, TokenRow,
+    AckError, AckSummary, Admitted, AttemptRecorded, LocalStore, MAX_AUDIT_BATCH, Settlement,
+    TokenRow,
 };
 pub use replica::{
     ApplyError, ApplySummary, Counts, ReadySnapshot, Replica, ReplicaState, SnapshotFile,
@@ -66,6 +67,18 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl StoreError {
+    /// SQLite could not write because the disk (or the state directory's filesystem) is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite(e) | StoreError::Open { source: e, .. } => {
+                e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// What happened to a database file at start.

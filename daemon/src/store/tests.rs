@@ -114,6 +114,10 @@ fn a_single_file_replica_hands_its_terminal_state_to_the_local_store() {
         table_names(&p.replica)
     );
     assert_eq!(local.tokens().unwrap()[0].name, "central");
+    assert_eq!(
+        local.identity().origin,
+        "migrated from the single-file replica"
+    );
     let rows = local.audit_after(0, 100).unwrap();
     assert_eq!(
         rows.iter()
@@ -121,10 +125,17 @@ fn a_single_file_replica_hands_its_terminal_state_to_the_local_store() {
             .collect::<Vec<_>>(),
         vec![(3, "uuid-3"), (4, "uuid-4"), (5, "uuid-5")]
     );
+    // The fixture's terminal lockout (a wall-clock deadline far ahead) keeps running.
+    let policy = LockoutPolicy::default();
+    let now = crate::clock::now();
+    local.rebase_lockouts(now).unwrap();
     let locked = local
-        .locked_for(&["terminal".to_owned()], std::time::SystemTime::now())
+        .refusal(crate::lockout::Budget::Pin, "socket uid=1", &policy, now)
         .unwrap();
-    assert!(matches!(locked, Some((ref scope, _)) if scope == "terminal"));
+    assert!(
+        matches!(locked, Some(ref r) if r.terminal_wide()),
+        "{locked:?}"
+    );
     assert_eq!(local.append_audit(&record()).unwrap().last_seq, 6);
 
     // A second start copies nothing again and keeps the stream.
@@ -178,7 +189,7 @@ fn quarantining_the_replica_keeps_tokens_audit_and_lockouts() {
     assert_eq!(local.audit_stats().unwrap().backlog, 3);
     assert_eq!(
         local
-            .lockout_counters(&LockoutPolicy::default(), std::time::SystemTime::now())
+            .lockout_counters(&LockoutPolicy::default(), crate::clock::now())
             .unwrap()
             .len(),
         1
@@ -202,6 +213,13 @@ fn a_damaged_local_store_is_moved_aside_and_a_new_stream_starts() {
     assert_eq!(std::fs::read(moved_to).unwrap(), vec![0x17; 8192]);
     assert_ne!(local.identity().stream_id, stream);
     assert_eq!(local.audit_stats().unwrap().last_seq, 0);
+    let origin = local.identity().origin.clone();
+    assert!(
+        origin.starts_with("replaced a damaged local store (moved to "),
+        "{origin}"
+    );
+    drop(local);
+    assert_eq!(open_local(&p).0.identity().origin, origin, "kept");
     // The replica is not touched.
     let (_replica, outcome) = open_replica(&p);
     assert_eq!(outcome, OpenOutcome::Opened);
@@ -214,6 +232,7 @@ fn an_unreadable_old_replica_costs_only_the_copy() {
     let (local, outcome) = open_local(&p);
     assert_eq!(outcome, OpenOutcome::Opened);
     assert!(local.tokens().unwrap().is_empty());
+    assert_eq!(local.identity().origin, "new");
     let (_replica, outcome) = open_replica(&p);
     assert!(matches!(outcome, OpenOutcome::Quarantined { .. }));
 }
