@@ -67,6 +67,30 @@ pub struct Config {
     pub replica: ReplicaConfig,
     #[serde(default)]
     pub input: InputConfig,
+    #[serde(default)]
+    pub enrolment: EnrolmentConfig,
+}
+
+/// Enrolment of keys and PINs at the till (EnrollKey, ChangePin).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrolmentConfig {
+    /// The permission a manager's credential must hold to authorise an enrolment.
+    pub permission: String,
+    /// The shortest new PIN ChangePin accepts.
+    pub min_pin_len: usize,
+    /// How long EnrollKey waits for a key when the caller gives no timeout.
+    pub capture_timeout: String,
+}
+
+impl Default for EnrolmentConfig {
+    fn default() -> Self {
+        EnrolmentConfig {
+            permission: "user.credentials.manage".into(),
+            min_pin_len: 4,
+            capture_timeout: "30s".into(),
+        }
+    }
 }
 
 /// Hardware input: which evdev devices and serial ports are PIN pads and key readers.
@@ -540,6 +564,7 @@ pub struct Settings {
     pub live: LiveSettings,
     /// Input rules at start; a reload publishes new ones through `Core::input`.
     pub input: crate::hardware::InputSettings,
+    pub enrolment: crate::enroll::EnrolmentSettings,
 }
 
 impl Settings {
@@ -631,6 +656,7 @@ impl Settings {
             "replica.max_age",
             self.policy.max_replica_age != other.policy.max_replica_age,
         );
+        check("enrolment.*", self.enrolment != other.enrolment);
         keys
     }
 }
@@ -818,6 +844,28 @@ impl Config {
             return Err(invalid("audit.max_rows", "must be at least 1"));
         }
         let input = crate::hardware::InputSettings::from_config(&self.input)?;
+        let permission = self.enrolment.permission.trim().to_owned();
+        if permission.is_empty() {
+            return Err(invalid("enrolment.permission", "must not be empty"));
+        }
+        if !(1..=32).contains(&self.enrolment.min_pin_len) {
+            return Err(invalid(
+                "enrolment.min_pin_len",
+                format!("{} is not between 1 and 32", self.enrolment.min_pin_len),
+            ));
+        }
+        let capture_timeout = duration(
+            "enrolment.capture_timeout",
+            &self.enrolment.capture_timeout,
+            false,
+            second,
+        )?
+        .unwrap_or(Duration::from_secs(30));
+        let enrolment = crate::enroll::EnrolmentSettings {
+            permission,
+            min_pin_len: self.enrolment.min_pin_len,
+            capture_timeout,
+        };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
         }
@@ -861,6 +909,7 @@ impl Config {
                 log_level: self.log.level,
             },
             input,
+            enrolment,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod credential;
 pub mod demo;
+pub mod enroll;
 pub mod explain;
 pub mod grpc;
 pub mod hardware;

@@ -18,6 +18,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::{LiveSettings, Settings};
 use crate::credential::{KeyFileError, TerminalKey};
+use crate::grpc::access::{AccessLayer, AccessPolicy};
 use crate::grpc::admin::AdminService;
 use crate::grpc::auth::BearerCheck;
 use crate::grpc::devices::DevicesService;
@@ -90,6 +91,8 @@ pub struct Core {
     pub tokens: Arc<TokenRegistry>,
     /// Input devices as the hardware module sees them (`tillctl devices`, `GetSyncState`).
     pub devices: Arc<DeviceRegistry>,
+    /// Enrolment key captures waiting on readers (EnrollKey ↔ the input dispatcher).
+    pub captures: Arc<crate::hardware::capture::KeyCaptures>,
 }
 
 impl Core {
@@ -158,6 +161,7 @@ impl Core {
             auth,
             tokens,
             devices: Arc::new(DeviceRegistry::default()),
+            captures: Arc::default(),
         })
     }
 }
@@ -238,6 +242,7 @@ pub async fn serve(
         Arc::new(Dispatcher {
             auth: core.auth.clone(),
             registry: core.devices.clone(),
+            captures: core.captures.clone(),
         }),
     );
     control.notifier.ready(&core).await;
@@ -397,8 +402,17 @@ fn login_server(
 ) -> impl std::future::Future<Output = Result<(), DaemonError>> + use<> {
     let settings = &core.settings;
     let max = settings.login_max_message_bytes;
+    let enrolment = Arc::new(crate::enroll::Enrolment {
+        auth: core.auth.clone(),
+        replica: core.replica.clone(),
+        terminal: settings.terminal.clone(),
+        captures: core.captures.clone(),
+        devices: core.devices.clone(),
+        settings: settings.enrolment.clone(),
+    });
     let login = LoginService {
         auth: core.auth.clone(),
+        enrolment,
         replica: core.replica.clone(),
         terminal: settings.terminal.clone(),
         listeners: ListenerInfo {
@@ -410,11 +424,11 @@ fn login_server(
     };
     let mut admin_uids = settings.admin_uids.clone();
     admin_uids.push(nix::unistd::geteuid().as_raw());
+    let access = AccessLayer(Arc::new(AccessPolicy { admin_uids }));
     let admin = AdminService {
         replica: core.replica.clone(),
         local: core.local.clone(),
         tokens: core.tokens.clone(),
-        admin_uids,
         auth: core.auth.clone(),
         terminal: settings.terminal.clone(),
     };
@@ -442,6 +456,7 @@ fn login_server(
                 }
             });
         Server::builder()
+            .layer(access)
             .add_service(health_service)
             .add_service(v1)
             .add_service(v1alpha)

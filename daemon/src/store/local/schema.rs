@@ -46,4 +46,10 @@ pub const MIGRATIONS: &[&str] = &[
         last_failure_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 2: enrolment rows carry the new credential's PHC string (a hash, never the secret) and
+    // who approved it.
+    r#"
+    ALTER TABLE audit_events ADD COLUMN phc TEXT;
+    ALTER TABLE audit_events ADD COLUMN authorizer TEXT;
+    "#,
 ];
