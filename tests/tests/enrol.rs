@@ -351,3 +351,90 @@ async fn a_pin_change_is_refused_when_in_use_and_answered_as_a_phc_otherwise() {
         assert!(!log.contains(secret), "{secret} reached the log");
     }
 }
+
+#[tokio::test]
+async fn a_damaged_read_a_removal_an_unplug_or_a_cancelled_call_ends_the_capture_cleanly() {
+    let temp = tempfile::tempdir().unwrap();
+    let link = temp.path().join("lock");
+    let mut pty = Pty::open(&link);
+    let daemon = Daemon::start_with(
+        "",
+        &format!(
+            "[[input.serial]]\nname = \"waiter lock\"\npath = \"{}\"\nframing = \"stx_etx\"\nprofile = \"addimat\"\n",
+            link.display()
+        ),
+    );
+    daemon
+        .push_snapshot(snapshot(
+            1,
+            1,
+            vec![role("cashier", &[], &[])],
+            vec![
+                user_with_keys("waiter", 1, None, &["017A6945260000AC"]),
+                user("newbie", 2, None),
+            ],
+        ))
+        .await;
+    let mut client = daemon.client().await;
+    wait_device(&mut client, &link, true).await;
+    let start = |daemon: &Daemon| {
+        let socket = daemon.socket.clone();
+        tokio::spawn(async move {
+            let mut client = TillClient::connect(&socket).await.unwrap();
+            client.enroll_key("newbie", None, "waiter lock", 20).await
+        })
+    };
+
+    // A bad CRC: the capture ends as a damaged read, and the read is audited as ever.
+    let capture = start(&daemon);
+    captures_started(&daemon, 1).await;
+    pty.write(b"\x029B00002645697A01\x03");
+    assert_eq!(code(capture.await.unwrap()), tonic::Code::Aborted);
+
+    // The key pulled (Addimat's OUT) before a key was read.
+    let capture = start(&daemon);
+    captures_started(&daemon, 2).await;
+    pty.write(b"\x02OUT\x03");
+    assert_eq!(code(capture.await.unwrap()), tonic::Code::Aborted);
+
+    // The caller goes away: the daemon ends the capture (audited) and the reader logs in.
+    let capture = start(&daemon);
+    captures_started(&daemon, 3).await;
+    capture.abort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let audit = client.audit_tail(1000).await.unwrap().events;
+        if audit.iter().any(|e| e.outcome == "cancelled") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no cancelled capture: {audit:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut watch = client.watch().await.unwrap();
+    next_event(&mut watch, Duration::from_secs(10)).await;
+    pty.write(b"\x02AC00002645697A01\x03");
+    let login = next_event(&mut watch, Duration::from_secs(20)).await;
+    assert_eq!(login.session.unwrap().user.unwrap().id, "waiter");
+
+    // The reader goes away during a capture.
+    let capture = start(&daemon);
+    captures_started(&daemon, 4).await;
+    drop(pty);
+    assert_eq!(code(capture.await.unwrap()), tonic::Code::Aborted);
+
+    let outcomes: Vec<String> = client
+        .audit_tail(1000)
+        .await
+        .unwrap()
+        .events
+        .into_iter()
+        .filter(|e| e.kind == "key_capture")
+        .map(|e| e.outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["bad_read", "removed", "cancelled", "reader_gone"],
+        "one row per capture, in order"
+    );
+    assert!(enrolled_rows(&mut client).await.is_empty());
+}
