@@ -920,6 +920,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn enrolment_settings_default_and_are_checked() {
+        let s = Config::parse("[terminal]\nsales_point_id = \"sp\"\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.enrolment.permission, "user.credentials.manage");
+        assert_eq!(s.enrolment.min_pin_len, 4);
+        assert_eq!(s.enrolment.capture_timeout, Duration::from_secs(30));
+        let parse = |section: &str| {
+            Config::parse(&format!(
+                "[terminal]\nsales_point_id = \"sp\"\n[enrolment]\n{section}"
+            ))
+            .unwrap()
+            .validate()
+        };
+        let s = parse("permission = \"keys.assign\"\nmin_pin_len = 6\ncapture_timeout = \"2m\"\n")
+            .unwrap();
+        assert_eq!(
+            (s.enrolment.permission.as_str(), s.enrolment.min_pin_len),
+            ("keys.assign", 6)
+        );
+        assert_eq!(s.enrolment.capture_timeout, Duration::from_secs(120));
+        for (bad, key) in [
+            ("permission = \" \"\n", "enrolment.permission"),
+            ("min_pin_len = 0\n", "enrolment.min_pin_len"),
+            ("capture_timeout = \"soon\"\n", "enrolment.capture_timeout"),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("config key {key}")), "{err}");
+        }
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let s = Config::parse("[terminal]\nsales_point_id = \"sp-1\"\n")
             .unwrap()

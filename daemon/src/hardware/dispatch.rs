@@ -334,3 +334,32 @@ impl Dispatcher {
         publish(&self.registry, device, kind, masked, outcome);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_loudly_without_waiting_and_keeps_the_order() {
+        let registry = Arc::new(DeviceRegistry::default());
+        let mut activity = registry.subscribe();
+        let (queue, mut framed) = InputQueue::new(registry, Arc::default());
+        let reader = DeviceLabel::new("front", "", "/dev/input/event9".into());
+        for i in 0..QUEUE_LEN + 1 {
+            // Never blocks, whatever the dispatcher is doing.
+            queue.push(&reader, None, Framed::Rejected(i.to_string()));
+        }
+        let dropped = activity.try_recv().unwrap();
+        assert_eq!(dropped.kind, ActivityKind::Rejected);
+        assert!(dropped.outcome.contains("queue is full"), "{dropped:?}");
+        assert!(activity.try_recv().is_err(), "only the one over capacity");
+        for i in 0..QUEUE_LEN {
+            match framed.try_recv().unwrap().framed {
+                Framed::Rejected(n) => assert_eq!(n, i.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(framed.try_recv().is_err());
+    }
+}
