@@ -880,6 +880,12 @@ fn print_audit(e: &pb::AuditEvent) {
     if !e.permission.is_empty() {
         line.push_str(&format!(" permission={}", e.permission));
     }
+    if !e.authorizer.is_empty() {
+        line.push_str(&format!(" authorizer={:?}", e.authorizer));
+    }
+    if !e.phc.is_empty() {
+        line.push_str(&format!(" phc={}", e.phc));
+    }
     if !e.reason.is_empty() {
         line.push_str(&format!(" ({})", e.reason));
     }

@@ -147,10 +147,11 @@ impl Enrolment {
             ));
         }
         self.known_user(&user_id).await?;
-        let authorized_by = self.approve(&user_id, approval, &source).await?;
+        // Before the approval: a manager's credential is not spent on a capture that cannot run.
         if !self.key_reader_attached(&reader) {
             return Err(EnrolError::NoReader(reader));
         }
+        let authorized_by = self.approve(&user_id, approval, &source).await?;
         let mut capture = self.captures.begin(reader.clone())?;
         let timeout = timeout.unwrap_or(self.settings.capture_timeout);
         tracing::info!(%authorized_by, timeout = %humantime::format_duration(timeout), "key capture started: the next key on the reader is not a login");
