@@ -188,7 +188,7 @@ impl TillClient {
     pub async fn session(&mut self) -> Result<Option<pb::Session>, ClientError> {
         Ok(self
             .login
-            .get_session(pb::GetSessionRequest {})
+            .get_session(pb::GetSessionRequest::default())
             .await?
             .into_inner()
             .session)
@@ -206,10 +206,36 @@ impl TillClient {
         &mut self,
         permission: &str,
     ) -> Result<pb::CheckPermissionResponse, ClientError> {
+        self.check_permission_in(permission, "").await
+    }
+
+    /// [`Client::check_permission`] for the session `session_id` only: another session (or
+    /// none) is FAILED_PRECONDITION "session changed". An empty id asks for whoever is current.
+    pub async fn check_permission_in(
+        &mut self,
+        permission: &str,
+        session_id: &str,
+    ) -> Result<pb::CheckPermissionResponse, ClientError> {
         let request = pb::CheckPermissionRequest {
             permission: permission.to_owned(),
+            session_id: session_id.to_owned(),
         };
         Ok(self.login.check_permission(request).await?.into_inner())
+    }
+
+    /// The current session, if it is `session_id` (else FAILED_PRECONDITION "session changed").
+    pub async fn session_if(
+        &mut self,
+        session_id: &str,
+    ) -> Result<Option<pb::Session>, ClientError> {
+        Ok(self
+            .login
+            .get_session(pb::GetSessionRequest {
+                session_id: session_id.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .session)
     }
 
     /// Manager override: does the user this credential resolves to hold `permission`? The

@@ -93,7 +93,10 @@ pub enum AuditOutcome {
     ReaderGone,
     /// Enrolment: a PHC string was produced for central.
     Enrolled,
-    /// Enrolment: the new credential was refused (a PIN already in use).
+    /// Enrolment: a new PIN refused because a user of the account already has it.
+    PinInUse,
+    /// One row for many attempts refused without a row each (locked out, malformed, too busy),
+    /// with the count in the reason.
     Refused,
 }
 
@@ -118,6 +121,7 @@ impl AuditOutcome {
             AuditOutcome::Removed => "removed",
             AuditOutcome::ReaderGone => "reader_gone",
             AuditOutcome::Enrolled => "enrolled",
+            AuditOutcome::PinInUse => "pin_in_use",
             AuditOutcome::Refused => "refused",
         }
     }
@@ -143,6 +147,7 @@ impl AuditOutcome {
             Removed,
             ReaderGone,
             Enrolled,
+            PinInUse,
             Refused,
         ]
         .into_iter()
@@ -312,6 +317,7 @@ mod tests {
             "timed_out",
             "reader_gone",
             "enrolled",
+            "pin_in_use",
             "refused",
         ] {
             assert_eq!(AuditOutcome::parse(text).unwrap().as_str(), text);

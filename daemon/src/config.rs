@@ -317,6 +317,12 @@ pub struct LoginSocketConfig {
     /// Peers allowed to call the Admin service (tokens). The daemon's own uid always is.
     pub admin_uids: Vec<u32>,
     pub max_message_bytes: usize,
+    /// Connections open at once; more are closed at once.
+    pub max_connections: usize,
+    /// Calls in progress at once, all connections together; more wait.
+    pub max_calls: usize,
+    /// The longest a call may take (a stream's first answer); then it ends with CANCELLED.
+    pub call_timeout: String,
 }
 
 impl Default for LoginSocketConfig {
@@ -329,6 +335,9 @@ impl Default for LoginSocketConfig {
             allow_gids: Vec::new(),
             admin_uids: vec![0],
             max_message_bytes: 64 * 1024,
+            max_connections: 64,
+            max_calls: 128,
+            call_timeout: "30s".into(),
         }
     }
 }
@@ -341,6 +350,12 @@ pub struct SyncConfig {
     pub listen: String,
     pub max_message_bytes: usize,
     pub tls: Option<TlsConfig>,
+    /// Connections open at once; more are closed at once.
+    pub max_connections: usize,
+    /// Calls in progress at once, all connections together; more wait.
+    pub max_calls: usize,
+    /// The longest a call may take; then it ends with CANCELLED.
+    pub call_timeout: String,
 }
 
 impl Default for SyncConfig {
@@ -349,6 +364,9 @@ impl Default for SyncConfig {
             listen: DEFAULT_SYNC_LISTEN.into(),
             max_message_bytes: 16 * 1024 * 1024,
             tls: None,
+            max_connections: 16,
+            max_calls: 32,
+            call_timeout: "10m".into(),
         }
     }
 }
@@ -368,6 +386,12 @@ pub struct TlsConfig {
 pub struct HashingConfig {
     /// argon2 evaluations running at once; each holds m_cost KiB of memory.
     pub max_concurrent: usize,
+    /// Attempts from one source (a socket uid, a reader) waiting for hashing; more are refused
+    /// with RESOURCE_EXHAUSTED at once.
+    pub max_waiting_per_source: usize,
+    /// Distinct (salt, costs) schemes per credential kind a sync may leave in the replica: a
+    /// login evaluates argon2 once per scheme (one salt per account keeps this at 1).
+    pub max_schemes: usize,
     pub max_m_cost_kib: u32,
     pub max_t_cost: u32,
     pub max_p_cost: u32,
@@ -378,6 +402,8 @@ impl Default for HashingConfig {
         let limits = CostLimits::default();
         HashingConfig {
             max_concurrent: 2,
+            max_waiting_per_source: 4,
+            max_schemes: 4,
             max_m_cost_kib: limits.max_m_cost_kib,
             max_t_cost: limits.max_t_cost,
             max_p_cost: limits.max_p_cost,
@@ -414,15 +440,18 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LockoutConfig {
-    /// Failed attempts (wrong PIN, unknown key) from one source within `window` that lock PIN
-    /// entry from that source.
+    /// Failed attempts (wrong PIN or key) from one source, since its last success, that pass
+    /// without a delay.
     pub max_failures: u32,
-    /// The same for all sources together; 0 turns the terminal-wide counter off.
-    pub terminal_max_failures: u32,
-    pub window: String,
-    /// First lockout; each further one doubles, up to `max_delay`.
+    /// The delay after each further failure from that source; it doubles with each, up to
+    /// `max_delay`.
     pub delay: String,
     pub max_delay: String,
+    /// The terminal's PIN budget: wrong PINs from all sources together that it takes at once.
+    pub terminal_max_failures: u32,
+    /// One failure of the terminal budget is given back every this long. Together they bound
+    /// the wrong PINs per day: G = terminal_max_failures + 24 h / terminal_refill.
+    pub terminal_refill: String,
 }
 
 impl Default for LockoutConfig {
@@ -430,10 +459,10 @@ impl Default for LockoutConfig {
         let p = LockoutPolicy::default();
         LockoutConfig {
             max_failures: p.max_failures,
-            terminal_max_failures: p.terminal_max_failures,
-            window: humantime::format_duration(p.window).to_string(),
             delay: humantime::format_duration(p.delay).to_string(),
             max_delay: humantime::format_duration(p.max_delay).to_string(),
+            terminal_max_failures: p.terminal_max_failures,
+            terminal_refill: humantime::format_duration(p.terminal_refill).to_string(),
         }
     }
 }
@@ -539,6 +568,14 @@ pub struct LiveSettings {
     pub log_level: String,
 }
 
+/// Bounds on one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    pub max_connections: usize,
+    pub max_calls: usize,
+    pub call_timeout: Duration,
+}
+
 /// The configuration after checks, with derived values filled in.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -556,7 +593,12 @@ pub struct Settings {
     pub sync_max_message_bytes: usize,
     pub tls: Option<TlsConfig>,
     pub max_concurrent_hashes: usize,
+    pub max_waiting_per_source: usize,
+    /// `hashing.max_schemes`: distinct hash schemes per credential kind a sync may leave.
+    pub max_schemes: usize,
     pub cost_limits: CostLimits,
+    pub login_limits: ListenerLimits,
+    pub sync_limits: ListenerLimits,
     pub policy: PolicySettings,
     pub session: SessionPolicy,
     pub log_format: LogFormat,
@@ -637,7 +679,17 @@ impl Settings {
             "hashing.max_concurrent",
             self.max_concurrent_hashes != other.max_concurrent_hashes,
         );
+        check(
+            "hashing.max_waiting_per_source",
+            self.max_waiting_per_source != other.max_waiting_per_source,
+        );
+        check("hashing.max_schemes", self.max_schemes != other.max_schemes);
         check("hashing.max_*_cost", self.cost_limits != other.cost_limits);
+        check(
+            "login_socket.max_*",
+            self.login_limits != other.login_limits,
+        );
+        check("sync.max_*", self.sync_limits != other.sync_limits);
         check("log.format", self.log_format != other.log_format);
         check("lockout.*", self.policy.lockout != other.policy.lockout);
         check(
@@ -792,6 +844,27 @@ impl Config {
                 1 << 30,
             ),
             ("hashing.max_concurrent", self.hashing.max_concurrent, 1, 64),
+            (
+                "hashing.max_waiting_per_source",
+                self.hashing.max_waiting_per_source,
+                1,
+                1024,
+            ),
+            ("hashing.max_schemes", self.hashing.max_schemes, 1, 64),
+            (
+                "login_socket.max_connections",
+                self.login_socket.max_connections,
+                1,
+                65_536,
+            ),
+            (
+                "login_socket.max_calls",
+                self.login_socket.max_calls,
+                1,
+                65_536,
+            ),
+            ("sync.max_connections", self.sync.max_connections, 1, 65_536),
+            ("sync.max_calls", self.sync.max_calls, 1, 65_536),
         ] {
             if !(min..=max).contains(&value) {
                 return Err(invalid(key, format!("{value} is outside {min}..={max}")));
@@ -813,21 +886,25 @@ impl Config {
                 format!("{} is outside 1..=1000", self.lockout.max_failures),
             ));
         }
-        if self.lockout.terminal_max_failures > 10_000 {
+        if !(1..=10_000).contains(&self.lockout.terminal_max_failures) {
             return Err(invalid(
                 "lockout.terminal_max_failures",
                 format!(
-                    "{} is outside 0..=10000 (0 turns it off)",
+                    "{} is outside 1..=10000 (the terminal budget is what bounds guessing)",
                     self.lockout.terminal_max_failures
                 ),
             ));
         }
         let lockout = LockoutPolicy {
             max_failures: self.lockout.max_failures,
-            terminal_max_failures: self.lockout.terminal_max_failures,
-            window: required_duration("lockout.window", &self.lockout.window, second)?,
             delay: required_duration("lockout.delay", &self.lockout.delay, second)?,
             max_delay: required_duration("lockout.max_delay", &self.lockout.max_delay, second)?,
+            terminal_max_failures: self.lockout.terminal_max_failures,
+            terminal_refill: required_duration(
+                "lockout.terminal_refill",
+                &self.lockout.terminal_refill,
+                second,
+            )?,
         };
         if lockout.max_delay < lockout.delay {
             return Err(invalid(
@@ -838,6 +915,20 @@ impl Config {
                 ),
             ));
         }
+        let login_limits = ListenerLimits {
+            max_connections: self.login_socket.max_connections,
+            max_calls: self.login_socket.max_calls,
+            call_timeout: required_duration(
+                "login_socket.call_timeout",
+                &self.login_socket.call_timeout,
+                second,
+            )?,
+        };
+        let sync_limits = ListenerLimits {
+            max_connections: self.sync.max_connections,
+            max_calls: self.sync.max_calls,
+            call_timeout: required_duration("sync.call_timeout", &self.sync.call_timeout, second)?,
+        };
         let idle_lock = duration("session.idle_lock", &self.session.idle_lock, true, second)?;
         let max_replica_age = duration("replica.max_age", &self.replica.max_age, true, second)?;
         if self.audit.max_rows == 0 {
@@ -887,11 +978,15 @@ impl Config {
             sync_max_message_bytes: self.sync.max_message_bytes,
             tls: self.sync.tls,
             max_concurrent_hashes: self.hashing.max_concurrent,
+            max_waiting_per_source: self.hashing.max_waiting_per_source,
+            login_limits,
+            sync_limits,
             cost_limits: CostLimits {
                 max_m_cost_kib: self.hashing.max_m_cost_kib,
                 max_t_cost: self.hashing.max_t_cost,
                 max_p_cost: self.hashing.max_p_cost,
             },
+            max_schemes: self.hashing.max_schemes,
             policy: PolicySettings {
                 lockout,
                 max_replica_age,
@@ -968,7 +1063,17 @@ mod tests {
         assert_eq!(s.sync_listen.to_string(), DEFAULT_SYNC_LISTEN);
         assert_eq!(s.policy.lockout, LockoutPolicy::default());
         assert_eq!(s.policy.lockout.max_failures, 5);
-        assert_eq!(s.policy.lockout.window, Duration::from_secs(60));
+        assert_eq!(s.policy.lockout.terminal_refill, Duration::from_secs(1200));
+        assert_eq!(s.max_waiting_per_source, 4);
+        assert_eq!(s.max_schemes, 4);
+        assert_eq!(
+            s.login_limits,
+            ListenerLimits {
+                max_connections: 64,
+                max_calls: 128,
+                call_timeout: Duration::from_secs(30)
+            }
+        );
         assert_eq!(s.policy.max_replica_age, None);
         assert_eq!(s.policy.audit_max_rows, 100_000);
         assert_eq!(s.session.idle_lock, Some(Duration::from_secs(300)));
@@ -980,7 +1085,7 @@ mod tests {
     fn policy_keys_parse_and_name_the_key_on_errors() {
         let base = "[terminal]\nsales_point_id = \"a\"\n";
         let s = Config::parse(&format!(
-            "{base}[lockout]\nmax_failures = 3\nterminal_max_failures = 0\nwindow = \"2m\"\ndelay = \"10s\"\nmax_delay = \"1h\"\n\
+            "{base}[lockout]\nmax_failures = 3\nterminal_max_failures = 30\nterminal_refill = \"2m\"\ndelay = \"10s\"\nmax_delay = \"1h\"\n\
              [session]\nidle_lock = \"off\"\non_key_removal = \"lock\"\n[audit]\nmax_rows = 50\n[replica]\nmax_age = \"72h\"\n"
         ))
         .unwrap()
@@ -990,8 +1095,8 @@ mod tests {
             s.policy.lockout,
             LockoutPolicy {
                 max_failures: 3,
-                terminal_max_failures: 0,
-                window: Duration::from_secs(120),
+                terminal_max_failures: 30,
+                terminal_refill: Duration::from_secs(120),
                 delay: Duration::from_secs(10),
                 max_delay: Duration::from_secs(3600),
             }
@@ -1006,12 +1111,24 @@ mod tests {
 
         for (extra, key) in [
             (
-                "[lockout]\nwindow = \"soon\"\n",
-                "config key lockout.window:",
+                "[lockout]\nterminal_refill = \"soon\"\n",
+                "config key lockout.terminal_refill:",
             ),
             (
-                "[lockout]\nwindow = \"off\"\n",
-                "config key lockout.window:",
+                "[lockout]\nterminal_refill = \"off\"\n",
+                "config key lockout.terminal_refill:",
+            ),
+            (
+                "[lockout]\nterminal_max_failures = 0\n",
+                "config key lockout.terminal_max_failures:",
+            ),
+            (
+                "[hashing]\nmax_waiting_per_source = 0\n",
+                "config key hashing.max_waiting_per_source:",
+            ),
+            (
+                "[login_socket]\ncall_timeout = \"0s\"\n",
+                "config key login_socket.call_timeout:",
             ),
             (
                 "[lockout]\nmax_failures = 0\n",

@@ -58,7 +58,7 @@ pub fn seed(core: &Core) -> Result<(), DaemonError> {
         let valid = validate_snapshot(snapshot.users, snapshot.roles, ingest)
             .map_err(|e| DaemonError::Demo(e.to_string()))?;
         core.replica
-            .apply_snapshot(target, &valid)
+            .apply_snapshot(target, valid)
             .map_err(|e| DaemonError::Demo(e.to_string()))?;
     }
     Ok(())

@@ -208,7 +208,7 @@ impl Enrolment {
         drop(id);
         let hashed = self
             .auth
-            .hash_new_credential(CredentialKind::Key, secret)
+            .hash_new_credential(CredentialKind::Key, secret, &source)
             .await?;
         let enrolled = Enrolled {
             user_id,
@@ -242,7 +242,7 @@ impl Enrolment {
         let authorized_by = self.approve(&user_id, approval, &source).await?;
         let hashed = self
             .auth
-            .hash_new_credential(CredentialKind::Pin, new_pin)
+            .hash_new_credential(CredentialKind::Pin, new_pin, &source)
             .await?;
         if !hashed.holders.is_empty() {
             // Who holds it stays in the daemon: the answer only says "in use".
@@ -250,7 +250,7 @@ impl Enrolment {
                 AuditKind::CredentialEnrolled,
                 Some(CredentialKind::Pin),
                 &source,
-                AuditOutcome::Refused,
+                AuditOutcome::PinInUse,
             )
             .user(&user_id)
             .reason(EnrolError::PinInUse.to_string());

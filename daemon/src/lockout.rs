@@ -1,75 +1,124 @@
-//! Failed-attempt counting and lockout delays: pure functions over a counter and the time, no
-//! I/O. The store keeps one [`Counter`] per scope and runs these inside the transaction that also
-//! writes the audit row.
+//! Guess throttling: pure policy over stored counters and a clock, no I/O. The store keeps one
+//! [`Counter`] per scope and runs these functions inside the transaction that also writes the
+//! audit row.
 //!
-//! Rules:
-//! - A failure is a credential that matches nobody (a wrong PIN, an unknown key). A credential
-//!   of an inactive or unassigned user, a malformed request or a bad CRC read is not one.
-//! - Failures are counted per input source (a socket peer's uid, a reader's name) and, with a
-//!   separate threshold, for the whole terminal.
-//! - `max_failures` failures within `window` of the first one lock the scope: PIN login (and PIN
-//!   authorization) from it is refused for `delay`, doubled with every further lockout
-//!   (`strikes`), up to `max_delay`.
-//! - A success resets the source's counter. The terminal counter is not reset by a success (so
-//!   that someone who knows one valid PIN cannot reset it between guesses); it is cleared by
-//!   `tillctl unlock` or forgotten after a quiet period.
-//! - The doubling is forgotten after a quiet period of `max_delay` after the lockout ended.
+//! # The adversary and the guess budget G
+//!
+//! The adversary controls every input source of one terminal (any socket uid, every reader),
+//! knows one valid PIN and holds one valid key, and may interleave successes, daemon restarts,
+//! reboots and wall-clock steps. They do not hold an admin uid (`tillctl unlock`).
+//!
+//! PIN attempts are **charged before they are hashed**, in one transaction with the lockout
+//! check: one failure to the source's counter and one to the terminal's budget. A success
+//! refunds its own terminal charge and resets its source's counter; anything else (a wrong
+//! PIN, a PIN of an inactive or unassigned user, a crash half-way) keeps the charge.
+//!
+//! - The **terminal budget** is a leaky bucket: it holds at most `terminal_max_failures`
+//!   charges and one charge drains every `terminal_refill`. An attempt is admitted only if the
+//!   bucket has room. Successes, keys and time never reset it; only `tillctl unlock` does.
+//!   Over any interval of length T, admitted charges ≤ room at the start + drained + refunds,
+//!   and refunds ≤ successes, so the wrong PINs tested in T are at most
+//!   `G(T) = terminal_max_failures + ⌊T / terminal_refill⌋`
+//!   (defaults 20 + ⌊24 h / 20 min⌋ = 92 per 24 h) — whatever the number of sources. Per-source
+//!   counters alone would not bound this: an attacker with many sources multiplies them.
+//! - **Per-source delays** escalate in the spirit of Android's Gatekeeper: after
+//!   `max_failures` failures since the last success from that source, every further failure
+//!   locks it for `delay · 2^(failures − max_failures)`, at most `max_delay`. Only a success from
+//!   the same source (or `tillctl unlock`) resets it — not time, not another source's success.
+//!   They slow down a guesser at one source long before the terminal budget runs out.
+//! - **Keys** have a budget of their own: a wrong key counts against the source's key counter
+//!   (same schedule), a valid key resets only that, and never touches a PIN counter. Key ids
+//!   are not guessable like PINs, so there is no terminal-wide key budget: a flood of unknown
+//!   keys from the POS socket cannot lock out the cashiers' key readers.
+//!
+//! # Time
+//!
+//! Delays and draining run on the monotonic clock of the current boot ([`Now::mono_ms`],
+//! `CLOCK_BOOTTIME`), never the wall clock: a clock step in either direction neither shortens
+//! nor lengthens a lockout. A counter written during another boot is rebased: its lockout
+//! restarts with the time that was left when it was last written (at most `max_delay`) and
+//! the terminal budget does not drain for the time in between — a reboot gains an attacker
+//! nothing, and no lockout lasts longer than `max_delay` of the terminal's running time past
+//! the moment it was set.
 
 use std::time::Duration;
 
-/// The scope counting every failure at this terminal, whatever its source.
+/// The scope of the terminal-wide PIN budget.
 pub const TERMINAL_SCOPE: &str = "terminal";
+
+/// Suffix of a source's key scope ("socket uid=1000 (keys)").
+const KEY_SCOPE_SUFFIX: &str = " (keys)";
+
+/// Fixed-point unit of the terminal bucket: one charge.
+const CHARGE: u64 = 1000;
+
+/// Which counters an attempt draws on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    Pin,
+    Key,
+}
+
+/// A moment as the throttle sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// This boot's identity: monotonic times of another boot are not comparable.
+    pub boot: u128,
+    /// Milliseconds on this boot's monotonic clock (never steps).
+    pub mono_ms: u64,
+    /// Wall-clock Unix milliseconds: for display only, never for a decision.
+    pub wall_ms: u64,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockoutPolicy {
-    /// Failures within `window` that lock a source.
+    /// Failures from one source (since its last success) that pass without a delay.
     pub max_failures: u32,
-    /// Failures within `window` that lock the whole terminal; 0 disables the terminal counter.
-    pub terminal_max_failures: u32,
-    pub window: Duration,
-    /// The first lockout's length; each further one doubles it.
+    /// The delay after the first failure beyond `max_failures`; it doubles with each further one.
     pub delay: Duration,
     pub max_delay: Duration,
+    /// The terminal budget: wrong PINs it takes at once, all sources together.
+    pub terminal_max_failures: u32,
+    /// One charge of the terminal budget drains every this long.
+    pub terminal_refill: Duration,
 }
 
 impl Default for LockoutPolicy {
     fn default() -> Self {
         LockoutPolicy {
             max_failures: 5,
-            terminal_max_failures: 10,
-            window: Duration::from_secs(60),
             delay: Duration::from_secs(30),
             max_delay: Duration::from_secs(15 * 60),
+            terminal_max_failures: 20,
+            terminal_refill: Duration::from_secs(20 * 60),
         }
     }
 }
 
 impl LockoutPolicy {
-    /// Failures that lock `scope`; None when the scope is not counted.
-    pub fn threshold(&self, scope: &str) -> Option<u32> {
-        if scope == TERMINAL_SCOPE {
-            Some(self.terminal_max_failures).filter(|n| *n > 0)
-        } else {
-            Some(self.max_failures)
+    /// G: the most wrong PINs an adversary can test at this terminal within `period`.
+    pub fn guess_budget(&self, period: Duration) -> u64 {
+        let refill = millis(self.terminal_refill).max(1);
+        u64::from(self.terminal_max_failures) + millis(period) / refill
+    }
+
+    /// The scopes an attempt from `source` is charged to: its source scope, plus the
+    /// terminal's for a PIN.
+    pub fn scopes(&self, budget: Budget, source: &str) -> Vec<String> {
+        match budget {
+            Budget::Pin => vec![scope_of(source), TERMINAL_SCOPE.to_owned()],
+            Budget::Key => vec![key_scope_of(source)],
         }
     }
 
-    /// The scopes a failure from `source` counts against.
-    pub fn scopes(&self, source: &str) -> Vec<String> {
-        let mut scopes = vec![scope_of(source)];
-        if self.threshold(TERMINAL_SCOPE).is_some() {
-            scopes.push(TERMINAL_SCOPE.to_owned());
-        }
-        scopes
-    }
-
-    /// The lockout length after `strikes` lockouts: `delay * 2^(strikes-1)`, at most `max_delay`.
-    pub fn delay_for(&self, strikes: u32) -> Duration {
-        let doublings = strikes.saturating_sub(1).min(31);
-        self.delay
-            .checked_mul(1u32 << doublings)
-            .unwrap_or(self.max_delay)
-            .min(self.max_delay)
+    /// How long a source stays locked after its `failures`-th failure, if at all.
+    pub fn source_delay(&self, failures: u32) -> Option<Duration> {
+        let beyond = failures.checked_sub(self.max_failures.max(1))?;
+        let doubled = self
+            .delay
+            .checked_mul(1u32 << beyond.min(31))
+            .unwrap_or(self.max_delay);
+        Some(doubled.min(self.max_delay))
     }
 }
 
@@ -95,69 +144,156 @@ pub fn scope_of(source: &str) -> String {
     source.to_owned()
 }
 
-/// One scope's state, as stored. Times are Unix milliseconds, so the counter survives restarts
-/// (wall clock: a lockout also spans a reboot).
+/// The key-budget scope of an input source.
+pub fn key_scope_of(source: &str) -> String {
+    format!("{}{KEY_SCOPE_SUFFIX}", scope_of(source))
+}
+
+/// One scope's state, as stored. Times are on the monotonic clock of `boot`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counter {
-    /// Failures in the current window.
+    /// Failures charged since the last reset (for a source: its last success).
     pub failures: u32,
-    pub window_start_ms: u64,
-    /// Lockouts since the last reset; the next delay doubles with each.
-    pub strikes: u32,
-    /// 0 when never locked.
+    /// Terminal scope: the charges in the bucket, in thousandths.
+    pub level_milli: u64,
+    pub boot: u128,
+    /// When the counter last changed.
+    pub updated_ms: u64,
+    /// 0 when not locked.
     pub locked_until_ms: u64,
-    pub last_failure_ms: u64,
+}
+
+/// Why an attempt was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub scope: String,
+    pub retry_after: Duration,
+}
+
+impl Refusal {
+    pub fn terminal_wide(&self) -> bool {
+        self.scope == TERMINAL_SCOPE
+    }
 }
 
 impl Counter {
-    /// How long PIN login stays refused, if it is.
-    pub fn retry_after(&self, now_ms: u64) -> Option<Duration> {
-        (self.locked_until_ms > now_ms)
-            .then(|| Duration::from_millis(self.locked_until_ms - now_ms))
+    /// The counter on this boot's clock: a counter from another boot keeps the lockout time
+    /// it had left when last written, and the terminal bucket keeps its level.
+    pub fn rebased(mut self, now: Now) -> Counter {
+        if self.boot != now.boot {
+            let left = self.locked_until_ms.saturating_sub(self.updated_ms);
+            self.locked_until_ms = if left > 0 { now.mono_ms + left } else { 0 };
+            self.updated_ms = now.mono_ms;
+            self.boot = now.boot;
+        }
+        self
     }
 
-    /// Counts one failure; returns the lockout it started, if it reached the threshold.
-    pub fn record_failure(
-        &mut self,
-        policy: &LockoutPolicy,
-        threshold: u32,
-        now_ms: u64,
-    ) -> Option<Duration> {
-        let quiet_since = self.locked_until_ms.max(self.last_failure_ms);
-        if self.strikes > 0
-            && self.retry_after(now_ms).is_none()
-            && now_ms.saturating_sub(quiet_since) >= millis(policy.max_delay)
-        {
-            self.strikes = 0;
-        }
-        if self.failures == 0
-            || now_ms.saturating_sub(self.window_start_ms) >= millis(policy.window)
-        {
-            self.failures = 0;
-            self.window_start_ms = now_ms;
-        }
-        self.failures += 1;
-        self.last_failure_ms = now_ms;
-        if self.failures < threshold.max(1) {
-            return None;
-        }
-        self.strikes = self.strikes.saturating_add(1);
-        self.failures = 0;
-        let delay = policy.delay_for(self.strikes);
-        self.locked_until_ms = now_ms.saturating_add(millis(delay));
-        Some(delay)
+    /// The bucket level now, after draining since the last change (terminal scope).
+    fn drained_level(&self, policy: &LockoutPolicy, now: Now) -> u64 {
+        let elapsed = now.mono_ms.saturating_sub(self.updated_ms);
+        let refill = millis(policy.terminal_refill).max(1);
+        let drained = u64::try_from(u128::from(elapsed) * u128::from(CHARGE) / u128::from(refill))
+            .unwrap_or(u64::MAX);
+        self.level_milli.saturating_sub(drained)
     }
 
-    /// True when the counter holds nothing worth keeping: no failures in a running window, no
-    /// running lockout, no strikes still remembered.
-    pub fn is_spent(&self, policy: &LockoutPolicy, now_ms: u64) -> bool {
-        let window_over = self.failures == 0
-            || now_ms.saturating_sub(self.window_start_ms) >= millis(policy.window);
-        let quiet_since = self.locked_until_ms.max(self.last_failure_ms);
-        let strikes_forgotten =
-            self.strikes == 0 || now_ms.saturating_sub(quiet_since) >= millis(policy.max_delay);
-        window_over && self.retry_after(now_ms).is_none() && strikes_forgotten
+    /// How long attempts charged to this scope are refused, if they are. The counter must be
+    /// rebased to `now`'s boot.
+    pub fn retry_after(&self, policy: &LockoutPolicy, scope: &str, now: Now) -> Option<Duration> {
+        let locked = (self.locked_until_ms > now.mono_ms)
+            .then(|| Duration::from_millis(self.locked_until_ms - now.mono_ms));
+        if scope != TERMINAL_SCOPE {
+            return locked;
+        }
+        // The terminal is locked while its budget is full (and, for a lockout carried over
+        // from the window counters of release 0.1, until that lockout's end).
+        let full = u64::from(policy.terminal_max_failures) * CHARGE;
+        let level = self.drained_level(policy, now);
+        if level + CHARGE <= full {
+            return locked;
+        }
+        // Until the level has drained to one charge below full.
+        let excess = level + CHARGE - full;
+        let refill = millis(policy.terminal_refill).max(1);
+        let wait = u128::from(excess) * u128::from(refill) / u128::from(CHARGE);
+        let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(u64::MAX).max(1));
+        Some(locked.map_or(wait, |l| l.max(wait)))
     }
+
+    /// Charges one attempt (counted as a failure until [`Counter::refund`]). The caller has
+    /// checked [`Counter::retry_after`] first.
+    pub fn charge(&mut self, policy: &LockoutPolicy, scope: &str, now: Now) {
+        self.failures = self.failures.saturating_add(1);
+        if scope == TERMINAL_SCOPE {
+            self.level_milli = self.drained_level(policy, now).saturating_add(CHARGE);
+        } else if let Some(delay) = policy.source_delay(self.failures) {
+            self.locked_until_ms = now.mono_ms.saturating_add(millis(delay));
+        }
+        self.updated_ms = now.mono_ms;
+        self.boot = now.boot;
+    }
+
+    /// Undoes the charge of an attempt that succeeded: the terminal gets its charge back, a
+    /// source is reset (failures and lockout).
+    pub fn refund(&mut self, policy: &LockoutPolicy, scope: &str, now: Now) {
+        if scope == TERMINAL_SCOPE {
+            self.failures = self.failures.saturating_sub(1);
+            self.level_milli = self.drained_level(policy, now).saturating_sub(CHARGE);
+            self.updated_ms = now.mono_ms;
+            self.boot = now.boot;
+        } else {
+            *self = Counter::default();
+        }
+    }
+
+    /// True when the counter holds nothing worth keeping.
+    pub fn is_spent(&self, policy: &LockoutPolicy, scope: &str, now: Now) -> bool {
+        if scope == TERMINAL_SCOPE {
+            self.drained_level(policy, now) == 0 && self.retry_after(policy, scope, now).is_none()
+        } else {
+            self.failures == 0 && self.retry_after(policy, scope, now).is_none()
+        }
+    }
+
+    /// Delay set by this scope's latest charge (for the log line of a new lockout).
+    pub fn lockout_started(&self, policy: &LockoutPolicy, scope: &str) -> Option<Duration> {
+        if scope == TERMINAL_SCOPE {
+            None
+        } else {
+            policy.source_delay(self.failures)
+        }
+    }
+}
+
+/// Admits one attempt against its scopes' counters, all rebased to `now` and changed in
+/// place: refused by the longest running lockout among them (nothing charged), or charged to
+/// every scope.
+pub fn admit(
+    policy: &LockoutPolicy,
+    counters: &mut [(String, Counter)],
+    now: Now,
+) -> Result<(), Refusal> {
+    for (_, counter) in counters.iter_mut() {
+        *counter = counter.rebased(now);
+    }
+    let refusal = counters
+        .iter()
+        .filter_map(|(scope, c)| {
+            c.retry_after(policy, scope, now)
+                .map(|retry_after| Refusal {
+                    scope: scope.clone(),
+                    retry_after,
+                })
+        })
+        .max_by_key(|r| r.retry_after);
+    if let Some(refusal) = refusal {
+        return Err(refusal);
+    }
+    for (scope, counter) in counters.iter_mut() {
+        counter.charge(policy, scope, now);
+    }
+    Ok(())
 }
 
 fn millis(d: Duration) -> u64 {
@@ -166,140 +302,4 @@ fn millis(d: Duration) -> u64 {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    const S: u64 = 1000;
-
-    fn policy() -> LockoutPolicy {
-        LockoutPolicy::default()
-    }
-
-    fn fail(counter: &mut Counter, times: u32, now_ms: u64) -> Option<Duration> {
-        let mut last = None;
-        for _ in 0..times {
-            last = counter.record_failure(&policy(), 5, now_ms);
-        }
-        last
-    }
-
-    #[test]
-    fn five_failures_within_the_window_lock_for_the_delay() {
-        let mut c = Counter::default();
-        assert_eq!(fail(&mut c, 4, 100 * S), None);
-        assert_eq!(c.retry_after(100 * S), None);
-        assert_eq!(fail(&mut c, 1, 110 * S), Some(Duration::from_secs(30)));
-        assert_eq!(c.retry_after(110 * S), Some(Duration::from_secs(30)));
-        assert_eq!(c.retry_after(130 * S), Some(Duration::from_secs(10)));
-        assert_eq!(c.retry_after(140 * S), None);
-    }
-
-    #[test]
-    fn failures_spread_beyond_the_window_start_a_new_one() {
-        let mut c = Counter::default();
-        fail(&mut c, 4, 0);
-        // The fifth comes 60 s after the first: a new window, count 1.
-        assert_eq!(fail(&mut c, 1, 60 * S), None);
-        assert_eq!(c.failures, 1);
-        assert_eq!(fail(&mut c, 3, 61 * S), None);
-        assert!(fail(&mut c, 1, 62 * S).is_some());
-    }
-
-    #[test]
-    fn each_further_lockout_doubles_up_to_the_cap() {
-        let mut c = Counter::default();
-        let mut now = 0;
-        let mut delays = vec![];
-        for _ in 0..8 {
-            delays.push(fail(&mut c, 5, now).unwrap().as_secs());
-            now = c.locked_until_ms + S;
-        }
-        assert_eq!(delays, vec![30, 60, 120, 240, 480, 900, 900, 900]);
-    }
-
-    #[test]
-    fn strikes_are_forgotten_after_a_quiet_period_of_max_delay() {
-        let mut c = Counter::default();
-        fail(&mut c, 5, 0);
-        assert_eq!(c.strikes, 1);
-        // Lock ended at 30 s; quiet until 30 s + 15 min: the next lockout is the base delay.
-        let later = 30 * S + 15 * 60 * S;
-        assert_eq!(fail(&mut c, 5, later), Some(Duration::from_secs(30)));
-        // But not when it comes sooner.
-        let mut c = Counter::default();
-        fail(&mut c, 5, 0);
-        assert_eq!(fail(&mut c, 5, 31 * S), Some(Duration::from_secs(60)));
-    }
-
-    #[test]
-    fn spent_counters_can_be_dropped() {
-        let p = policy();
-        let mut c = Counter::default();
-        assert!(c.is_spent(&p, 0));
-        fail(&mut c, 1, 0);
-        assert!(!c.is_spent(&p, 59 * S));
-        assert!(c.is_spent(&p, 60 * S));
-        fail(&mut c, 5, 100 * S);
-        assert!(!c.is_spent(&p, 129 * S), "locked");
-        assert!(!c.is_spent(&p, 131 * S), "strike remembered");
-        assert!(c.is_spent(&p, 130 * S + 900 * S));
-    }
-
-    #[test]
-    fn scopes_count_socket_peers_per_uid_and_devices_per_name() {
-        assert_eq!(
-            scope_of("socket uid=1000 gid=1000 pid=42"),
-            "socket uid=1000"
-        );
-        assert_eq!(scope_of("socket uid=1000 gid=5 pid=?"), "socket uid=1000");
-        assert_eq!(
-            scope_of("device front-reader (/dev/hidraw0)"),
-            "device front-reader"
-        );
-        assert_eq!(scope_of("device front-reader"), "device front-reader");
-        assert_eq!(
-            scope_of("device \"door reader\" (usb-0000:00:14.0-2/input0)"),
-            "device door reader"
-        );
-        assert_eq!(scope_of("socket unknown peer"), "socket");
-        assert_eq!(scope_of("other"), "other");
-        let p = policy();
-        assert_eq!(
-            p.scopes("socket uid=7 gid=7 pid=1"),
-            vec!["socket uid=7".to_owned(), TERMINAL_SCOPE.to_owned()]
-        );
-        let off = LockoutPolicy {
-            terminal_max_failures: 0,
-            ..p
-        };
-        assert_eq!(
-            off.scopes("socket uid=7 gid=7 pid=1"),
-            vec!["socket uid=7".to_owned()]
-        );
-        assert_eq!(off.threshold(TERMINAL_SCOPE), None);
-        assert_eq!(p.threshold(TERMINAL_SCOPE), Some(10));
-        assert_eq!(p.threshold("socket uid=7"), Some(5));
-    }
-
-    proptest! {
-        #[test]
-        fn delay_never_exceeds_the_cap_and_never_shrinks(strikes in 1u32..100) {
-            let p = policy();
-            let d = p.delay_for(strikes);
-            prop_assert!(d <= p.max_delay);
-            prop_assert!(d >= p.delay_for(strikes.saturating_sub(1).max(1)));
-        }
-
-        #[test]
-        fn never_locked_below_the_threshold(times in proptest::collection::vec(0u64..1_000_000, 0..4)) {
-            let mut c = Counter::default();
-            let mut sorted = times.clone();
-            sorted.sort();
-            for t in sorted {
-                prop_assert_eq!(c.record_failure(&policy(), 5, t), None);
-            }
-            prop_assert_eq!(c.strikes, 0);
-        }
-    }
-}
+mod tests;

@@ -5,10 +5,10 @@
 //! authorization, and re-evaluating the session when a sync changes its user.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Semaphore;
 use tracing::instrument;
 use zeroize::Zeroizing;
 
@@ -16,12 +16,13 @@ use argon2::Block;
 
 use crate::audit::{self, AuditKind, AuditOutcome, AuditRecord, ReadFault};
 use crate::credential::{HashError, TerminalKey, argon2id_in};
-use crate::lockout::{LockoutPolicy, TERMINAL_SCOPE};
+use crate::hashing::{HashingPermit, HashingQueue, QueueFull};
+use crate::lockout::{Budget, LockoutPolicy, Refusal, scope_of};
 use crate::model::{CredentialKind, Terminal};
 use crate::resolve::{Candidate, DenialReason, Resolution, may_log_in, resolve};
 use crate::session::{Session, SessionEvent, SessionManager, profile_change};
 use crate::store::{
-    AttemptRecorded, CounterChange, LocalStore, Replica, ReplicaState, StoreError, UserProfile,
+    AttemptRecorded, LocalStore, Replica, ReplicaState, Settlement, StoreError, UserProfile,
 };
 
 const MAX_PIN_LEN: usize = 32;
@@ -57,8 +58,15 @@ pub enum LoginError {
         last_sync_at: Option<SystemTime>,
         max_age: Duration,
     },
+    #[error("{0}")]
+    Busy(#[from] QueueFull),
+    #[error(
+        "the state directory is full: attempts cannot be counted or audited, so logins are \
+         refused until space is freed"
+    )]
+    DiskFull,
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error(transparent)]
     Hash(#[from] HashError),
     #[error("login task failed: {0}")]
@@ -69,13 +77,24 @@ pub enum LoginError {
     NoAccountScheme,
 }
 
+impl From<StoreError> for LoginError {
+    fn from(e: StoreError) -> Self {
+        if e.is_disk_full() {
+            LoginError::DiskFull
+        } else {
+            LoginError::Store(e)
+        }
+    }
+}
+
 /// Rounds up, so "retry in 0s" is never shown while still locked.
 pub fn round_up_to_seconds(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 /// Whether logins must be refused because the last successful sync is older than `max_age`.
-/// A replica that never synced is stale; a sync time in the future (the clock was set back) is not.
+/// A replica that never synced is stale, and so is one whose sync time lies in the future: the
+/// clock was stepped back since, and how old the replica really is cannot be known.
 pub fn replica_too_old(
     last_sync_at: Option<SystemTime>,
     now: SystemTime,
@@ -83,7 +102,7 @@ pub fn replica_too_old(
 ) -> bool {
     match last_sync_at {
         None => true,
-        Some(at) => now.duration_since(at).is_ok_and(|age| age > max_age),
+        Some(at) => now.duration_since(at).map_or(true, |age| age > max_age),
     }
 }
 
@@ -153,11 +172,10 @@ pub struct Authenticator {
     key: Arc<TerminalKey>,
     terminal: Terminal,
     sessions: Arc<SessionManager>,
-    /// Bounds concurrent credential checks (each evaluates argon2, holding m_cost KiB), so a
-    /// flood of attempts queues instead of exhausting memory. A permit is held from the lockout
-    /// check to the counter update, so at most this many attempts can slip past a lockout that
-    /// is just being reached.
-    hashing: Semaphore,
+    /// Hashing permits, queued fairly per source and bounded (each argon2 evaluation holds
+    /// m_cost KiB). An attempt is charged to its lockout counters after it gets a permit, in the
+    /// same transaction that checks them, so no attempt slips past a lockout.
+    hashing: HashingQueue,
     /// argon2 working memory, one buffer per permit at most, reused from one evaluation to the
     /// next so that the memory really stays at `max_concurrent × m_cost`.
     memory: HashMemory,
@@ -165,13 +183,77 @@ pub struct Authenticator {
     /// Serializes "read the user's profile, then change the session" between logins and the
     /// re-evaluation after a sync, so a login cannot install permissions a sync just replaced.
     profile_gate: tokio::sync::Mutex<()>,
+    /// Attempts refused without a row of their own (locked out, malformed, too busy), per
+    /// source scope, until one summary row carries the count. Kept in memory so that a flood of
+    /// refusals writes nothing; a crash loses only these counts, never a decision.
+    refused: Mutex<HashMap<String, Refused>>,
+    /// Set while writes fail because the state directory is full.
+    disk_full: AtomicBool,
+}
+
+/// Refusals from one source since its last audit row.
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    locked_out: u64,
+    malformed: u64,
+    busy: u64,
+    since: SystemTime,
+    method: CredentialKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RefusedFor {
+    LockedOut,
+    Malformed,
+    Busy,
+}
+
+impl Refused {
+    fn total(&self) -> u64 {
+        self.locked_out + self.malformed + self.busy
+    }
+
+    /// The summary row, one per source per lockout.
+    fn record(&self, scope: &str) -> AuditRecord {
+        let mut parts = Vec::new();
+        for (n, what) in [
+            (self.locked_out, "while locked out"),
+            (self.malformed, "as malformed"),
+            (self.busy, "as too busy"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        AuditRecord::new(
+            AuditKind::Login,
+            Some(self.method),
+            scope,
+            AuditOutcome::Refused,
+        )
+        .reason(format!(
+            "{} refused without a row of their own since {}: {}",
+            match self.total() {
+                1 => "1 attempt".to_owned(),
+                n => format!("{n} attempts"),
+            },
+            humantime::format_rfc3339_seconds(self.since),
+            parts.join(", ")
+        ))
+    }
 }
 
 /// A credential that resolved to a user (the hashing permit is still held).
-struct Verified<'a> {
+struct Verified {
     user_id: String,
     state: ReplicaState,
-    _permit: tokio::sync::SemaphorePermit<'a>,
+    _permit: HashingPermit,
+}
+
+/// An attempt that passed the checks before hashing and holds a permit.
+struct Admission {
+    permit: HashingPermit,
+    state: ReplicaState,
 }
 
 /// Free argon2 working buffers. Their contents derive from typed secrets: never printed.
@@ -185,6 +267,20 @@ impl std::fmt::Debug for HashMemory {
     }
 }
 
+fn budget_of(kind: CredentialKind) -> Budget {
+    match kind {
+        CredentialKind::Pin => Budget::Pin,
+        CredentialKind::Key => Budget::Key,
+    }
+}
+
+fn locked_out(refusal: Refusal) -> LoginError {
+    LoginError::LockedOut {
+        terminal_wide: refusal.terminal_wide(),
+        retry_after: refusal.retry_after,
+    }
+}
+
 impl Authenticator {
     pub fn new(
         replica: Arc<Replica>,
@@ -192,7 +288,7 @@ impl Authenticator {
         key: Arc<TerminalKey>,
         terminal: Terminal,
         sessions: Arc<SessionManager>,
-        max_concurrent_hashes: usize,
+        hashing: HashingQueue,
         policy: PolicySettings,
     ) -> Self {
         Authenticator {
@@ -201,10 +297,12 @@ impl Authenticator {
             key,
             terminal,
             sessions,
-            hashing: Semaphore::new(max_concurrent_hashes),
+            hashing,
             memory: HashMemory::default(),
             policy,
             profile_gate: tokio::sync::Mutex::new(()),
+            refused: Mutex::new(HashMap::new()),
+            disk_full: AtomicBool::new(false),
         }
     }
 
@@ -216,6 +314,16 @@ impl Authenticator {
         &self.policy
     }
 
+    /// The hashing queue (shared with other hashing jobs such as enrolment).
+    pub fn hashing(&self) -> &HashingQueue {
+        &self.hashing
+    }
+
+    /// True while the state directory is full: attempts are refused with `UNAVAILABLE`.
+    pub fn disk_full(&self) -> bool {
+        self.disk_full.load(Ordering::Relaxed)
+    }
+
     /// Logs in with a PIN or key id. The same user's credential resumes a locked session;
     /// otherwise the winner replaces the current session.
     #[instrument(skip_all, fields(method = kind.label(), source = source))]
@@ -225,24 +333,55 @@ impl Authenticator {
         secret: Zeroizing<String>,
         source: &str,
     ) -> Result<Session, LoginError> {
-        let outcome = self.login_inner(kind, secret, source).await;
-        match &outcome {
-            Ok(session) => {
-                tracing::info!(user_id = %session.user_id, session_id = %session.session_id, "login accepted")
-            }
-            Err(e) => log_refusal("login", e),
-        }
+        let outcome = match self.admission(kind, &secret, source, &Purpose::Login).await {
+            Ok(admission) => self.login_admitted(admission, kind, secret, source).await,
+            Err(e) => Err(e),
+        };
+        log_login(&outcome);
         outcome
     }
 
-    async fn login_inner(
+    /// [`Authenticator::login`] whose part after the wait for a hashing permit runs to
+    /// completion in a task of its own: a caller that goes away while queued (a client deadline
+    /// or disconnect, a reader restarted by a reload) is dropped before anything is hashed or
+    /// counted, and one that goes away later cannot split the audit row from the session change.
+    pub async fn login_detached(
+        self: &Arc<Self>,
+        kind: CredentialKind,
+        secret: Zeroizing<String>,
+        source: String,
+    ) -> Result<Session, LoginError> {
+        let admission = match self
+            .admission(kind, &secret, &source, &Purpose::Login)
+            .await
+        {
+            Ok(admission) => admission,
+            Err(e) => {
+                log_refusal("login", &e);
+                return Err(e);
+            }
+        };
+        let auth = self.clone();
+        tokio::spawn(async move {
+            let outcome = auth.login_admitted(admission, kind, secret, &source).await;
+            log_login(&outcome);
+            outcome
+        })
+        .await
+        .map_err(|e| LoginError::Task(e.to_string()))?
+    }
+
+    async fn login_admitted(
         &self,
+        admission: Admission,
         kind: CredentialKind,
         secret: Zeroizing<String>,
         source: &str,
     ) -> Result<Session, LoginError> {
         let purpose = Purpose::Login;
-        let verified = self.verify(kind, secret, source, &purpose).await?;
+        let verified = self
+            .verify(admission, kind, secret, source, &purpose)
+            .await?;
         let _gate = self.profile_gate.lock().await;
         let profile = self.profile(&verified, kind, source, &purpose).await?;
         let resumes = self
@@ -256,7 +395,8 @@ impl Authenticator {
         };
         self.record(
             purpose.record(kind, source, outcome).user(&profile.user_id),
-            CounterChange::Success,
+            Settlement::Refund(budget_of(kind)),
+            source,
         )
         .await?;
         let session = Session {
@@ -277,23 +417,8 @@ impl Authenticator {
         Ok(event.session.unwrap_or(session))
     }
 
-    /// [`Authenticator::login`] run to completion in a task of its own, so a cancelled caller (a
-    /// client deadline or disconnect, a reader restarted by a reload) cannot split the audit row
-    /// from the session change.
-    pub async fn login_detached(
-        self: &Arc<Self>,
-        kind: CredentialKind,
-        secret: Zeroizing<String>,
-        source: String,
-    ) -> Result<Session, LoginError> {
-        let auth = self.clone();
-        tokio::spawn(async move { auth.login(kind, secret, &source).await })
-            .await
-            .map_err(|e| LoginError::Task(e.to_string()))?
-    }
-
-    /// [`Authenticator::authorize`] run to completion in a task of its own (see
-    /// [`Authenticator::login_detached`]).
+    /// [`Authenticator::authorize`] with the same cancellation boundary as
+    /// [`Authenticator::login_detached`].
     pub async fn authorize_detached(
         self: &Arc<Self>,
         kind: CredentialKind,
@@ -301,10 +426,33 @@ impl Authenticator {
         permission: String,
         source: String,
     ) -> Result<Authorization, LoginError> {
+        let session_user_id = self.sessions.current().map(|s| s.user_id);
+        let purpose = Purpose::Authorize {
+            permission: permission.clone(),
+            session_user_id,
+        };
+        let admitted = if permission.is_empty() {
+            Err(LoginError::BadInput("permission is empty"))
+        } else {
+            self.admission(kind, &secret, &source, &purpose).await
+        };
+        let admission = match admitted {
+            Ok(admission) => admission,
+            Err(e) => {
+                log_refusal("authorization", &e);
+                return Err(e);
+            }
+        };
         let auth = self.clone();
-        tokio::spawn(async move { auth.authorize(kind, secret, &permission, &source).await })
-            .await
-            .map_err(|e| LoginError::Task(e.to_string()))?
+        tokio::spawn(async move {
+            let outcome = auth
+                .authorize_admitted(admission, kind, secret, &purpose, &source)
+                .await;
+            log_authorization(&outcome);
+            outcome
+        })
+        .await
+        .map_err(|e| LoginError::Task(e.to_string()))?
     }
 
     /// Manager override: does the user this credential resolves to (same rules as login) hold
@@ -318,36 +466,44 @@ impl Authenticator {
         permission: &str,
         source: &str,
     ) -> Result<Authorization, LoginError> {
-        let outcome = self.authorize_inner(kind, secret, permission, source).await;
-        match &outcome {
-            Ok(a) => tracing::info!(
-                authorizer = %a.authorizer.user_id,
-                session_user_id = a.session_user_id.as_deref().unwrap_or(""),
-                granted = a.granted,
-                "authorization checked"
-            ),
-            Err(e) => log_refusal("authorization", e),
-        }
+        let purpose = Purpose::Authorize {
+            permission: permission.to_owned(),
+            session_user_id: self.sessions.current().map(|s| s.user_id),
+        };
+        let outcome = if permission.is_empty() {
+            Err(LoginError::BadInput("permission is empty"))
+        } else {
+            match self.admission(kind, &secret, source, &purpose).await {
+                Ok(admission) => {
+                    self.authorize_admitted(admission, kind, secret, &purpose, source)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
+        };
+        log_authorization(&outcome);
         outcome
     }
 
-    async fn authorize_inner(
+    async fn authorize_admitted(
         &self,
+        admission: Admission,
         kind: CredentialKind,
         secret: Zeroizing<String>,
-        permission: &str,
+        purpose: &Purpose,
         source: &str,
     ) -> Result<Authorization, LoginError> {
-        if permission.is_empty() {
-            return Err(LoginError::BadInput("permission is empty"));
-        }
-        let session_user_id = self.sessions.current().map(|s| s.user_id);
-        let purpose = Purpose::Authorize {
-            permission: permission.to_owned(),
-            session_user_id: session_user_id.clone(),
+        let Purpose::Authorize {
+            permission,
+            session_user_id,
+        } = purpose
+        else {
+            return Err(LoginError::BadInput("not an authorization"));
         };
-        let verified = self.verify(kind, secret, source, &purpose).await?;
-        let profile = self.profile(&verified, kind, source, &purpose).await?;
+        let verified = self
+            .verify(admission, kind, secret, source, purpose)
+            .await?;
+        let profile = self.profile(&verified, kind, source, purpose).await?;
         let granted = profile.permissions.iter().any(|p| p == permission);
         let outcome = if granted {
             AuditOutcome::Granted
@@ -356,15 +512,16 @@ impl Authenticator {
         };
         self.record(
             purpose.record(kind, source, outcome).user(&profile.user_id),
-            CounterChange::Success,
+            Settlement::Refund(budget_of(kind)),
+            source,
         )
         .await?;
         self.sessions.touch();
         Ok(Authorization {
             granted,
             authorizer: profile,
-            permission: permission.to_owned(),
-            session_user_id,
+            permission: permission.clone(),
+            session_user_id: session_user_id.clone(),
         })
     }
 
@@ -379,12 +536,13 @@ impl Authenticator {
             AuditOutcome::BadRead,
         )
         .reason(fault.to_string());
-        self.record(record, CounterChange::Unchanged).await?;
+        self.record(record, Settlement::Keep, source).await?;
         tracing::info!("bad key read (not counted as a failed login)");
         Ok(())
     }
 
-    /// Clears the failed-attempt counters of `scope` (all when None), for an admin; audited.
+    /// Clears the failed-attempt counters of `scope` (all when None), for an admin; audited,
+    /// with the summary rows of the attempts refused meanwhile.
     #[instrument(skip_all, fields(admin = admin_source))]
     pub async fn clear_lockouts(
         &self,
@@ -397,9 +555,18 @@ impl Authenticator {
             admin_source,
             AuditOutcome::Cleared,
         );
+        let pending = self.take_all_refused(scope.as_deref());
+        let rows: Vec<AuditRecord> = pending.iter().map(|(s, r)| r.record(s)).collect();
         let local = self.local.clone();
-        let (cleared, stats) =
-            blocking(move || local.clear_lockouts(scope.as_deref(), &record)).await??;
+        let cleared =
+            blocking(move || local.clear_lockouts(scope.as_deref(), &record, &rows)).await?;
+        let (cleared, stats) = match self.written(cleared) {
+            Ok(done) => done,
+            Err(e) => {
+                self.restore_refused(pending);
+                return Err(e);
+            }
+        };
         audit::warn_if_over_cap(stats, self.policy.audit_max_rows);
         tracing::info!(cleared = %cleared.join(", "), "lockouts cleared");
         Ok(cleared)
@@ -430,35 +597,34 @@ impl Authenticator {
         Ok(event)
     }
 
-    /// Every check before a user is known, then the resolution; audits and counts every
-    /// refusal. On success the hashing permit is still held (released by the caller).
-    async fn verify(
+    /// Every check before hashing, then the wait for a hashing permit in the source's queue.
+    /// Nothing here is charged or hashed, so a caller may go away at any point: it is then
+    /// simply dropped from the queue. Refusals that would write a row each under a flood
+    /// (locked out, malformed, queue full) are only counted for the source's summary row.
+    async fn admission(
         &self,
         kind: CredentialKind,
-        secret: Zeroizing<String>,
+        secret: &str,
         source: &str,
         purpose: &Purpose,
-    ) -> Result<Verified<'_>, LoginError> {
+    ) -> Result<Admission, LoginError> {
+        if let Err(e) = check_secret(kind, secret) {
+            self.count_refused(source, kind, RefusedFor::Malformed);
+            return Err(e);
+        }
         let refuse = |outcome, error: &LoginError| {
             purpose
                 .record(kind, source, outcome)
                 .reason(error.to_string())
         };
-        if let Err(e) = check_secret(kind, &secret) {
-            self.record(
-                refuse(AuditOutcome::InvalidInput, &e),
-                CounterChange::Unchanged,
-            )
-            .await?;
-            return Err(e);
-        }
         let replica = self.replica.clone();
         let state = blocking(move || replica.state()).await??;
         if state.cursor.needs_snapshot() {
             let e = LoginError::NoReplica;
             self.record(
                 refuse(AuditOutcome::NoReplica, &e),
-                CounterChange::Unchanged,
+                Settlement::Keep,
+                source,
             )
             .await?;
             return Err(e);
@@ -472,54 +638,103 @@ impl Authenticator {
             };
             self.record(
                 refuse(AuditOutcome::ReplicaStale, &e),
-                CounterChange::Unchanged,
+                Settlement::Keep,
+                source,
             )
             .await?;
             return Err(e);
         }
-        let permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|e| LoginError::Task(e.to_string()))?;
-        if kind == CredentialKind::Pin {
-            let scopes = self.policy.lockout.scopes(source);
-            let local = self.local.clone();
-            let locked = blocking(move || local.locked_for(&scopes, SystemTime::now())).await??;
-            if let Some((scope, retry_after)) = locked {
-                let e = LoginError::LockedOut {
-                    retry_after,
-                    terminal_wide: scope == TERMINAL_SCOPE,
-                };
-                self.record(
-                    refuse(AuditOutcome::LockedOut, &e),
-                    CounterChange::Unchanged,
-                )
-                .await?;
-                return Err(e);
+        let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
+        let budget = budget_of(kind);
+        let now = crate::clock::now();
+        let locked = blocking(move || local.refusal(budget, &owned, &policy, now)).await??;
+        if let Some(refusal) = locked {
+            self.count_refused(source, kind, RefusedFor::LockedOut);
+            return Err(locked_out(refusal));
+        }
+        match self.hashing.acquire(&scope_of(source)).await {
+            Ok(permit) => Ok(Admission { permit, state }),
+            Err(full) => {
+                self.count_refused(source, kind, RefusedFor::Busy);
+                Err(LoginError::Busy(full))
             }
         }
+    }
+
+    /// With a permit: charges the attempt to its counters (refused if a lockout started
+    /// meanwhile), hashes, resolves; audits every refusal. Runs to completion. On success the
+    /// permit is still held (released by the caller) and the charge awaits its refund.
+    async fn verify(
+        &self,
+        admission: Admission,
+        kind: CredentialKind,
+        secret: Zeroizing<String>,
+        source: &str,
+        purpose: &Purpose,
+    ) -> Result<Verified, LoginError> {
+        let Admission { permit, state } = admission;
+        let scope = scope_of(source);
+        let pending = self.take_refused(&scope);
+        let summary = pending.map(|p| p.record(&scope));
+        let wrote_summary = summary.is_some();
+        let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
+        let budget = budget_of(kind);
+        let now = crate::clock::now();
+        let admitted =
+            blocking(move || local.admit_attempt(budget, &owned, &policy, now, summary.as_ref()))
+                .await?;
+        let admitted = match self.written(admitted) {
+            Ok(Ok(admitted)) => admitted,
+            Ok(Err(refusal)) => {
+                self.restore_refused(pending.map(|p| (scope.clone(), p)).into_iter().collect());
+                self.count_refused(source, kind, RefusedFor::LockedOut);
+                return Err(locked_out(refusal));
+            }
+            Err(e) => {
+                self.restore_refused(pending.map(|p| (scope.clone(), p)).into_iter().collect());
+                return Err(e);
+            }
+        };
+        if wrote_summary {
+            audit::warn_if_over_cap(admitted.audit, self.policy.audit_max_rows);
+        }
+        let refuse = |outcome, error: &LoginError| {
+            purpose
+                .record(kind, source, outcome)
+                .reason(error.to_string())
+        };
         let secret = Arc::new(secret);
-        match resolve(self.matching_users(kind, secret).await?) {
+        let resolution = resolve(self.matching_users(kind, secret).await?);
+        // The lockout a failure starts was set when it was charged: report it with the outcome.
+        let report_lockouts = || {
+            for (scope, delay) in &admitted.locked {
+                tracing::warn!(%scope, delay = %humantime::format_duration(*delay), "too many failed attempts: entry from this source locked");
+            }
+        };
+        match resolution {
             Resolution::Accepted { user_id } => Ok(Verified {
                 user_id,
                 state,
                 _permit: permit,
             }),
             Resolution::Denied { user_id, reason } => {
+                // Counted like a wrong credential: the answer tells a guesser that it exists.
                 tracing::debug!(%user_id, "first matching user may not log in here");
                 let e = LoginError::Denied(reason);
                 self.record(
                     refuse(AuditOutcome::Denied, &e).user(user_id),
-                    CounterChange::Unchanged,
+                    Settlement::Keep,
+                    source,
                 )
                 .await?;
+                report_lockouts();
                 Err(e)
             }
             Resolution::NoMatch => {
                 let e = LoginError::NoMatch;
-                self.record(refuse(AuditOutcome::NoMatch, &e), CounterChange::Failure)
+                self.record(refuse(AuditOutcome::NoMatch, &e), Settlement::Keep, source)
                     .await?;
+                report_lockouts();
                 Err(e)
             }
         }
@@ -527,10 +742,10 @@ impl Authenticator {
 
     /// The resolved user's profile here, read again under the profile gate. A sync may have
     /// deleted, deactivated or unassigned the user since the lookup: then the attempt is refused
-    /// (audited, not counted) — never a session from a stale decision.
+    /// (audited; its charge stays) — never a session from a stale decision.
     async fn profile(
         &self,
-        verified: &Verified<'_>,
+        verified: &Verified,
         kind: CredentialKind,
         source: &str,
         purpose: &Purpose,
@@ -550,7 +765,7 @@ impl Authenticator {
                     .record(kind, source, AuditOutcome::Denied)
                     .user(&verified.user_id)
                     .reason(e.to_string());
-                self.record(record, CounterChange::Unchanged).await?;
+                self.record(record, Settlement::Keep, source).await?;
                 Err(e)
             }
             None => {
@@ -558,27 +773,104 @@ impl Authenticator {
                     .record(kind, source, AuditOutcome::NoMatch)
                     .user(&verified.user_id)
                     .reason("user removed by a sync during the attempt");
-                self.record(record, CounterChange::Unchanged).await?;
+                self.record(record, Settlement::Keep, source).await?;
                 Err(LoginError::NoMatch)
             }
         }
     }
 
-    /// Writes an audit row and changes the counters in one transaction; logs new lockouts and
-    /// an outbox over its cap.
+    /// Writes an audit row and settles the attempt's charges in one transaction.
     async fn record(
         &self,
         record: AuditRecord,
-        change: CounterChange,
+        settlement: Settlement,
+        source: &str,
     ) -> Result<AttemptRecorded, LoginError> {
-        let local = self.local.clone();
-        let policy = self.policy.lockout;
-        let recorded = blocking(move || local.record_attempt(&record, change, &policy)).await??;
+        let (local, policy, source) = (self.local.clone(), self.policy.lockout, source.to_owned());
+        let now = crate::clock::now();
+        let recorded =
+            blocking(move || local.record_attempt(&record, settlement, &source, &policy, now))
+                .await?;
+        let recorded = self.written(recorded)?;
         audit::warn_if_over_cap(recorded.audit, self.policy.audit_max_rows);
-        for (scope, delay) in &recorded.locked {
-            tracing::warn!(%scope, delay = %humantime::format_duration(*delay), "too many failed attempts: PIN entry locked");
-        }
         Ok(recorded)
+    }
+
+    /// The outcome of a write, with the full-disk state kept up to date (and loud).
+    fn written<T>(&self, result: Result<T, StoreError>) -> Result<T, LoginError> {
+        match result {
+            Ok(value) => {
+                if self.disk_full.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the state directory has space again: attempts are counted and audited"
+                    );
+                }
+                Ok(value)
+            }
+            Err(e) if e.is_disk_full() => {
+                if !self.disk_full.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "the state directory is full: logins are refused (UNAVAILABLE) until space is freed");
+                }
+                Err(LoginError::DiskFull)
+            }
+            Err(e) => Err(LoginError::Store(e)),
+        }
+    }
+
+    fn count_refused(&self, source: &str, kind: CredentialKind, why: RefusedFor) {
+        let Ok(mut refused) = self.refused.lock() else {
+            return;
+        };
+        let entry = refused.entry(scope_of(source)).or_insert(Refused {
+            locked_out: 0,
+            malformed: 0,
+            busy: 0,
+            since: SystemTime::now(),
+            method: kind,
+        });
+        match why {
+            RefusedFor::LockedOut => entry.locked_out += 1,
+            RefusedFor::Malformed => entry.malformed += 1,
+            RefusedFor::Busy => entry.busy += 1,
+        }
+    }
+
+    fn take_refused(&self, scope: &str) -> Option<Refused> {
+        self.refused.lock().ok()?.remove(scope)
+    }
+
+    fn take_all_refused(&self, scope: Option<&str>) -> Vec<(String, Refused)> {
+        let Ok(mut refused) = self.refused.lock() else {
+            return Vec::new();
+        };
+        let scopes: Vec<String> = refused
+            .keys()
+            .filter(|s| scope.is_none_or(|wanted| wanted == s.as_str()))
+            .cloned()
+            .collect();
+        scopes
+            .into_iter()
+            .filter_map(|s| refused.remove(&s).map(|r| (s, r)))
+            .collect()
+    }
+
+    /// Puts counts back whose summary row could not be written.
+    fn restore_refused(&self, pending: Vec<(String, Refused)>) {
+        let Ok(mut refused) = self.refused.lock() else {
+            return;
+        };
+        for (scope, r) in pending {
+            let entry = refused.entry(scope).or_insert(Refused {
+                locked_out: 0,
+                malformed: 0,
+                busy: 0,
+                ..r
+            });
+            entry.locked_out += r.locked_out;
+            entry.malformed += r.malformed;
+            entry.busy += r.busy;
+            entry.since = entry.since.min(r.since);
+        }
     }
 
     /// Every user whose credential of `kind` equals the secret: one argon2 evaluation per
@@ -638,13 +930,15 @@ impl Authenticator {
         &self,
         kind: CredentialKind,
         secret: Zeroizing<String>,
+        source: &str,
     ) -> Result<NewCredential, LoginError> {
         check_secret(kind, &secret)?;
+        // The same fair per-source queue as logins.
         let _permit = self
             .hashing
-            .acquire()
+            .acquire(&scope_of(source))
             .await
-            .map_err(|e| LoginError::Task(e.to_string()))?;
+            .map_err(LoginError::Busy)?;
         let replica = self.replica.clone();
         let scheme = blocking(move || {
             let mut schemes = replica.hash_schemes(CredentialKind::Pin)?;
@@ -671,9 +965,9 @@ impl Authenticator {
         Ok(NewCredential { phc, holders })
     }
 
-    /// A cashier confirming a change with their own PIN: the same checks as a login (lockout,
-    /// stale replica, resolution, failure counting), audited as an authorization of
-    /// [`OWN_PIN_PERMISSION`]. The PIN must resolve to `user_id` itself.
+    /// A cashier confirming a change with their own PIN: the same checks as a login (throttle,
+    /// stale replica, resolution, the attempt charged and refunded on success), audited as an
+    /// authorization of [`OWN_PIN_PERMISSION`]. The PIN must resolve to `user_id` itself.
     #[instrument(skip_all, fields(source = source))]
     pub async fn confirm_own_pin(
         &self,
@@ -686,25 +980,27 @@ impl Authenticator {
             session_user_id: self.sessions.current().map(|s| s.user_id),
         };
         let kind = CredentialKind::Pin;
-        let verified = self.verify(kind, pin, source, &purpose).await?;
+        let admission = self.admission(kind, &pin, source, &purpose).await?;
+        let verified = self.verify(admission, kind, pin, source, &purpose).await?;
         if verified.user_id != user_id {
-            // Another user's PIN: a wrong PIN for this user, counted as such.
-            let e = LoginError::NoMatch;
+            // Another user's PIN: a wrong PIN for this user; its charge stays.
             self.record(
                 purpose
                     .record(kind, source, AuditOutcome::NoMatch)
                     .reason("not the user's own PIN"),
-                CounterChange::Failure,
+                Settlement::Keep,
+                source,
             )
             .await?;
-            return Err(e);
+            return Err(LoginError::NoMatch);
         }
         let profile = self.profile(&verified, kind, source, &purpose).await?;
         self.record(
             purpose
                 .record(kind, source, AuditOutcome::Granted)
                 .user(&profile.user_id),
-            CounterChange::Success,
+            Settlement::Refund(budget_of(kind)),
+            source,
         )
         .await?;
         Ok(())
@@ -712,7 +1008,8 @@ impl Authenticator {
 
     /// Writes one audit row of the enrolment use case (no counters change).
     pub async fn audit(&self, record: AuditRecord) -> Result<(), LoginError> {
-        self.record(record, CounterChange::Unchanged)
+        let source = record.source.clone();
+        self.record(record, Settlement::Keep, &source)
             .await
             .map(drop)
     }
@@ -739,6 +1036,27 @@ impl Authenticator {
     }
 }
 
+fn log_login(outcome: &Result<Session, LoginError>) {
+    match outcome {
+        Ok(session) => {
+            tracing::info!(user_id = %session.user_id, session_id = %session.session_id, "login accepted")
+        }
+        Err(e) => log_refusal("login", e),
+    }
+}
+
+fn log_authorization(outcome: &Result<Authorization, LoginError>) {
+    match outcome {
+        Ok(a) => tracing::info!(
+            authorizer = %a.authorizer.user_id,
+            session_user_id = a.session_user_id.as_deref().unwrap_or(""),
+            granted = a.granted,
+            "authorization checked"
+        ),
+        Err(e) => log_refusal("authorization", e),
+    }
+}
+
 fn log_refusal(what: &str, e: &LoginError) {
     match e {
         LoginError::Denied(reason) => tracing::info!(%reason, "{what} denied"),
@@ -746,9 +1064,10 @@ fn log_refusal(what: &str, e: &LoginError) {
         LoginError::NoReplica
         | LoginError::BadInput(_)
         | LoginError::LockedOut { .. }
+        | LoginError::Busy(_)
         | LoginError::Stale { .. }
         | LoginError::NoAccountScheme => tracing::info!(error = %e, "{what} refused"),
-        LoginError::Store(_) | LoginError::Hash(_) | LoginError::Task(_) => {
+        LoginError::DiskFull | LoginError::Store(_) | LoginError::Hash(_) | LoginError::Task(_) => {
             tracing::error!(error = %e, "{what} failed")
         }
     }

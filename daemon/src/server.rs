@@ -15,8 +15,9 @@ use tokio::sync::{Notify, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tower::limit::GlobalConcurrencyLimitLayer;
 
-use crate::config::{LiveSettings, Settings};
+use crate::config::{ListenerLimits, LiveSettings, Settings};
 use crate::credential::{KeyFileError, TerminalKey};
 use crate::grpc::access::{AccessLayer, AccessPolicy};
 use crate::grpc::admin::AdminService;
@@ -25,6 +26,7 @@ use crate::grpc::devices::DevicesService;
 use crate::grpc::login::{ListenerInfo, LoginService};
 use crate::grpc::sync::SyncService;
 use crate::hardware::{DeviceRegistry, Dispatcher};
+use crate::listener::ConnectionCap;
 use crate::login::Authenticator;
 use crate::reload::Reloader;
 use crate::session::SessionManager;
@@ -125,8 +127,23 @@ impl Core {
         if let OpenOutcome::Quarantined { moved_to, .. } = &outcome {
             tracing::warn!(moved_to = %moved_to.display(), "starting with an empty replica: logins are refused until central sends a snapshot (sync tokens, lockouts and audit are kept)");
         }
+        // A snapshot side file left by a crash is garbage: the replica beside it is whole.
+        crate::store::discard_incoming(replica.path())
+            .map_err(io("unfinished snapshot file".to_owned()))?;
         let state = replica.state()?;
         tracing::info!(path = %replica.path().display(), cursor = %state.cursor, "replica open");
+        // Not fatal: on a full disk the daemon still starts, and the counters are rebased by
+        // their next write.
+        match local.rebase_lockouts(crate::clock::now()) {
+            Ok(0) => {}
+            Ok(rebased) => tracing::info!(
+                counters = rebased,
+                "lockout counters from an earlier boot carried over"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "could not carry lockout counters over to this boot")
+            }
+        }
         let stats = local.audit_stats()?;
         if stats.backlog > settings.policy.audit_max_rows {
             tracing::error!(
@@ -145,7 +162,10 @@ impl Core {
             key.clone(),
             settings.terminal.clone(),
             sessions.clone(),
-            settings.max_concurrent_hashes,
+            crate::hashing::HashingQueue::new(
+                settings.max_concurrent_hashes,
+                settings.max_waiting_per_source,
+            ),
             settings.policy,
         ));
         let tokens = Arc::new(TokenRegistry::load(&local)?);
@@ -296,11 +316,11 @@ pub async fn serve(
     }
     input.abort();
     for (store, checkpoint) in [
-        ("replica", core.replica.checkpoint()),
-        ("local", core.local.checkpoint()),
+        ("replica", core.replica.close_cleanly()),
+        ("local", core.local.close_cleanly()),
     ] {
         if let Err(e) = checkpoint {
-            tracing::warn!(store, error = %e, "WAL checkpoint at shutdown failed");
+            tracing::warn!(store, error = %e, "closing the store cleanly at shutdown failed; the next start checks it");
         }
     }
     // An activated socket belongs to systemd, which keeps it open across restarts.
@@ -402,6 +422,7 @@ fn login_server(
 ) -> impl std::future::Future<Output = Result<(), DaemonError>> + use<> {
     let settings = &core.settings;
     let max = settings.login_max_message_bytes;
+    let limits = settings.login_limits;
     let enrolment = Arc::new(crate::enroll::Enrolment {
         auth: core.auth.clone(),
         replica: core.replica.clone(),
@@ -447,15 +468,20 @@ fn login_server(
         health.set_serving::<LoginServer<LoginService>>().await;
         health.set_serving::<AdminServer<AdminService>>().await;
         health.set_serving::<DevicesServer<DevicesService>>().await;
+        let cap = ConnectionCap::new("login socket", limits.max_connections);
         let incoming =
             UnixListenerStream::new(listener).filter_map(move |accepted| match accepted {
-                Ok(stream) => policy.admit(stream).map(Ok::<_, std::io::Error>),
+                Ok(stream) => policy
+                    .admit(stream)
+                    .and_then(|stream| cap.admit(stream))
+                    .map(Ok::<_, std::io::Error>),
                 Err(e) => {
                     tracing::warn!(error = %e, "login socket accept failed");
                     None
                 }
             });
-        Server::builder()
+        bounded(Server::builder(), limits)
+            .layer(GlobalConcurrencyLimitLayer::new(limits.max_calls))
             .layer(access)
             .add_service(health_service)
             .add_service(v1)
@@ -491,6 +517,7 @@ fn sync_server(
 ) -> Result<impl std::future::Future<Output = Result<(), DaemonError>> + use<>, DaemonError> {
     let settings = &core.settings;
     let max = settings.sync_max_message_bytes;
+    let limits = settings.sync_limits;
     let sync = SyncService {
         replica: core.replica.clone(),
         local: core.local.clone(),
@@ -500,11 +527,12 @@ fn sync_server(
         auth: core.auth.clone(),
         devices: core.devices.clone(),
         applied: core.replica_changed.clone(),
+        snapshots: Arc::new(tokio::sync::Semaphore::new(1)),
     };
     let check = BearerCheck {
         tokens: core.tokens.clone(),
     };
-    let mut builder = Server::builder();
+    let mut builder = bounded(Server::builder(), limits);
     if let Some(tls) = &settings.tls {
         let read =
             |path: &Path| std::fs::read(path).map_err(io(format!("TLS file {}", path.display())));
@@ -528,20 +556,37 @@ fn sync_server(
         let service = SyncServer::new(sync)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let cap = ConnectionCap::new("sync listener", limits.max_connections);
+        let incoming =
+            TcpListenerStream::new(listener).filter_map(move |accepted| match accepted {
+                Ok(stream) => cap.admit(stream).map(Ok),
+                Err(e) => Some(Err(e)),
+            });
         builder
+            .layer(GlobalConcurrencyLimitLayer::new(limits.max_calls))
             .add_service(health_service)
             .add_service(v1)
             .add_service(v1alpha)
             .add_service(tonic::service::interceptor::InterceptedService::new(
                 service, check,
             ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), wait_for(shutdown))
+            .serve_with_incoming_shutdown(incoming, wait_for(shutdown))
             .await
             .map_err(|source| DaemonError::Transport {
                 context: "sync listener",
                 source,
             })
     })
+}
+
+/// The per-call time limit and the HTTP/2 stream cap of a listener. (The connection cap is
+/// [`ConnectionCap`] on the accepted streams, the calls-in-progress cap a global concurrency
+/// limit layer.)
+fn bounded(builder: Server, limits: ListenerLimits) -> Server {
+    let streams = u32::try_from(limits.max_calls).unwrap_or(u32::MAX);
+    builder
+        .timeout(limits.call_timeout)
+        .max_concurrent_streams(streams)
 }
 
 /// Which Unix socket peers may connect, by uid or primary gid. Empty lists admit every peer

@@ -57,6 +57,10 @@ pub enum ValidationError {
     },
     #[error("snapshot: target revision must be greater than 0")]
     ZeroRevision,
+    #[error("snapshot: chunk after the final chunk")]
+    ChunkAfterFinal,
+    #[error("snapshot holds more than {max} users and roles")]
+    TooManyRecords { max: usize },
     #[error("changes: base cursor is missing")]
     MissingBase,
     #[error("changes: new revision {new} must be greater than the base revision {base}")]

@@ -231,6 +231,12 @@ impl Daemon {
         self.sync(Some(&token)).await
     }
 
+    /// SIGKILL at once, then reap: the daemon gets no chance to finish or clean up anything.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.child.take().expect("daemon running").wait().unwrap()
+    }
+
     /// SIGTERM, then wait for exit (async, so the test's own connections keep being served).
     pub async fn stop(&mut self) -> ExitStatus {
         self.signal(nix::sys::signal::Signal::SIGTERM);

@@ -342,7 +342,7 @@ async fn a_pin_change_is_refused_when_in_use_and_answered_as_a_phc_otherwise() {
     assert_eq!(enrolled_rows.len(), 2, "{rows:?}");
     assert!(
         rows.iter()
-            .any(|r| r.outcome == "refused" && r.phc.is_empty())
+            .any(|r| r.outcome == "pin_in_use" && r.phc.is_empty())
     );
     let session = client.login_with_pin(KIM_PIN).await.unwrap();
     assert_eq!(session.user.unwrap().id, "kim");

@@ -238,3 +238,82 @@ async fn sync_changes_to_the_current_user_reach_the_session_at_once() {
         (K::Logout, "user deleted")
     );
 }
+
+#[tokio::test]
+async fn a_permission_check_for_a_session_that_is_gone_answers_session_changed() {
+    let daemon = Daemon::start();
+    daemon
+        .push_snapshot(snapshot(
+            1,
+            1,
+            vec![cashier(&["sale.create", "refund.create"])],
+            staff(),
+        ))
+        .await;
+    let mut client = daemon.client().await;
+    let amy = client.login_with_pin("1111").await.unwrap();
+    let granted = client
+        .check_permission_in("refund.create", &amy.session_id)
+        .await
+        .unwrap();
+    assert!(granted.granted);
+    assert_eq!(granted.user_id, "amy");
+    assert_eq!(
+        client
+            .session_if(&amy.session_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .session_id,
+        amy.session_id
+    );
+
+    // Bob takes over the till: the POS app still holding amy's session id is told, instead of
+    // getting bob's answer.
+    let bob = client.login_with_pin("2222").await.unwrap();
+    for changed in [
+        status(
+            client
+                .check_permission_in("refund.create", &amy.session_id)
+                .await,
+        ),
+        status(client.session_if(&amy.session_id).await),
+    ] {
+        assert_eq!(changed.code(), Code::FailedPrecondition, "{changed:?}");
+        assert_eq!(
+            changed.message(),
+            "session changed: another session is current"
+        );
+        let info = tonic_types::StatusExt::get_details_error_info(&changed).unwrap();
+        assert_eq!(info.reason, "SESSION_CHANGED");
+    }
+    // Without an id the answer is for whoever is current, as before.
+    assert_eq!(
+        client
+            .check_permission("refund.create")
+            .await
+            .unwrap()
+            .user_id,
+        "bob"
+    );
+    assert!(
+        client
+            .check_permission_in("refund.create", &bob.session_id)
+            .await
+            .unwrap()
+            .granted
+    );
+    client.logout().await.unwrap();
+    let gone = status(
+        client
+            .check_permission_in("sale.create", &bob.session_id)
+            .await,
+    );
+    assert_eq!(
+        (gone.code(), gone.message()),
+        (
+            Code::FailedPrecondition,
+            "session changed: no session is current"
+        )
+    );
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tillgate_client::proto as pb;
-use tillgate_client::{ClientError, cursor_from_status};
+use tillgate_client::{ClientError, cursor_from_status, error_reason};
 use tillgate_tests::*;
 use tonic::Code;
 
@@ -31,6 +31,86 @@ fn status_cursor(result: Result<pb::ApplyResult, ClientError>) -> (Code, Option<
         ),
         other => panic!("expected an RPC error, got {other:?}"),
     }
+}
+
+/// Code, ErrorInfo reason and reported cursor of a refused sync call.
+fn refusal(result: Result<pb::ApplyResult, ClientError>) -> (Code, String, Option<(u64, u64)>) {
+    let status = status(result);
+    (
+        status.code(),
+        error_reason(&status).unwrap_or_default(),
+        cursor_from_status(&status).map(|c| (c.epoch, c.revision)),
+    )
+}
+
+#[tokio::test]
+async fn history_only_moves_forward() {
+    let daemon = Daemon::start();
+    let mut sync = daemon.authorized_sync().await;
+    let staff = |pin: &str| vec![user("amy", 1, Some(pin))];
+    let cashier = || vec![role("cashier", &["sale.create"], &[])];
+    sync.apply_snapshot(snapshot(2, 1, cashier(), staff("1111")))
+        .await
+        .unwrap();
+
+    // A delayed retry of an old epoch's snapshot, even at a higher revision, is refused.
+    assert_eq!(
+        refusal(
+            sync.apply_snapshot(snapshot(1, 9, cashier(), staff("9999")))
+                .await
+        ),
+        (Code::FailedPrecondition, "STALE_EPOCH".into(), Some((2, 1)))
+    );
+    // So is a batch from the old epoch, applicable or replay-looking.
+    for (base, new) in [((1, 9), 10), ((1, 0), 1)] {
+        let old = changes(base, new, vec![], staff("9999"), &[], &[]);
+        assert_eq!(
+            refusal(sync.apply_changes(old).await),
+            (Code::FailedPrecondition, "STALE_EPOCH".into(), Some((2, 1)))
+        );
+    }
+
+    // The same batch again is a replay; another batch at that revision is a conflict.
+    let batch = changes((2, 1), 2, vec![], staff("2222"), &[], &[]);
+    assert!(sync.apply_changes(batch.clone()).await.unwrap().applied);
+    let replay = sync.apply_changes(batch).await.unwrap();
+    assert!(!replay.applied);
+    let restored_central = changes((2, 1), 2, vec![], vec![], &["amy"], &[]);
+    assert_eq!(
+        refusal(sync.apply_changes(restored_central).await),
+        (
+            Code::FailedPrecondition,
+            "CONFLICTING_BATCH".into(),
+            Some((2, 2))
+        )
+    );
+    // A batch at a revision the replica reached by a snapshot cannot be verified: central is
+    // told where the replica is, nothing is acknowledged as applied.
+    let covered = changes((2, 0), 1, vec![], vec![], &["amy"], &[]);
+    assert_eq!(
+        refusal(sync.apply_changes(covered).await),
+        (
+            Code::FailedPrecondition,
+            "CURSOR_MISMATCH".into(),
+            Some((2, 2))
+        )
+    );
+
+    // Nothing of the refused calls was applied: amy is there with the batch's PIN.
+    let mut client = daemon.client().await;
+    assert_eq!(pin_user(&mut client, "2222").await, "amy");
+    assert_eq!(
+        code(client.login_with_pin("9999").await).0,
+        Code::Unauthenticated
+    );
+    assert_eq!(cursor(&mut sync).await, (2, 2));
+
+    // A new epoch moves on, and the old epoch's batches stay refused.
+    sync.apply_snapshot(snapshot(3, 1, cashier(), staff("3333")))
+        .await
+        .unwrap();
+    let batch = changes((2, 1), 2, vec![], staff("2222"), &[], &[]);
+    assert_eq!(refusal(sync.apply_changes(batch).await).1, "STALE_EPOCH");
 }
 
 #[tokio::test]

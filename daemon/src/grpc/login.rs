@@ -10,6 +10,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
+use tonic_types::StatusExt;
 use zeroize::Zeroizing;
 
 use super::access::Caller;
@@ -115,10 +116,12 @@ impl Login for LoginService {
 
     async fn get_session(
         &self,
-        _request: Request<pb::GetSessionRequest>,
+        request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let current = self.auth.sessions().current();
+        require_session(&request.into_inner().session_id, current.as_ref())?;
         Ok(Response::new(pb::GetSessionResponse {
-            session: self.auth.sessions().current().as_ref().map(session_to_pb),
+            session: current.as_ref().map(session_to_pb),
         }))
     }
 
@@ -157,12 +160,19 @@ impl Login for LoginService {
         &self,
         request: Request<pb::CheckPermissionRequest>,
     ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
-        let permission = request.into_inner().permission;
+        let pb::CheckPermissionRequest {
+            permission,
+            session_id,
+        } = request.into_inner();
         if permission.is_empty() {
             return Err(Status::invalid_argument("permission is empty"));
         }
+        // Checked before the touch: a check for a session that is gone is not activity.
+        require_session(&session_id, self.auth.sessions().current().as_ref())?;
         // A permission check is activity at the till: it restarts the idle timer.
         let current = self.auth.sessions().touch();
+        // The session may have changed between the two reads: answer for the one asked about.
+        require_session(&session_id, current.as_ref())?;
         let locked = current.as_ref().is_some_and(|s| s.locked);
         Ok(Response::new(pb::CheckPermissionResponse {
             granted: !locked
@@ -307,6 +317,30 @@ impl Login for LoginService {
             version: env!("CARGO_PKG_VERSION").into(),
         }))
     }
+}
+
+/// FAILED_PRECONDITION "session changed" when the caller names a session that is not the
+/// current one. An empty id asks for whoever is current.
+fn require_session(
+    session_id: &str,
+    current: Option<&crate::session::Session>,
+) -> Result<(), Status> {
+    if session_id.is_empty() || current.is_some_and(|s| s.session_id == session_id) {
+        return Ok(());
+    }
+    let now = match current {
+        Some(_) => "another session is current",
+        None => "no session is current",
+    };
+    Err(Status::with_error_details(
+        tonic::Code::FailedPrecondition,
+        format!("session changed: {now}"),
+        tonic_types::ErrorDetails::with_error_info(
+            "SESSION_CHANGED",
+            super::ERROR_DOMAIN,
+            std::collections::HashMap::new(),
+        ),
+    ))
 }
 
 pub fn replica_status(cursor: crate::model::Cursor) -> &'static str {

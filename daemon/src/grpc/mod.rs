@@ -15,6 +15,7 @@ use tillgate_proto::v1 as pb;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::history::HistoryError;
 use crate::login::{LoginError, round_up_to_seconds};
 use crate::model::{CredentialKind, Cursor};
 use crate::session::{EventKind, Session, SessionEvent};
@@ -103,6 +104,8 @@ impl From<LoginError> for Status {
                 e.to_string(),
                 ErrorDetails::with_retry_info(Some(round_up_to_seconds(retry_after))),
             ),
+            LoginError::Busy(_) => Status::resource_exhausted(e.to_string()),
+            LoginError::DiskFull => Status::unavailable(e.to_string()),
             LoginError::Stale { .. } => Status::with_error_details(
                 Code::FailedPrecondition,
                 e.to_string(),
@@ -131,17 +134,20 @@ impl From<ApplyError> for Status {
     fn from(e: ApplyError) -> Status {
         match e {
             ApplyError::Invalid(v) => Status::invalid_argument(v.to_string()),
-            ApplyError::RoleInUse { .. } => Status::invalid_argument(e.to_string()),
-            ApplyError::CursorMismatch { current, .. } => {
-                let reason = if current.needs_snapshot() {
-                    "NEEDS_SNAPSHOT"
-                } else {
-                    "CURSOR_MISMATCH"
-                };
-                cursor_status(reason, e.to_string(), current)
+            ApplyError::RoleInUse { .. } | ApplyError::DanglingReference { .. } => {
+                Status::invalid_argument(e.to_string())
             }
-            ApplyError::StaleSnapshot { current, .. } => {
-                cursor_status("STALE_SNAPSHOT", e.to_string(), current)
+            ApplyError::History(refusal) => {
+                let current = refusal.current();
+                let reason = match refusal {
+                    _ if current.needs_snapshot() => "NEEDS_SNAPSHOT",
+                    HistoryError::StaleEpoch { .. } => "STALE_EPOCH",
+                    HistoryError::StaleSnapshot { .. } => "STALE_SNAPSHOT",
+                    HistoryError::ConflictingBatch { .. } => "CONFLICTING_BATCH",
+                    HistoryError::CursorMismatch { .. }
+                    | HistoryError::UnverifiableReplay { .. } => "CURSOR_MISMATCH",
+                };
+                cursor_status(reason, refusal.to_string(), current)
             }
             ApplyError::Store(s) => internal("replica write failed", &s),
         }

@@ -1,7 +1,7 @@
 //! Session-policy messages shared by the Admin service (socket) and the Sync service (TCP):
 //! audit rows, lockout counters, explanations, collision reports.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use tillgate_proto::v1 as pb;
 use tonic::Status;
@@ -10,7 +10,7 @@ use tonic_types::StatusExt;
 use super::{join_error, method_to_pb, timestamp};
 use crate::audit::AuditRow;
 use crate::explain::{self, Collision, CredentialCheck, Explanation, Person};
-use crate::lockout::{Counter, LockoutPolicy};
+use crate::lockout::{Counter, LockoutPolicy, Now, TERMINAL_SCOPE};
 use crate::model::Terminal;
 use crate::store::{AckError, LocalStore, Replica, StoreError};
 
@@ -36,15 +36,33 @@ pub fn audit_to_pb(row: AuditRow) -> pb::AuditEvent {
     }
 }
 
-pub fn lockout_to_pb(scope: String, counter: Counter, now: SystemTime) -> pb::LockoutState {
-    let now_ms = crate::store::unix_millis(now);
+/// A counter as `ListLockouts` shows it. For the terminal budget, `failures` is the charges
+/// still in it (rounded up); for a source, the failures since its last success, and `strikes`
+/// the delays it has earned (each doubles the last).
+pub fn lockout_to_pb(
+    scope: String,
+    counter: Counter,
+    policy: &LockoutPolicy,
+    now: Now,
+) -> pb::LockoutState {
+    let terminal = scope == TERMINAL_SCOPE;
+    let failures = if terminal {
+        u32::try_from(counter.level_milli.div_ceil(1000)).unwrap_or(u32::MAX)
+    } else {
+        counter.failures
+    };
+    let locked_until = counter
+        .retry_after(policy, &scope, now)
+        .map(|wait| timestamp(UNIX_EPOCH + Duration::from_millis(now.wall_ms) + wait));
     pb::LockoutState {
         source: scope,
-        failures: counter.failures,
-        strikes: counter.strikes,
-        locked_until: counter
-            .retry_after(now_ms)
-            .map(|_| timestamp(UNIX_EPOCH + Duration::from_millis(counter.locked_until_ms))),
+        failures,
+        strikes: if terminal {
+            0
+        } else {
+            (counter.failures + 1).saturating_sub(policy.max_failures.max(1))
+        },
+        locked_until,
     }
 }
 
@@ -162,13 +180,13 @@ pub async fn lockout_states(
     policy: LockoutPolicy,
 ) -> Result<Vec<pb::LockoutState>, Status> {
     let local = local.clone();
-    let now = SystemTime::now();
+    let now = crate::clock::now();
     let counters = tokio::task::spawn_blocking(move || local.lockout_counters(&policy, now))
         .await
         .map_err(join_error)??;
     Ok(counters
         .into_iter()
-        .map(|(scope, counter)| lockout_to_pb(scope, counter, now))
+        .map(|(scope, counter)| lockout_to_pb(scope, counter, &policy, now))
         .collect())
 }
 

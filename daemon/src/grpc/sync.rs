@@ -14,16 +14,18 @@ use super::{cursor_from_pb, cursor_to_pb, join_error, login::replica_status, tim
 use crate::audit;
 use crate::credential::{CostLimits, TerminalKey};
 use crate::hardware::DeviceRegistry;
+use crate::history::{BatchDigest, BatchHeader};
 use crate::login::{Authenticator, replica_too_old};
-use crate::model::{Cursor, Terminal};
+use crate::model::Terminal;
+use crate::snapshot::{self, SnapshotError};
 use crate::store::{ApplyError, ApplySummary, LocalStore, Replica};
-use crate::validate::{Ingest, ValidationError, validate_changes, validate_snapshot};
+use crate::validate::{Ingest, ValidationError, validate_changes};
 
-/// Upper bound on users plus roles in one snapshot, so a runaway stream cannot exhaust memory.
-pub const MAX_SNAPSHOT_RECORDS: usize = 2_000_000;
-/// Upper bound on the encoded size of one snapshot (all chunks), for the same reason: the whole
-/// snapshot is held in memory until its final chunk.
+/// Upper bound on the encoded size of one snapshot (all chunks): it is written to a side file
+/// as it streams, so this bounds the disk a runaway stream can take.
 pub const MAX_SNAPSHOT_BYTES: usize = 512 << 20;
+/// Chunks queued between the stream and the side-file builder.
+const CHUNKS_IN_FLIGHT: usize = 2;
 
 /// Audit rows per pull when central does not say.
 const DEFAULT_AUDIT_PULL: u32 = 100;
@@ -40,6 +42,8 @@ pub struct SyncService {
     /// Re-evaluates the current session after every applied change.
     pub auth: Arc<Authenticator>,
     pub devices: Arc<DeviceRegistry>,
+    /// One snapshot at a time: a second one is refused with ABORTED while this is taken.
+    pub snapshots: Arc<tokio::sync::Semaphore>,
 }
 
 impl SyncService {
@@ -139,73 +143,88 @@ impl Sync for SyncService {
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::ApplyResult>, Status> {
         let token = caller(&request);
+        // Held until the snapshot is installed or dropped: its side file is the only one.
+        let permit = self.snapshots.clone().try_acquire_owned().map_err(|_| {
+            Status::aborted("another snapshot is being applied; retry when it has finished")
+        })?;
         let mut stream = request.into_inner();
-        let mut target: Option<Cursor> = None;
-        let mut users = Vec::new();
-        let mut roles = Vec::new();
-        let mut complete = false;
-        let mut total_bytes = 0usize;
-        let mut index = 0usize;
-        // Nothing is written until the final chunk is in: an aborted stream changes nothing.
-        while let Some(chunk) = stream.message().await.map_err(|e| {
-            tracing::warn!(token = %token, error = %e, "snapshot stream broke off; replica unchanged");
-            Status::aborted(format!("snapshot stream broke off ({}); replica unchanged", e.message()))
-        })? {
-            if complete {
-                return Err(Status::invalid_argument("snapshot: chunk after the final chunk"));
-            }
-            match (target, cursor_from_pb(chunk.target)) {
-                (None, Some(t)) => target = Some(t),
-                (None, None) => return Err(Status::invalid_argument(ValidationError::MissingTarget.to_string())),
-                (Some(expected), Some(found)) if expected != found => {
-                    return Err(Status::invalid_argument(
-                        ValidationError::TargetChanged {
-                            index,
-                            expected: expected.to_string(),
-                            found: found.to_string(),
-                        }
-                        .to_string(),
-                    ));
-                }
-                _ => {}
-            }
-            total_bytes += prost::Message::encoded_len(&chunk);
-            if total_bytes > MAX_SNAPSHOT_BYTES {
-                return Err(Status::resource_exhausted(format!(
-                    "snapshot is larger than {} MiB; replica unchanged",
-                    MAX_SNAPSHOT_BYTES >> 20
-                )));
-            }
-            users.extend(chunk.users);
-            roles.extend(chunk.roles);
-            if users.len() + roles.len() > MAX_SNAPSHOT_RECORDS {
-                return Err(Status::resource_exhausted(format!(
-                    "snapshot holds more than {MAX_SNAPSHOT_RECORDS} users and roles"
-                )));
-            }
-            complete = chunk.r#final;
-            index += 1;
-        }
-        let Some(target) = target.filter(|_| complete) else {
-            tracing::warn!(token = %token, chunks = index, "snapshot stream ended without its final chunk; replica unchanged");
-            return Err(Status::aborted(
-                "snapshot stream ended without a chunk marked final; replica unchanged",
-            ));
-        };
-        if target.revision == 0 {
-            return Err(Status::invalid_argument(
-                ValidationError::ZeroRevision.to_string(),
-            ));
-        }
+        // A few chunks in flight between the stream and the builder: memory stays flat, and a
+        // slow disk slows central down instead of filling the queue.
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
+        let builder = tokio::task::spawn_blocking(move || {
+            let ingest = Ingest {
+                key: &key,
+                limits: &limits,
+            };
+            let built = snapshot::build(
+                std::iter::from_fn(|| receiver.blocking_recv()),
+                &replica,
+                ingest,
+            );
+            (built, permit)
+        });
+        let mut total_bytes = 0usize;
+        let mut broke_off = None;
+        loop {
+            let next = tokio::select! {
+                next = stream.message() => next,
+                // The builder stopped at a bad or stale chunk: answer now, not when central is
+                // done streaming.
+                () = sender.closed() => break,
+            };
+            match next {
+                Ok(Some(chunk)) => {
+                    total_bytes += prost::Message::encoded_len(&chunk);
+                    if total_bytes > MAX_SNAPSHOT_BYTES {
+                        return Err(Status::resource_exhausted(format!(
+                            "snapshot is larger than {} MiB; replica unchanged",
+                            MAX_SNAPSHOT_BYTES >> 20
+                        )));
+                    }
+                    if sender.send(chunk).await.is_err() {
+                        break; // the builder stopped at a bad chunk: its error follows
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    broke_off = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(sender);
+        let (built, permit) = builder.await.map_err(join_error)?;
+        if built.is_err() {
+            tokio::task::spawn_blocking(crate::memory::release_free_memory);
+        }
+        if let Some(e) = broke_off {
+            tracing::warn!(token = %token, error = %e, "snapshot stream broke off; replica unchanged");
+            return Err(Status::aborted(format!(
+                "snapshot stream broke off ({}); replica unchanged",
+                e.message()
+            )));
+        }
+        let ready = match built {
+            Ok(ready) => ready,
+            Err(SnapshotError::Incomplete { chunks }) => {
+                tracing::warn!(token = %token, chunks, "snapshot stream ended without its final chunk; replica unchanged");
+                return Err(Status::aborted(
+                    "snapshot stream ended without a chunk marked final; replica unchanged",
+                ));
+            }
+            Err(SnapshotError::Apply(e)) => {
+                log_refusal("snapshot", &token, &e);
+                return Err(e.into());
+            }
+        };
+        let replica = self.replica.clone();
         let summary = self
             .apply("snapshot", token, move || {
-                let ingest = Ingest {
-                    key: &key,
-                    limits: &limits,
-                };
-                let snapshot = validate_snapshot(users, roles, ingest)?;
-                replica.apply_snapshot(target, &snapshot)
+                let installed = replica.install_snapshot(ready);
+                drop(permit);
+                crate::memory::release_free_memory();
+                installed
             })
             .await?;
         Ok(Response::new(result_to_pb(summary)))
@@ -216,14 +235,22 @@ impl Sync for SyncService {
         request: Request<pb::ChangeBatch>,
     ) -> Result<Response<pb::ApplyResult>, Status> {
         let token = caller(&request);
-        let mut batch = request.into_inner();
-        let base = cursor_from_pb(batch.base.take())
+        let batch = request.into_inner();
+        let base = cursor_from_pb(batch.base)
             .ok_or_else(|| Status::invalid_argument(ValidationError::MissingBase.to_string()))?;
-        let new_revision = batch.new_revision;
+        let header = BatchHeader {
+            base,
+            new_revision: batch.new_revision,
+            empty: batch.upsert_users.is_empty()
+                && batch.delete_user_ids.is_empty()
+                && batch.upsert_roles.is_empty()
+                && batch.delete_role_ids.is_empty(),
+            digest: BatchDigest::of(&prost::Message::encode_to_vec(&batch)),
+        };
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
         let summary = self
             .apply("changes", token, move || {
-                replica.apply_changes(base, new_revision, |role_in_replica| {
+                replica.apply_changes(&header, |role_in_replica| {
                     let ingest = Ingest {
                         key: &key,
                         limits: &limits,
@@ -336,9 +363,15 @@ fn log_outcome(
         Ok(s) => {
             tracing::info!(token, cursor = %s.cursor, "{what} already applied (replay acknowledged)")
         }
-        Err(ApplyError::Store(e)) => {
+        Err(e) => log_refusal(what, token, e),
+    }
+}
+
+fn log_refusal(what: &str, token: &str, error: &ApplyError) {
+    match error {
+        ApplyError::Store(e) => {
             tracing::error!(token, error = %e, "{what} failed; replica unchanged")
         }
-        Err(e) => tracing::warn!(token, error = %e, "{what} refused; replica unchanged"),
+        e => tracing::warn!(token, error = %e, "{what} refused; replica unchanged"),
     }
 }

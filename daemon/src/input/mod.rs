@@ -2,6 +2,7 @@
 //! The evdev and serial adapters in `crate::hardware` drive it; nothing here does I/O.
 
 pub mod crc;
+#[cfg(any(test, feature = "testing"))]
 pub mod evemu;
 pub mod event;
 pub mod key_reader;
@@ -10,4 +11,5 @@ pub mod pin_pad;
 pub mod profile;
 pub mod secret;
 pub mod serial_frame;
+#[cfg(test)]
 pub mod synth;

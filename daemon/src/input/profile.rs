@@ -296,31 +296,19 @@ fn decimal(text: &str, width: usize) -> Result<Secret, ProfileError> {
 }
 
 fn hex_bytes(text: &str) -> Result<Vec<u8>, ProfileError> {
-    let nibble = |b: u8| char::from(b).to_digit(16).ok_or(ProfileError::NotHex);
-    let raw = text.as_bytes();
-    // Report non-hex before odd length: it is the more useful diagnosis.
-    for &b in raw {
-        nibble(b)?;
+    // Report non-hex before odd length: it is the more useful diagnosis. (`hex`'s own errors
+    // would name the offending character, which is part of a key id.)
+    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ProfileError::NotHex);
     }
-    if !raw.len().is_multiple_of(2) {
-        return Err(ProfileError::OddHexDigits);
-    }
-    raw.chunks_exact(2)
-        .map(|pair| {
-            let value = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-            u8::try_from(value).map_err(|_| ProfileError::NotHex)
-        })
-        .collect()
+    hex::decode(text).map_err(|e| match e {
+        hex::FromHexError::OddLength => ProfileError::OddHexDigits,
+        _ => ProfileError::NotHex,
+    })
 }
 
 fn to_hex(bytes: &[u8]) -> Secret {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    Secret::new(out)
+    Secret::new(hex::encode_upper(bytes))
 }
 
 fn rom_id(bytes: &[u8], rom: RomConfig) -> Result<Secret, ProfileError> {
@@ -721,7 +709,7 @@ mod tests {
     }
 
     fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02X}")).collect()
+        hex::encode_upper(bytes)
     }
 
     proptest! {

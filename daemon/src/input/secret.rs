@@ -2,10 +2,11 @@
 //!
 //! Everything a person types into a PIN pad or a reader types for a key is a credential. These
 //! wrappers keep it out of `Debug` output (and so out of logs and panics) and wipe their buffer on
-//! drop as a best effort. The daemon may switch the wipe to the `zeroize` crate when this module
-//! moves there; this scratch crate is limited to std.
+//! drop (with `zeroize`, whose writes the optimiser cannot drop).
 
 use std::fmt;
+
+use zeroize::Zeroize;
 
 /// A secret text (PIN, raw reader frame, canonical key id). `Debug` prints `Secret(****)`.
 ///
@@ -97,22 +98,18 @@ impl Drop for SecretBytes {
     }
 }
 
-/// Overwrites the bytes of `buf` with zeros and empties it, keeping its allocation.
+/// Overwrites the bytes of `buf` (its whole capacity) with zeros and empties it, keeping its
+/// allocation.
 ///
 /// Used by the framers on their accumulation buffers so a discarded partial PIN does not linger
-/// in freed memory. `black_box` keeps the optimiser from dropping the stores.
+/// in freed memory.
 pub fn wipe_bytes(buf: &mut Vec<u8>) {
-    buf.iter_mut().for_each(|b| *b = 0);
-    std::hint::black_box(&buf);
-    buf.clear();
+    buf.zeroize();
 }
 
-/// [`wipe_bytes`] for a `String` (zero bytes are valid UTF-8, and the string ends up empty).
+/// [`wipe_bytes`] for a `String` (it ends up empty, its allocation kept).
 pub fn wipe_string(buf: &mut String) {
-    let mut bytes = std::mem::take(buf).into_bytes();
-    wipe_bytes(&mut bytes);
-    // Empty vector: always valid UTF-8, so the allocation is kept.
-    *buf = String::from_utf8(bytes).unwrap_or_default();
+    buf.zeroize();
 }
 
 #[cfg(test)]

@@ -112,7 +112,7 @@ fn fixture(policy: PolicySettings) -> Fixture {
                 epoch: 1,
                 revision: 1,
             },
-            &ValidSnapshot {
+            ValidSnapshot {
                 users: vec![
                     user(&key, "cashier", 1, "1111", "cashier"),
                     user(&key, "manager", 2, "9999", "manager"),
@@ -131,7 +131,7 @@ fn fixture(policy: PolicySettings) -> Fixture {
         key.clone(),
         terminal(),
         sessions,
-        2,
+        crate::hashing::HashingQueue::new(2, 4),
         policy,
     );
     Fixture {
@@ -198,13 +198,10 @@ async fn wrong_pins_lock_pin_entry_per_uid_but_not_keys() {
     assert_eq!(
         outcomes(&f),
         vec![
-            "no_match",
-            "no_match",
-            "no_match",
-            "locked_out",
-            "locked_out",
-            "accepted",
-            "accepted"
+            "no_match", "no_match", "no_match", "accepted",
+            // The two refusals were counted, not written: one summary row when the source was
+            // next admitted (the key login), before that attempt's own row.
+            "refused", "accepted"
         ]
     );
     // Every row is in the outbox with a distinct uuid and increasing seq.
@@ -217,9 +214,9 @@ async fn wrong_pins_lock_pin_entry_per_uid_but_not_keys() {
 }
 
 #[tokio::test]
-async fn success_resets_the_source_but_not_the_terminal_counter() {
+async fn success_resets_the_source_but_not_the_terminal_budget() {
     let f = fixture(policy());
-    let now = SystemTime::now();
+    let now = crate::clock::now();
     for _ in 0..2 {
         let _ = f.auth.login(CredentialKind::Pin, pin("0000"), SOCKET).await;
     }
@@ -231,12 +228,12 @@ async fn success_resets_the_source_but_not_the_terminal_counter() {
     assert_eq!(
         counters
             .iter()
-            .map(|(s, c)| (s.as_str(), c.failures))
+            .map(|(s, c)| (s.as_str(), c.level_milli.div_ceil(1000)))
             .collect::<Vec<_>>(),
         vec![(TERMINAL_SCOPE, 2)],
-        "the source's counter is gone, the terminal's stays"
+        "the source's counter is gone; the terminal keeps the two failures (the success was refunded)"
     );
-    // Three more wrong PINs from two uids: 2 + 3 = 5 at the terminal, at most 2 per source < 3.
+    // Three more wrong PINs from two uids: 2 + 3 = 5 in the terminal budget, at most 2 per source.
     for source in [SOCKET, OTHER_UID, SOCKET] {
         let e = f.auth.login(CredentialKind::Pin, pin("0000"), source).await;
         assert!(matches!(e, Err(LoginError::NoMatch)), "{e:?}");
@@ -256,11 +253,26 @@ async fn success_resets_the_source_but_not_the_terminal_counter() {
     };
     assert!(
         e.to_string().starts_with(
-            "too many failed attempts at this terminal: PIN entry is refused for another 30s"
+            "too many failed attempts at this terminal: PIN entry is refused for another 20m"
         ),
         "{e}"
     );
-    // An admin clears it; audited.
+    // Keys still work, and a valid key clears nothing.
+    f.auth
+        .login(
+            CredentialKind::Key,
+            pin("KEY-cashier"),
+            "socket uid=3 gid=3 pid=3",
+        )
+        .await
+        .unwrap();
+    assert!(
+        f.auth
+            .login(CredentialKind::Pin, pin("1111"), OTHER_UID)
+            .await
+            .is_err()
+    );
+    // An admin clears it; audited, with the summary row of the refused attempts.
     let cleared = f
         .auth
         .clear_lockouts(None, "socket uid=0 gid=0 pid=1")
@@ -278,21 +290,36 @@ async fn success_resets_the_source_but_not_the_terminal_counter() {
         .unwrap();
     assert_eq!(clear.record.kind, AuditKind::LockoutCleared);
     assert!(clear.record.reason.contains(TERMINAL_SCOPE));
+    let summaries: Vec<_> = last
+        .iter()
+        .filter(|r| r.record.outcome == AuditOutcome::Refused)
+        .map(|r| (r.record.source.as_str(), r.record.reason.as_str()))
+        .collect();
+    assert_eq!(summaries.len(), 2, "{summaries:?}");
+    assert!(
+        summaries
+            .iter()
+            .all(|(_, reason)| reason.starts_with("1 attempt refused"))
+    );
 }
 
 #[tokio::test]
-async fn denied_invalid_and_bad_reads_are_audited_but_not_counted() {
+async fn denied_pins_count_as_failures_and_malformed_ones_are_coalesced() {
     let f = fixture(policy());
-    let now = SystemTime::now();
+    let now = crate::clock::now();
     let mut inactive = user(&f.key, "gone", 0, "5555", "cashier");
     inactive.active = false;
     f.replica
         .apply_changes(
-            Cursor {
-                epoch: 1,
-                revision: 1,
+            &crate::history::BatchHeader {
+                base: Cursor {
+                    epoch: 1,
+                    revision: 1,
+                },
+                new_revision: 2,
+                empty: false,
+                digest: crate::history::BatchDigest([2; 32]),
             },
-            2,
             |_| {
                 Ok(crate::validate::ValidChanges {
                     upsert_users: vec![inactive],
@@ -303,7 +330,7 @@ async fn denied_invalid_and_bad_reads_are_audited_but_not_counted() {
             },
         )
         .unwrap();
-    for _ in 0..4 {
+    for _ in 0..3 {
         let e = f.auth.login(CredentialKind::Pin, pin("5555"), SOCKET).await;
         assert!(
             matches!(e, Err(LoginError::Denied(DenialReason::Inactive))),
@@ -316,27 +343,68 @@ async fn denied_invalid_and_bad_reads_are_audited_but_not_counted() {
             .await
             .unwrap();
     }
-    assert!(
-        f.local
-            .lockout_counters(&policy().lockout, now)
-            .unwrap()
-            .is_empty()
+    // Three denied PINs are three failures: the source is locked.
+    let e = f.auth.login(CredentialKind::Pin, pin("1111"), SOCKET).await;
+    assert!(matches!(e, Err(LoginError::LockedOut { .. })), "{e:?}");
+    let counters = f.local.lockout_counters(&policy().lockout, now).unwrap();
+    assert_eq!(
+        counters
+            .iter()
+            .map(|(s, c)| (s.as_str(), c.failures))
+            .collect::<Vec<_>>(),
+        vec![("socket uid=1000", 3), (TERMINAL_SCOPE, 3)]
     );
+    // Rows: 3 denied, 3 bad reads, and the malformed ones coalesced into the summary row
+    // written when the source was next admitted.
     let rows = audit(&f);
-    assert_eq!(rows.len(), 12);
+    assert_eq!(rows.len(), 8);
     let denied = &rows[0].record;
     assert_eq!(
         (denied.outcome, denied.user_id.as_deref()),
         (AuditOutcome::Denied, Some("gone"))
     );
     assert_eq!(denied.reason, "user inactive");
-    let bad = &rows[2].record;
+    let bad = &rows[1].record;
     assert_eq!(
         (bad.kind, bad.outcome),
         (AuditKind::BadRead, AuditOutcome::BadRead)
     );
     assert_eq!(bad.reason, "CRC mismatch");
     assert_eq!(bad.source, "device front (/dev/hidraw0)");
+    let summary = &rows[2].record;
+    assert_eq!(
+        (summary.outcome, summary.source.as_str()),
+        (AuditOutcome::Refused, "socket uid=1000")
+    );
+    assert!(
+        summary
+            .reason
+            .starts_with("1 attempt refused without a row of their own since")
+    );
+    assert!(
+        summary.reason.ends_with(": 1 as malformed"),
+        "{}",
+        summary.reason
+    );
+    // A key login from the source writes the next summary, with its count.
+    f.auth
+        .login(CredentialKind::Key, pin("KEY-cashier"), SOCKET)
+        .await
+        .unwrap();
+    let rows = audit(&f);
+    let summary = &rows[8].record;
+    assert_eq!(summary.outcome, AuditOutcome::Refused);
+    assert!(
+        summary
+            .reason
+            .starts_with("2 attempts refused without a row of their own since")
+            && summary
+                .reason
+                .ends_with(": 1 while locked out, 1 as malformed"),
+        "{}",
+        summary.reason
+    );
+    assert_eq!(rows[9].record.outcome, AuditOutcome::Accepted);
 }
 
 #[tokio::test]
@@ -424,8 +492,8 @@ fn replica_age_rules() {
         hour
     ));
     assert!(
-        !replica_too_old(Some(now + hour), now, hour),
-        "clock set back"
+        replica_too_old(Some(now + Duration::from_secs(1)), now, hour),
+        "a sync time in the future (the clock was set back) is stale"
     );
     assert_eq!(
         round_up_to_seconds(Duration::from_millis(1)),
@@ -459,11 +527,15 @@ async fn locked_session_resumes_for_its_user_and_sync_changes_reach_it() {
     let (_, mut rx) = f.auth.sessions().watch();
     f.replica
         .apply_changes(
-            Cursor {
-                epoch: 1,
-                revision: 1,
+            &crate::history::BatchHeader {
+                base: Cursor {
+                    epoch: 1,
+                    revision: 1,
+                },
+                new_revision: 2,
+                empty: false,
+                digest: crate::history::BatchDigest([2; 32]),
             },
-            2,
             |_| {
                 Ok(crate::validate::ValidChanges {
                     upsert_roles: vec![role("cashier", &["refund", "sale"])],
@@ -485,11 +557,15 @@ async fn locked_session_resumes_for_its_user_and_sync_changes_reach_it() {
     // Deleting the user ends the session, naming why.
     f.replica
         .apply_changes(
-            Cursor {
-                epoch: 1,
-                revision: 2,
+            &crate::history::BatchHeader {
+                base: Cursor {
+                    epoch: 1,
+                    revision: 2,
+                },
+                new_revision: 3,
+                empty: false,
+                digest: crate::history::BatchDigest([3; 32]),
             },
-            3,
             |_| {
                 Ok(crate::validate::ValidChanges {
                     delete_user_ids: vec!["cashier".into()],

@@ -21,9 +21,13 @@ use std::path::PathBuf;
 
 pub use local::Identity;
 pub use local::{
-    AckError, AckSummary, AttemptRecorded, CounterChange, LocalStore, MAX_AUDIT_BATCH, TokenRow,
+    AckError, AckSummary, Admitted, AttemptRecorded, LocalStore, MAX_AUDIT_BATCH, Settlement,
+    TokenRow,
 };
-pub use replica::{ApplyError, ApplySummary, Counts, Replica, ReplicaState, UserProfile};
+pub use replica::{
+    ApplyError, ApplySummary, Counts, ReadySnapshot, Replica, ReplicaState, SnapshotFile,
+    UserProfile, discard_incoming, incoming_path,
+};
 pub(crate) use sqlite::unix_millis;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +61,24 @@ pub enum StoreError {
     BadMeta { key: &'static str, value: String },
     #[error("database lock poisoned by an earlier panic")]
     Poisoned,
+    #[error("snapshot side file {path}: {source}")]
+    SideFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// SQLite could not write because the disk (or the state directory's filesystem) is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite(e) | StoreError::Open { source: e, .. } => {
+                e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// What happened to a database file at start.

@@ -104,6 +104,63 @@ pub(super) fn is_damage(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Set in `meta` by a clean shutdown, after the final checkpoint, and cleared by the next start:
+/// while it is set nothing has written to the file since the daemon closed it itself, so the start
+/// skips `quick_check` (a read of the whole file, growing with its size).
+const CLOSED_CLEANLY: &str = "closed_cleanly";
+
+/// `quick_check` unless the last process closed the file cleanly (then only the schema is read).
+pub(super) fn check_unless_closed_cleanly(
+    conn: &Connection,
+    store: &'static str,
+) -> Result<Result<(), Damage>, StoreError> {
+    let clean = match get_meta(conn, CLOSED_CLEANLY) {
+        Ok(value) => value.as_deref() == Some("1"),
+        Err(e) if is_damage(&e) => return Ok(Err(Damage(e.to_string()))),
+        // No meta table yet: a new file.
+        Err(_) => false,
+    };
+    if clean {
+        tracing::debug!(store, "closed cleanly last time: quick_check skipped");
+        return Ok(Ok(()));
+    }
+    tracing::info!(
+        store,
+        "not closed cleanly last time (or new): running quick_check"
+    );
+    quick_check(conn)
+}
+
+/// Clears the clean-shutdown mark, inside the start's migration transaction: from here on, an
+/// exit that does not go through [`close_cleanly`] is unclean.
+pub(super) fn clear_closed_cleanly(tx: &Transaction<'_>) -> Result<(), rusqlite::Error> {
+    set_meta(tx, CLOSED_CLEANLY, "0")
+}
+
+/// At shutdown: marks the file closed cleanly and folds the WAL into it, so the next start needs
+/// neither `quick_check` nor WAL recovery.
+pub(super) fn close_cleanly(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    set_meta(&tx, CLOSED_CLEANLY, "1")?;
+    tx.commit()?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(())
+}
+
+/// Fails (as damage) if one of `tables` is missing. Prepared only, never run: a start reads no
+/// rows for this, whatever the size.
+pub(super) fn probe_tables(
+    conn: &Connection,
+    tables: &[&str],
+) -> Result<Result<(), Damage>, StoreError> {
+    for table in tables {
+        if let Err(e) = conn.prepare(&format!("SELECT 1 FROM \"{table}\" LIMIT 1")) {
+            return Ok(Err(Damage(format!("schema check: {e}"))));
+        }
+    }
+    Ok(Ok(()))
+}
+
 /// `PRAGMA quick_check`, as damage rather than an error.
 pub(super) fn quick_check(conn: &Connection) -> Result<Result<(), Damage>, StoreError> {
     let check: String = conn.query_row("PRAGMA quick_check(1)", [], |row| row.get(0))?;

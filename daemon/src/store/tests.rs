@@ -34,10 +34,6 @@ fn open_replica(p: &Paths) -> (Replica, OpenOutcome) {
     Replica::open(&p.replica, &KEY).unwrap()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A replica as the single-file releases wrote it (schema 3): cursor 4/17, a token, audit rows
 /// 1–5 of which 1–2 were acknowledged (or all when `all_acked`), and a running lockout.
 fn write_single_file_replica(path: &Path, all_acked: bool) {
@@ -49,7 +45,7 @@ fn write_single_file_replica(path: &Path, all_acked: bool) {
     conn.pragma_update(None, "user_version", 3).unwrap();
     conn.execute(
         "INSERT INTO meta (key, value) VALUES ('key_fingerprint', ?1), ('epoch', '4'), ('revision', '17')",
-        [hex(&KEY)],
+        [hex::encode(KEY)],
     )
     .unwrap();
     conn.execute(
@@ -125,10 +121,17 @@ fn a_single_file_replica_hands_its_terminal_state_to_the_local_store() {
             .collect::<Vec<_>>(),
         vec![(3, "uuid-3"), (4, "uuid-4"), (5, "uuid-5")]
     );
+    // The fixture's terminal lockout (a wall-clock deadline far ahead) keeps running.
+    let policy = LockoutPolicy::default();
+    let now = crate::clock::now();
+    local.rebase_lockouts(now).unwrap();
     let locked = local
-        .locked_for(&["terminal".to_owned()], std::time::SystemTime::now())
+        .refusal(crate::lockout::Budget::Pin, "socket uid=1", &policy, now)
         .unwrap();
-    assert!(matches!(locked, Some((ref scope, _)) if scope == "terminal"));
+    assert!(
+        matches!(locked, Some(ref r) if r.terminal_wide()),
+        "{locked:?}"
+    );
     assert_eq!(local.append_audit(&record()).unwrap().last_seq, 6);
 
     // A second start copies nothing again and keeps the stream.
@@ -182,7 +185,7 @@ fn quarantining_the_replica_keeps_tokens_audit_and_lockouts() {
     assert_eq!(local.audit_stats().unwrap().backlog, 3);
     assert_eq!(
         local
-            .lockout_counters(&LockoutPolicy::default(), std::time::SystemTime::now())
+            .lockout_counters(&LockoutPolicy::default(), crate::clock::now())
             .unwrap()
             .len(),
         1

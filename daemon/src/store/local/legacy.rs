@@ -133,14 +133,21 @@ fn copy_tables(conn: &Connection) -> Result<Option<Copied>, rusqlite::Error> {
         copied.last_seq = old_last.max(0) as u64;
     }
     if lockouts {
+        // The old counters kept wall-clock deadlines; the throttle runs on the boot's monotonic
+        // clock. A running lockout keeps the time it has left now (boot "0" is no boot: the
+        // counter is rebased to this one at start, see `lockout::Counter::rebased`), the terminal's
+        // failures fill its budget, and a source keeps its count.
+        let now_ms = crate::store::unix_millis(std::time::SystemTime::now());
         copied.counters = conn.execute(
             &format!(
-                "INSERT INTO main.lockouts (scope, failures, window_start_ms, strikes,
-                                            locked_until_ms, last_failure_ms)
-                 SELECT scope, failures, window_start_ms, strikes, locked_until_ms, last_failure_ms
+                "INSERT INTO main.lockouts (scope, failures, level_milli, boot, updated_ms,
+                                            locked_until_ms)
+                 SELECT scope, failures,
+                        CASE WHEN scope = 'terminal' THEN failures * 1000 ELSE 0 END,
+                        '0', 0, MAX(0, locked_until_ms - ?1)
                  FROM {SCHEMA}.lockouts"
             ),
-            [],
+            [i64::try_from(now_ms).unwrap_or(i64::MAX)],
         )? as u64;
     }
     Ok(Some(copied))

@@ -1,66 +1,75 @@
-//! Failed-attempt counters, changed in the same transaction as the audit row that reports the
-//! attempt: a restart keeps both, and neither is written without the other.
-
-use std::time::{Duration, SystemTime};
+//! The guess throttle's counters (see `lockout.rs`), changed in the same transaction as the
+//! audit rows that report the attempt: a restart keeps both, and neither is written without the
+//! other.
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::audit::{audit_stats, insert_audit};
 use super::{LocalStore, StoreError};
 use crate::audit::{AuditRecord, AuditStats};
-use crate::lockout::{Counter, LockoutPolicy, scope_of};
-use crate::store::sqlite::unix_millis;
+use crate::lockout::{Budget, Counter, LockoutPolicy, Now, Refusal, admit};
 
-/// What an attempt does to the counters of its source.
+/// What the outcome of an admitted attempt does to the charges made when it was admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CounterChange {
-    /// A credential that matched nobody: counted for the source and the terminal.
-    Failure,
-    /// A credential that resolved to a user: the source's counter is reset.
-    Success,
-    /// Audited only (malformed input, a refusal before any check, a bad read).
-    Unchanged,
+pub enum Settlement {
+    /// The right credential: its charges are refunded (the source's counter is reset).
+    Refund(Budget),
+    /// A wrong credential, or anything that is not a success: the charges stay.
+    Keep,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRecorded {
-    /// Lockouts this failure started: (scope, delay).
-    pub locked: Vec<(String, Duration)>,
     pub audit: AuditStats,
 }
 
-fn load(conn: &Connection, scope: &str) -> Result<Option<Counter>, rusqlite::Error> {
-    conn.prepare_cached(
-        "SELECT failures, window_start_ms, strikes, locked_until_ms, last_failure_ms
-         FROM lockouts WHERE scope = ?1",
-    )?
-    .query_row([scope], |row| {
-        Ok(Counter {
-            failures: row.get(0)?,
-            window_start_ms: row.get::<_, i64>(1)? as u64,
-            strikes: row.get(2)?,
-            locked_until_ms: row.get::<_, i64>(3)? as u64,
-            last_failure_ms: row.get::<_, i64>(4)? as u64,
-        })
+/// An admitted attempt: the lockouts its charge started (scope, delay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    pub locked: Vec<(String, std::time::Duration)>,
+    pub audit: AuditStats,
+}
+
+const COLUMNS: &str = "failures, level_milli, boot, updated_ms, locked_until_ms";
+
+fn counter_from(row: &rusqlite::Row<'_>, at: usize) -> Result<Counter, rusqlite::Error> {
+    let boot: String = row.get(at + 2)?;
+    Ok(Counter {
+        failures: row.get(at)?,
+        level_milli: row.get::<_, i64>(at + 1)?.max(0) as u64,
+        // An unreadable boot id is "another boot": the counter is rebased, never dropped.
+        boot: u128::from_str_radix(&boot, 16).unwrap_or(0),
+        updated_ms: row.get::<_, i64>(at + 3)?.max(0) as u64,
+        locked_until_ms: row.get::<_, i64>(at + 4)?.max(0) as u64,
     })
-    .optional()
+}
+
+fn load(conn: &Connection, scope: &str) -> Result<Option<Counter>, rusqlite::Error> {
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM lockouts WHERE scope = ?1"))?
+        .query_row([scope], |row| counter_from(row, 0))
+        .optional()
 }
 
 fn store(conn: &Connection, scope: &str, c: &Counter) -> Result<(), rusqlite::Error> {
+    if *c == Counter::default() {
+        conn.prepare_cached("DELETE FROM lockouts WHERE scope = ?1")?
+            .execute([scope])?;
+        return Ok(());
+    }
     conn.prepare_cached(
-        "INSERT INTO lockouts (scope, failures, window_start_ms, strikes, locked_until_ms, last_failure_ms)
+        "INSERT INTO lockouts (scope, failures, level_milli, boot, updated_ms, locked_until_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT(scope) DO UPDATE SET failures = excluded.failures,
-             window_start_ms = excluded.window_start_ms, strikes = excluded.strikes,
-             locked_until_ms = excluded.locked_until_ms, last_failure_ms = excluded.last_failure_ms",
+             level_milli = excluded.level_milli, boot = excluded.boot,
+             updated_ms = excluded.updated_ms, locked_until_ms = excluded.locked_until_ms",
     )?
     .execute((
         scope,
         c.failures,
-        clamp(c.window_start_ms),
-        c.strikes,
+        clamp(c.level_milli),
+        format!("{:032x}", c.boot),
+        clamp(c.updated_ms),
         clamp(c.locked_until_ms),
-        clamp(c.last_failure_ms),
     ))?;
     Ok(())
 }
@@ -70,102 +79,136 @@ fn clamp(ms: u64) -> i64 {
 }
 
 fn all(conn: &Connection) -> Result<Vec<(String, Counter)>, rusqlite::Error> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT scope, failures, window_start_ms, strikes, locked_until_ms, last_failure_ms
-         FROM lockouts ORDER BY scope",
-    )?;
-    let rows = stmt.query_map([], |row| {
-        Ok((
-            row.get(0)?,
-            Counter {
-                failures: row.get(1)?,
-                window_start_ms: row.get::<_, i64>(2)? as u64,
-                strikes: row.get(3)?,
-                locked_until_ms: row.get::<_, i64>(4)? as u64,
-                last_failure_ms: row.get::<_, i64>(5)? as u64,
-            },
-        ))
-    })?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT scope, {COLUMNS} FROM lockouts ORDER BY scope"
+    ))?;
+    let rows = stmt.query_map([], |row| Ok((row.get(0)?, counter_from(row, 1)?)))?;
     rows.collect()
 }
 
+fn scoped(
+    conn: &Connection,
+    policy: &LockoutPolicy,
+    budget: Budget,
+    source: &str,
+) -> Result<Vec<(String, Counter)>, rusqlite::Error> {
+    policy
+        .scopes(budget, source)
+        .into_iter()
+        .map(|scope| Ok((scope.clone(), load(conn, &scope)?.unwrap_or_default())))
+        .collect()
+}
+
 impl LocalStore {
-    /// The longest running lockout among `scopes`, if any: its scope and remaining time.
-    pub fn locked_for(
+    /// Whether an attempt from `source` would be refused now (a read: the cheap check before
+    /// an attempt queues for hashing).
+    pub fn refusal(
         &self,
-        scopes: &[String],
-        now: SystemTime,
-    ) -> Result<Option<(String, Duration)>, StoreError> {
+        budget: Budget,
+        source: &str,
+        policy: &LockoutPolicy,
+        now: Now,
+    ) -> Result<Option<Refusal>, StoreError> {
         let conn = self.reader()?;
-        let now_ms = unix_millis(now);
-        let mut longest: Option<(String, Duration)> = None;
-        for scope in scopes {
-            if let Some(wait) = load(&conn, scope)?.and_then(|c| c.retry_after(now_ms))
-                && longest.as_ref().is_none_or(|(_, l)| wait > *l)
-            {
-                longest = Some((scope.clone(), wait));
+        let mut counters = scoped(&conn, policy, budget, source)?;
+        Ok(admit(policy, &mut counters, now).err())
+    }
+
+    /// Admits an attempt and charges it to its scopes, in one transaction with `pending` (the
+    /// summary row of attempts refused before it); or refuses it, writing nothing.
+    pub fn admit_attempt(
+        &self,
+        budget: Budget,
+        source: &str,
+        policy: &LockoutPolicy,
+        now: Now,
+        pending: Option<&AuditRecord>,
+    ) -> Result<Result<Admitted, Refusal>, StoreError> {
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut counters = scoped(&tx, policy, budget, source)?;
+        if let Err(refusal) = admit(policy, &mut counters, now) {
+            return Ok(Err(refusal));
+        }
+        let mut locked = Vec::new();
+        for (scope, counter) in &counters {
+            store(&tx, scope, counter)?;
+            if let Some(delay) = counter.lockout_started(policy, scope) {
+                locked.push((scope.clone(), delay));
             }
         }
-        Ok(longest)
+        if let Some(record) = pending {
+            insert_audit(&tx, record)?;
+        }
+        let audit = audit_stats(&tx)?;
+        tx.commit()?;
+        Ok(Ok(Admitted { locked, audit }))
     }
 
-    /// Every counter still worth showing (failures in a running window, a lockout, strikes).
-    pub fn lockout_counters(
-        &self,
-        policy: &LockoutPolicy,
-        now: SystemTime,
-    ) -> Result<Vec<(String, Counter)>, StoreError> {
-        let now_ms = unix_millis(now);
-        let conn = self.reader()?;
-        Ok(all(&conn)?
-            .into_iter()
-            .filter(|(_, c)| !c.is_spent(policy, now_ms))
-            .collect())
-    }
-
-    /// Writes the audit row of an attempt and applies `change` to its source's counters, in one
-    /// transaction.
+    /// Writes the audit row of an attempt and settles its charges, in one transaction.
     pub fn record_attempt(
         &self,
         record: &AuditRecord,
-        change: CounterChange,
+        settlement: Settlement,
+        source: &str,
         policy: &LockoutPolicy,
+        now: Now,
     ) -> Result<AttemptRecorded, StoreError> {
-        let now_ms = unix_millis(record.at);
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut locked = Vec::new();
-        match change {
-            CounterChange::Failure => {
-                for scope in policy.scopes(&record.source) {
-                    let Some(threshold) = policy.threshold(&scope) else {
-                        continue;
-                    };
-                    let mut counter = load(&tx, &scope)?.unwrap_or_default();
-                    if let Some(delay) = counter.record_failure(policy, threshold, now_ms) {
-                        locked.push((scope.clone(), delay));
-                    }
-                    store(&tx, &scope, &counter)?;
-                }
+        if let Settlement::Refund(budget) = settlement {
+            for (scope, counter) in scoped(&tx, policy, budget, source)? {
+                let mut counter = counter.rebased(now);
+                counter.refund(policy, &scope, now);
+                store(&tx, &scope, &counter)?;
             }
-            CounterChange::Success => {
-                tx.prepare_cached("DELETE FROM lockouts WHERE scope = ?1")?
-                    .execute([scope_of(&record.source)])?;
-            }
-            CounterChange::Unchanged => {}
         }
         insert_audit(&tx, record)?;
         let audit = audit_stats(&tx)?;
         tx.commit()?;
-        Ok(AttemptRecorded { locked, audit })
+        Ok(AttemptRecorded { audit })
     }
 
-    /// Clears the counters of `scope` (all when None) and audits it, in one transaction.
-    /// Returns the scopes that had a counter.
+    /// Moves every counter onto this boot's clock (at start): from then on a read sees the
+    /// same lockout as the next write.
+    pub fn rebase_lockouts(&self, now: Now) -> Result<usize, StoreError> {
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut rebased = 0;
+        for (scope, counter) in all(&tx)? {
+            if counter.boot != now.boot {
+                store(&tx, &scope, &counter.rebased(now))?;
+                rebased += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(rebased)
+    }
+
+    /// Every counter still worth showing (failures, a lockout, a budget in use), as of `now`.
+    pub fn lockout_counters(
+        &self,
+        policy: &LockoutPolicy,
+        now: Now,
+    ) -> Result<Vec<(String, Counter)>, StoreError> {
+        let conn = self.reader()?;
+        Ok(all(&conn)?
+            .into_iter()
+            .map(|(scope, c)| {
+                let c = c.rebased(now);
+                (scope, c)
+            })
+            .filter(|(scope, c)| !c.is_spent(policy, scope, now))
+            .collect())
+    }
+
+    /// Clears the counters of `scope` (all when None) and audits it with `also` (summary rows of
+    /// refused attempts), in one transaction. Returns the scopes that had a counter.
     pub fn clear_lockouts(
         &self,
         scope: Option<&str>,
         record: &AuditRecord,
+        also: &[AuditRecord],
     ) -> Result<(Vec<String>, AuditStats), StoreError> {
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -178,6 +221,9 @@ impl LocalStore {
             Some(scope) => tx.execute("DELETE FROM lockouts WHERE scope = ?1", [scope])?,
             None => tx.execute("DELETE FROM lockouts", [])?,
         };
+        for row in also {
+            insert_audit(&tx, row)?;
+        }
         let mut record = record.clone();
         if record.reason.is_empty() {
             record.reason = if cleared.is_empty() {

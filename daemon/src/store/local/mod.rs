@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use audit::{AckError, AckSummary, MAX_AUDIT_BATCH};
-pub use lockout::{AttemptRecorded, CounterChange};
+pub use lockout::{Admitted, AttemptRecorded, Settlement};
 pub use tokens::TokenRow;
 
 use super::sqlite::{self, Damage, get_meta, set_meta};
@@ -79,11 +79,10 @@ impl LocalStore {
         self.reader.lock().map_err(|_| StoreError::Poisoned)
     }
 
-    /// Folds the WAL back into the database file (at shutdown).
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.writer()?
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(())
+    /// At shutdown: marks the file closed cleanly (the next start skips `quick_check`) and folds
+    /// the WAL into it.
+    pub fn close_cleanly(&self) -> Result<(), StoreError> {
+        sqlite::close_cleanly(&mut *self.writer()?)
     }
 }
 
@@ -92,7 +91,7 @@ fn check_and_migrate(
     path: &Path,
     legacy_replica: &Path,
 ) -> Result<Result<(), Damage>, StoreError> {
-    if let Err(damage) = sqlite::quick_check(conn)? {
+    if let Err(damage) = sqlite::check_unless_closed_cleanly(conn, STORE)? {
         return Ok(Err(damage));
     }
     let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
@@ -113,14 +112,12 @@ fn create_or_migrate(
 ) -> Result<Result<(), Damage>, StoreError> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     sqlite::migrate(&tx, STORE, path, schema::MIGRATIONS)?;
-    if let Err(e) = tx.query_row(
-        "SELECT (SELECT COUNT(*) FROM meta) + (SELECT COUNT(*) FROM sync_tokens)
-              + (SELECT COUNT(*) FROM audit_events) + (SELECT COUNT(*) FROM lockouts)",
-        [],
-        |row| row.get::<_, i64>(0),
-    ) {
-        return Ok(Err(Damage(format!("schema check: {e}"))));
+    if let Err(damage) =
+        sqlite::probe_tables(&tx, &["meta", "sync_tokens", "audit_events", "lockouts"])?
+    {
+        return Ok(Err(damage));
     }
+    sqlite::clear_closed_cleanly(&tx)?;
     if get_meta(&tx, "stream_id")?.is_none() {
         let stream_id = uuid::Uuid::new_v4().to_string();
         set_meta(&tx, "stream_id", &stream_id)?;

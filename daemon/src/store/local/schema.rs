@@ -46,7 +46,22 @@ pub const MIGRATIONS: &[&str] = &[
         last_failure_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
-    // 2: enrolment rows carry the new credential's PHC string (a hash, never the secret) and
+    // 2: the guess throttle replaces the window counters (see `lockout.rs`): times on the
+    // monotonic clock of the boot that wrote them (`boot`, hex), the terminal budget's level in
+    // thousandths of a failure. Counters of the old shape are carried over by the legacy copy
+    // only (a local store of schema 1 never ran with them).
+    r#"
+    DROP TABLE lockouts;
+    CREATE TABLE lockouts (
+        scope           TEXT PRIMARY KEY,
+        failures        INTEGER NOT NULL,
+        level_milli     INTEGER NOT NULL,
+        boot            TEXT NOT NULL,
+        updated_ms      INTEGER NOT NULL,
+        locked_until_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
+    // 3: enrolment rows carry the new credential's PHC string (a hash, never the secret) and
     // who approved it.
     r#"
     ALTER TABLE audit_events ADD COLUMN phc TEXT;

@@ -77,20 +77,25 @@ fn audit_rows_are_deleted_only_when_acknowledged_and_seqs_never_reused() {
 #[test]
 fn counters_change_only_together_with_their_audit_row() {
     use crate::audit::AuditOutcome;
-    use crate::lockout::LockoutPolicy;
+    use crate::lockout::{Budget, LockoutPolicy, Now};
     let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+    let replica = open(&dir);
     let policy = LockoutPolicy::default();
     let source = "socket uid=5 gid=5 pid=5";
-    let recorded = store
-        .record_attempt(
-            &attempt(source, AuditOutcome::NoMatch),
-            CounterChange::Failure,
-            &policy,
-        )
+    let now = Now {
+        boot: 7,
+        mono_ms: 1000,
+        wall_ms: 1_700_000_000_000,
+    };
+    let summary = attempt(source, AuditOutcome::LockedOut);
+    let admitted = replica
+        .admit_attempt(Budget::Pin, source, &policy, now, Some(&summary))
+        .unwrap()
         .unwrap();
-    assert_eq!(recorded.audit.backlog, 1);
-    let now = std::time::SystemTime::now();
+    assert_eq!(
+        admitted.audit.backlog, 1,
+        "the summary row came with the charge"
+    );
     let failures = |r: &LocalStore| {
         r.lockout_counters(&policy, now)
             .unwrap()
@@ -99,40 +104,91 @@ fn counters_change_only_together_with_their_audit_row() {
             .collect::<Vec<_>>()
     };
     let expected = vec![("socket uid=5".to_owned(), 1), ("terminal".to_owned(), 1)];
-    assert_eq!(failures(&store), expected);
-    // Make the audit insert fail: the counter update in the same transaction rolls back.
-    store
+    assert_eq!(failures(&replica), expected);
+    // Make the audit insert fail: the charge in the same transaction rolls back.
+    replica
         .writer()
         .unwrap()
         .execute_batch("ALTER TABLE audit_events RENAME TO audit_moved")
         .unwrap();
     assert!(
-        store
+        replica
+            .admit_attempt(Budget::Pin, source, &policy, now, Some(&summary))
+            .is_err()
+    );
+    assert!(
+        replica
             .record_attempt(
-                &attempt(source, AuditOutcome::NoMatch),
-                CounterChange::Failure,
-                &policy
+                &attempt(source, AuditOutcome::Accepted),
+                Settlement::Refund(Budget::Pin),
+                source,
+                &policy,
+                now
             )
             .is_err()
     );
-    assert_eq!(failures(&store), expected);
-    store
+    assert_eq!(failures(&replica), expected);
+    replica
         .writer()
         .unwrap()
         .execute_batch("ALTER TABLE audit_moved RENAME TO audit_events")
         .unwrap();
-    // Counters survive a reopen; a success resets the source's.
-    drop(store);
-    let store = open(&dir);
-    assert_eq!(failures(&store), expected);
-    store
+    // Counters survive a reopen; a success resets the source's and refunds the terminal's.
+    drop(replica);
+    let replica = open(&dir);
+    assert_eq!(failures(&replica), expected);
+    replica
         .record_attempt(
             &attempt(source, AuditOutcome::Accepted),
-            CounterChange::Success,
+            Settlement::Refund(Budget::Pin),
+            source,
             &policy,
+            now,
         )
         .unwrap();
-    assert_eq!(failures(&store), vec![("terminal".to_owned(), 1)]);
+    assert_eq!(failures(&replica), vec![]);
+}
+
+#[test]
+fn a_reboot_rebases_counters_onto_the_new_clock() {
+    use crate::lockout::{Budget, LockoutPolicy, Now};
+    let dir = tempfile::tempdir().unwrap();
+    let replica = open(&dir);
+    let policy = LockoutPolicy::default();
+    let source = "socket uid=5 gid=5 pid=5";
+    let before = Now {
+        boot: 1,
+        mono_ms: 9_000_000,
+        wall_ms: 1_700_000_000_000,
+    };
+    for _ in 0..5 {
+        replica
+            .admit_attempt(Budget::Pin, source, &policy, before, None)
+            .unwrap()
+            .unwrap();
+    }
+    // The next boot's monotonic clock starts low; the wall clock jumped a year.
+    let after = Now {
+        boot: 2,
+        mono_ms: 4_000,
+        wall_ms: before.wall_ms + 365 * 86_400_000,
+    };
+    assert_eq!(replica.rebase_lockouts(after).unwrap(), 2);
+    let refusal = replica
+        .refusal(Budget::Pin, source, &policy, after)
+        .unwrap()
+        .unwrap();
+    assert_eq!(refusal.retry_after, std::time::Duration::from_secs(30));
+    let later = Now {
+        mono_ms: after.mono_ms + 30_000,
+        ..after
+    };
+    assert!(
+        replica
+            .refusal(Budget::Pin, source, &policy, later)
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 mod explain;
 mod read;
 pub(super) mod schema;
+mod snapshot_file;
 mod write;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::SystemTime;
 use rusqlite::Connection;
 
 pub use read::{Counts, UserProfile};
+pub use snapshot_file::{ReadySnapshot, SnapshotFile, discard_incoming, incoming_path};
 pub use write::{ApplyError, ApplySummary};
 
 use super::sqlite::{self, Damage, get_meta, get_meta_u64, set_meta};
@@ -102,11 +104,17 @@ impl Replica {
         Ok(())
     }
 
-    /// Folds the WAL back into the database file (at shutdown).
+    /// Folds the WAL back into the database file.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.writer()?
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
+    }
+
+    /// At shutdown: marks the file closed cleanly (the next start skips `quick_check`) and folds
+    /// the WAL into it.
+    pub fn close_cleanly(&self) -> Result<(), StoreError> {
+        sqlite::close_cleanly(&mut *self.writer()?)
     }
 }
 
@@ -115,7 +123,7 @@ fn check_and_migrate(
     path: &Path,
     key_fingerprint: &[u8; 32],
 ) -> Result<Result<(), Damage>, StoreError> {
-    if let Err(damage) = sqlite::quick_check(conn)? {
+    if let Err(damage) = sqlite::check_unless_closed_cleanly(conn, STORE)? {
         return Ok(Err(damage));
     }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -123,16 +131,23 @@ fn check_and_migrate(
     // A database can pass quick_check and carry our version number yet miss tables (a bad
     // restore, a hand edit): probe every table the daemon reads so that shows up here, as damage,
     // rather than as a failure on every request.
-    if let Err(e) = tx.query_row(
-        "SELECT (SELECT COUNT(*) FROM meta) + (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM roles)
-              + (SELECT COUNT(*) FROM credentials) + (SELECT COUNT(*) FROM user_roles)
-              + (SELECT COUNT(*) FROM user_access) + (SELECT COUNT(*) FROM role_permissions)",
-        [],
-        |row| row.get::<_, i64>(0),
-    ) {
-        return Ok(Err(Damage(format!("schema check: {e}"))));
+    if let Err(damage) = sqlite::probe_tables(
+        &tx,
+        &[
+            "meta",
+            "users",
+            "roles",
+            "credentials",
+            "user_roles",
+            "user_access",
+            "role_permissions",
+            "applied_batches",
+        ],
+    )? {
+        return Ok(Err(damage));
     }
-    let fingerprint = hex(key_fingerprint);
+    sqlite::clear_closed_cleanly(&tx)?;
+    let fingerprint = hex::encode(key_fingerprint);
     match get_meta(&tx, "key_fingerprint")? {
         Some(stored) if stored != fingerprint => {
             return Ok(Err(Damage(
@@ -155,10 +170,6 @@ pub(crate) fn read_state(conn: &Connection) -> Result<ReplicaState, StoreError> 
         cursor: Cursor { epoch, revision },
         last_sync_at,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

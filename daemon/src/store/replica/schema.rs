@@ -117,6 +117,17 @@ pub const MIGRATIONS: &[&str] = &[
     DROP TABLE audit_events;
     DROP TABLE lockouts;
     "#,
+    // 5: the last batches applied (digest of central's encoding), so a replay is acknowledged only
+    // when it is the same batch. A snapshot empties it.
+    r#"
+    CREATE TABLE applied_batches (
+        epoch         INTEGER NOT NULL,
+        revision      INTEGER NOT NULL,
+        base_revision INTEGER NOT NULL,
+        digest        BLOB NOT NULL,
+        PRIMARY KEY (epoch, revision)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
+use crate::history::{BatchDigest, BatchHeader, HistoryError, REMEMBERED_BATCHES};
 use crate::model::{
     CredentialKind, Effect, HashScheme, RoleAssignment, RolePermission, RoleRecord,
     StoredCredential, Terminal, UserRecord,
@@ -13,6 +14,16 @@ fn open(dir: &tempfile::TempDir) -> Replica {
     Replica::open(&dir.path().join("replica.db"), &KEY)
         .unwrap()
         .0
+}
+
+/// A non-empty batch {base → new} whose digest names its position.
+fn batch(base: Cursor, new_revision: u64) -> BatchHeader {
+    BatchHeader {
+        base,
+        new_revision,
+        empty: false,
+        digest: BatchDigest::of(format!("{base}->{new_revision}").as_bytes()),
+    }
 }
 
 fn scheme() -> HashScheme {
@@ -76,7 +87,7 @@ fn seeded(dir: &tempfile::TempDir) -> Replica {
         users: vec![user("a", 1, 1), user("b", 2, 1)],
         roles: vec![cashier()],
     };
-    replica.apply_snapshot(cursor(1, 5), &snapshot).unwrap();
+    replica.apply_snapshot(cursor(1, 5), snapshot).unwrap();
     replica
 }
 
@@ -126,7 +137,7 @@ fn snapshot_replaces_everything_and_finds_candidates_by_digest() {
         users: vec![user("c", 1, 2)],
         roles: vec![cashier()],
     };
-    let summary = replica.apply_snapshot(cursor(2, 1), &next).unwrap();
+    let summary = replica.apply_snapshot(cursor(2, 1), next).unwrap();
     assert_eq!((summary.users, summary.roles), (1, 1));
     assert!(
         replica
@@ -207,7 +218,12 @@ fn every_distinct_hash_scheme_is_found_and_changes_are_seen() {
         users,
         roles: vec![cashier()],
     };
-    replica.apply_snapshot(cursor(1, 1), &snapshot).unwrap();
+    let users = snapshot.users.clone();
+    replica.apply_snapshot(cursor(1, 1), snapshot).unwrap();
+    let snapshot = ValidSnapshot {
+        users,
+        roles: vec![],
+    };
     let mut expected: Vec<(CredentialKind, HashScheme)> = snapshot
         .users
         .iter()
@@ -242,7 +258,7 @@ fn every_distinct_hash_scheme_is_found_and_changes_are_seen() {
     changes.delete_user_ids = holders;
     changes.upsert_users = vec![newcomer];
     replica
-        .apply_changes(cursor(1, 1), 2, |_| Ok(changes))
+        .apply_changes(&batch(cursor(1, 1), 2), |_| Ok(changes))
         .unwrap();
     let keys = replica.hash_schemes(CredentialKind::Key).unwrap();
     assert_eq!(keys, vec![scheme()]);
@@ -262,15 +278,14 @@ fn changes_need_the_current_base_and_replays_are_no_ops() {
         })
     };
     let applied = replica
-        .apply_changes(cursor(1, 5), 6, |_| upsert())
+        .apply_changes(&batch(cursor(1, 5), 6), |_| upsert())
         .unwrap();
     assert!(applied.applied);
     assert_eq!(applied.cursor, cursor(1, 6));
     // Replay: validation is not even consulted.
     let replay = replica
         .apply_changes(
-            cursor(1, 5),
-            6,
+            &batch(cursor(1, 5), 6),
             |_| -> Result<ValidChanges, ValidationError> {
                 panic!("a replay must not be validated or applied")
             },
@@ -279,11 +294,24 @@ fn changes_need_the_current_base_and_replays_are_no_ops() {
     assert!(!replay.applied);
     // Gap and another epoch.
     for (base, new) in [(cursor(1, 7), 8), (cursor(2, 6), 7)] {
-        match replica.apply_changes(base, new, |_| upsert()) {
-            Err(ApplyError::CursorMismatch { current, .. }) => assert_eq!(current, cursor(1, 6)),
+        match replica.apply_changes(&batch(base, new), |_| upsert()) {
+            Err(ApplyError::History(refusal)) => assert_eq!(refusal.current(), cursor(1, 6)),
             other => panic!("{other:?}"),
         }
     }
+    // Another batch at the applied revision: a conflict, not a replay.
+    let mut other = batch(cursor(1, 5), 6);
+    other.digest = BatchDigest::of(b"another batch");
+    assert!(matches!(
+        replica.apply_changes(&other, |_| upsert()),
+        Err(ApplyError::History(HistoryError::ConflictingBatch { .. }))
+    ));
+    // A lower epoch is stale.
+    assert!(matches!(
+        replica.apply_changes(&batch(cursor(0, 9), 10), |_| upsert()),
+        Err(ApplyError::History(HistoryError::StaleEpoch { .. }))
+    ));
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 6));
 }
 
 #[test]
@@ -291,7 +319,7 @@ fn a_failed_batch_rolls_back_every_write() {
     let dir = tempfile::tempdir().unwrap();
     let replica = seeded(&dir);
     // The role delete fails after the user delete and upsert were written in the transaction.
-    let result = replica.apply_changes(cursor(1, 5), 6, |_| {
+    let result = replica.apply_changes(&batch(cursor(1, 5), 6), |_| {
         Ok(ValidChanges {
             delete_user_ids: vec!["a".into()],
             upsert_users: vec![user("c", 3, 3)],
@@ -304,7 +332,7 @@ fn a_failed_batch_rolls_back_every_write() {
     assert!(replica.user_profile("a", &terminal()).unwrap().is_some());
     assert!(replica.user_profile("c", &terminal()).unwrap().is_none());
     // A validation error: nothing written either.
-    let result = replica.apply_changes(cursor(1, 5), 6, |role_known| {
+    let result = replica.apply_changes(&batch(cursor(1, 5), 6), |role_known| {
         assert!(role_known("cashier") && !role_known("ghost"));
         Err(ValidationError::DuplicateUser("x".into()))
     });
@@ -360,7 +388,7 @@ fn snapshot_rebuilds_its_indexes_and_a_failed_one_keeps_them() {
         users: vec![user("c", 1, 2), ghost],
         roles: vec![cashier()],
     };
-    assert!(replica.apply_snapshot(cursor(1, 6), &broken).is_err());
+    assert!(replica.apply_snapshot(cursor(1, 6), broken).is_err());
     assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
     assert_eq!(index_definitions(&replica), before);
     assert!(replica.user_profile("a", &terminal()).unwrap().is_some());
@@ -376,8 +404,8 @@ fn stale_snapshot_in_the_same_epoch_is_refused() {
         roles: vec![],
     };
     assert!(matches!(
-        replica.apply_snapshot(cursor(1, 4), &empty),
-        Err(ApplyError::StaleSnapshot { .. })
+        replica.apply_snapshot(cursor(1, 4), empty),
+        Err(ApplyError::History(HistoryError::StaleSnapshot { .. }))
     ));
     assert_eq!(replica.counts(&terminal()).unwrap().users, 2);
 }
@@ -446,7 +474,7 @@ fn a_version_1_database_is_migrated_with_its_data() {
         conn.pragma_update(None, "user_version", 1).unwrap();
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('key_fingerprint', ?1), ('epoch', '4'), ('revision', '2')",
-            [hex(&KEY)],
+            [hex::encode(KEY)],
         )
         .unwrap();
         conn.execute(
@@ -512,4 +540,170 @@ fn missing_tables_are_quarantined_not_fatal() {
         "{outcome:?}"
     );
     assert!(replica.state().unwrap().cursor.needs_snapshot());
+}
+
+#[test]
+fn only_the_last_batches_are_remembered() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    let last = 5 + REMEMBERED_BATCHES + 3;
+    for revision in 6..=last {
+        replica
+            .apply_changes(&batch(cursor(1, revision - 1), revision), |_| {
+                Ok(no_changes())
+            })
+            .unwrap();
+    }
+    let oldest_kept = last - REMEMBERED_BATCHES + 1;
+    let replay = replica
+        .apply_changes(&batch(cursor(1, oldest_kept - 1), oldest_kept), |_| {
+            Ok(no_changes())
+        })
+        .unwrap();
+    assert!(!replay.applied);
+    assert!(matches!(
+        replica.apply_changes(&batch(cursor(1, oldest_kept - 2), oldest_kept - 1), |_| {
+            Ok(no_changes())
+        }),
+        Err(ApplyError::History(HistoryError::UnverifiableReplay { .. }))
+    ));
+}
+
+fn chunk(users: Vec<UserRecord>, roles: Vec<RoleRecord>) -> crate::snapshot::ValidChunk {
+    crate::snapshot::ValidChunk { users, roles }
+}
+
+#[test]
+fn a_snapshot_built_beside_the_replica_is_switched_in_and_read_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    let mut file = replica.begin_snapshot(cursor(1, 7)).unwrap();
+    assert!(incoming_path(replica.path()).exists());
+    file.insert(&chunk(vec![user("c", 3, 3)], vec![])).unwrap();
+    // The live replica keeps answering while the side file is written.
+    assert!(replica.user_profile("a", &terminal()).unwrap().is_some());
+    file.insert(&chunk(vec![user("d", 4, 4)], vec![cashier()]))
+        .unwrap();
+    let ready = file.finish().unwrap();
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+    let summary = replica.install_snapshot(ready).unwrap();
+    assert_eq!(
+        (summary.cursor, summary.users, summary.roles),
+        (cursor(1, 7), 2, 1)
+    );
+    assert!(!incoming_path(replica.path()).exists());
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 7));
+    assert!(replica.user_profile("a", &terminal()).unwrap().is_none());
+    assert!(replica.user_profile("d", &terminal()).unwrap().is_some());
+    assert_eq!(
+        replica
+            .candidates(CredentialKind::Pin, &[4; 32], &terminal())
+            .unwrap()
+            .len(),
+        1
+    );
+    // Indexes are all there, and the writer works on the new file.
+    let names: Vec<String> = index_definitions(&replica)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        names.contains(&"credentials_by_digest".to_owned()),
+        "{names:?}"
+    );
+    replica
+        .apply_changes(&batch(cursor(1, 7), 8), |_| Ok(no_changes()))
+        .unwrap();
+    drop(replica);
+    let reopened = open(&dir);
+    assert_eq!(reopened.state().unwrap().cursor, cursor(1, 8));
+    let check: String = reopened
+        .reader()
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
+#[test]
+fn an_unfinished_snapshot_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    let mut file = replica.begin_snapshot(cursor(2, 1)).unwrap();
+    file.insert(&chunk(vec![user("c", 3, 3)], vec![cashier()]))
+        .unwrap();
+    drop(file);
+    assert!(!incoming_path(replica.path()).exists());
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+    assert!(replica.user_profile("a", &terminal()).unwrap().is_some());
+}
+
+#[test]
+fn a_batch_applied_during_the_build_is_kept_unless_the_snapshot_is_newer() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    // Snapshot at 1:6 is started; batch 1:5 → 1:7 lands meanwhile: the snapshot is now older.
+    let file = replica.begin_snapshot(cursor(1, 6)).unwrap();
+    replica
+        .apply_changes(&batch(cursor(1, 5), 7), |_| {
+            Ok(ValidChanges {
+                upsert_users: vec![user("c", 3, 3)],
+                ..no_changes()
+            })
+        })
+        .unwrap();
+    let refused = replica
+        .install_snapshot(file.finish().unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            ApplyError::History(HistoryError::StaleSnapshot { .. })
+        ),
+        "{refused:?}"
+    );
+    assert!(!incoming_path(replica.path()).exists());
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 7));
+    assert!(replica.user_profile("c", &terminal()).unwrap().is_some());
+    // A stale target is refused before anything is written.
+    assert!(matches!(
+        replica.begin_snapshot(cursor(0, 9)),
+        Err(ApplyError::History(HistoryError::StaleEpoch { .. }))
+    ));
+}
+
+#[test]
+fn quick_check_runs_only_after_an_exit_that_was_not_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    let replica = seeded(&dir);
+    let root: usize = replica
+        .reader()
+        .unwrap()
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'credentials_by_digest'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    replica.close_cleanly().unwrap();
+    drop(replica);
+    // Damage a page the start does not read: the root of a credentials index.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = (root - 1) * 4096..root * 4096;
+    for (i, b) in bytes[page].iter_mut().enumerate() {
+        *b = (i * 31 % 251) as u8;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    // Closed cleanly: the start reads the schema and meta only, and does not see it.
+    let (replica, outcome) = Replica::open(&path, &KEY).unwrap();
+    assert_eq!(outcome, OpenOutcome::Opened);
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+    // This run ends without closing cleanly: the next start checks the whole file.
+    drop(replica);
+    let (_, outcome) = Replica::open(&path, &KEY).unwrap();
+    assert!(
+        matches!(&outcome, OpenOutcome::Quarantined { reason, .. } if reason.contains("quick_check")),
+        "{outcome:?}"
+    );
 }

@@ -6,7 +6,12 @@ use std::time::SystemTime;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
 
 use super::{Replica, StoreError, read_state};
+use crate::history::{
+    AppliedBatch, BatchDecision, BatchDigest, BatchHeader, HistoryError, REMEMBERED_BATCHES,
+    check_batch,
+};
 use crate::model::{Cursor, RoleRecord, UserRecord};
+use crate::snapshot::ValidChunk;
 use crate::store::sqlite::{set_meta, unix_millis};
 use crate::validate::{ValidChanges, ValidSnapshot, ValidationError};
 
@@ -14,14 +19,12 @@ use crate::validate::{ValidChanges, ValidSnapshot, ValidationError};
 pub enum ApplyError {
     #[error(transparent)]
     Invalid(#[from] ValidationError),
-    #[error(
-        "replica is at {current}, the batch is based on {base}: send the missing changes or a snapshot"
-    )]
-    CursorMismatch { current: Cursor, base: Cursor },
-    #[error("snapshot {target} is older than the replica's {current} in the same epoch")]
-    StaleSnapshot { current: Cursor, target: Cursor },
+    #[error(transparent)]
+    History(#[from] HistoryError),
     #[error("role \"{role_id}\" cannot be deleted: user \"{user_id}\" still holds it")]
     RoleInUse { role_id: String, user_id: String },
+    #[error("snapshot: a {table} row references a missing {parent} row")]
+    DanglingReference { table: String, parent: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -42,80 +45,60 @@ pub struct ApplySummary {
 }
 
 impl Replica {
-    /// Replaces the whole replica with `snapshot` at `target`.
+    /// Replaces the whole replica with an already validated `snapshot` at `target`, through the
+    /// same side file and switch as a streamed one (the demo account, tests).
     pub fn apply_snapshot(
         &self,
         target: Cursor,
-        snapshot: &ValidSnapshot,
+        snapshot: ValidSnapshot,
     ) -> Result<ApplySummary, ApplyError> {
-        let summary = self.write_snapshot(target, snapshot);
-        self.invalidate_schemes();
-        summary
+        let mut file = self.begin_snapshot(target)?;
+        file.insert(&ValidChunk {
+            users: snapshot.users,
+            roles: snapshot.roles,
+        })?;
+        self.install_snapshot(file.finish()?)
     }
 
-    fn write_snapshot(
-        &self,
-        target: Cursor,
-        snapshot: &ValidSnapshot,
-    ) -> Result<ApplySummary, ApplyError> {
-        let mut conn = self.writer()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current = read_state(&tx)?.cursor;
-        if target.epoch == current.epoch && target.revision < current.revision {
-            return Err(ApplyError::StaleSnapshot { current, target });
-        }
-        // Bulk load: the secondary indexes of the rewritten tables are dropped, and built again
-        // from the new rows before the commit. Sorting 200,000 keys once is several times faster
-        // than as many random inserts into a B-tree, and DDL is transactional in SQLite, so a
-        // failed snapshot rolls the indexes back with everything else.
-        let indexes = secondary_indexes(&tx)?;
-        for (name, _) in &indexes {
-            tx.execute_batch(&format!("DROP INDEX \"{name}\""))?;
-        }
-        // Children first: with the indexes gone, each parent delete checks its (empty) children.
-        tx.execute_batch(
-            "DELETE FROM credentials; DELETE FROM user_roles; DELETE FROM user_access;
-             DELETE FROM users; DELETE FROM role_permissions; DELETE FROM roles;",
-        )?;
-        for role in &snapshot.roles {
-            insert_role(&tx, role)?;
-        }
-        for user in &snapshot.users {
-            insert_user(&tx, user)?;
-        }
-        for (_, sql) in &indexes {
-            tx.execute_batch(sql)?;
-        }
-        finish(tx, target)
-    }
-
-    /// Applies an incremental batch if `base` is the replica's cursor. `validate` runs inside the
+    /// Applies an incremental batch if its base is the replica's cursor; acknowledges it again
+    /// if this very batch was applied before (see [`check_batch`]). `validate` runs inside the
     /// transaction, before any write, with a lookup of the roles the replica holds.
     pub fn apply_changes(
         &self,
-        base: Cursor,
-        new_revision: u64,
+        batch: &BatchHeader,
         validate: impl FnOnce(&dyn Fn(&str) -> bool) -> Result<ValidChanges, ValidationError>,
     ) -> Result<ApplySummary, ApplyError> {
-        let summary = self.write_changes(base, new_revision, validate);
+        let summary = self.write_changes(batch, validate);
         self.invalidate_schemes();
         summary
     }
 
     fn write_changes(
         &self,
-        base: Cursor,
-        new_revision: u64,
+        batch: &BatchHeader,
         validate: impl FnOnce(&dyn Fn(&str) -> bool) -> Result<ValidChanges, ValidationError>,
     ) -> Result<ApplySummary, ApplyError> {
+        let BatchHeader {
+            base,
+            new_revision,
+            digest,
+            ..
+        } = *batch;
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let current = read_state(&tx)?.cursor;
-        if !current.needs_snapshot()
-            && base.epoch == current.epoch
-            && new_revision <= current.revision
-        {
-            // Already applied: acknowledge again so central can move on.
+        let mut lookup_failed = None;
+        let decision = check_batch(current, batch, |revision| {
+            remembered_batch(&tx, current.epoch, revision)
+                .map_err(|e| lookup_failed = Some(e))
+                .ok()
+                .flatten()
+        });
+        if let Some(e) = lookup_failed {
+            return Err(e.into());
+        }
+        if decision? == BatchDecision::Replay {
+            // The same batch applied before, or a heartbeat: acknowledge so central moves on.
             set_meta(
                 &tx,
                 "last_sync_at_ms",
@@ -129,9 +112,6 @@ impl Replica {
                 users,
                 roles,
             });
-        }
-        if base != current || current.needs_snapshot() {
-            return Err(ApplyError::CursorMismatch { current, base });
         }
         if new_revision <= base.revision {
             return Err(ValidationError::RevisionNotAfterBase {
@@ -181,6 +161,14 @@ impl Replica {
             tx.prepare_cached("DELETE FROM roles WHERE id = ?1")?
                 .execute([role_id])?;
         }
+        remember_batch(
+            &tx,
+            AppliedBatch {
+                base,
+                new_revision,
+                digest,
+            },
+        )?;
         finish(
             tx,
             Cursor {
@@ -191,9 +179,57 @@ impl Replica {
     }
 }
 
+/// The batch that ended at `revision` in `epoch`, if it is among the last ones remembered.
+fn remembered_batch(
+    tx: &Transaction<'_>,
+    epoch: u64,
+    revision: u64,
+) -> Result<Option<AppliedBatch>, rusqlite::Error> {
+    tx.prepare_cached(
+        "SELECT base_revision, digest FROM applied_batches WHERE epoch = ?1 AND revision = ?2",
+    )?
+    .query_row((epoch as i64, revision as i64), |row| {
+        let digest: Vec<u8> = row.get(1)?;
+        Ok((row.get::<_, i64>(0)?, digest))
+    })
+    .optional()
+    .map(|found| {
+        found.and_then(|(base_revision, digest)| {
+            Some(AppliedBatch {
+                base: Cursor {
+                    epoch,
+                    revision: base_revision as u64,
+                },
+                new_revision: revision,
+                digest: BatchDigest(digest.try_into().ok()?),
+            })
+        })
+    })
+}
+
+/// Records an applied batch and forgets all but the last [`REMEMBERED_BATCHES`] of its epoch.
+fn remember_batch(tx: &Transaction<'_>, batch: AppliedBatch) -> Result<(), rusqlite::Error> {
+    let epoch = batch.base.epoch as i64;
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO applied_batches (epoch, revision, base_revision, digest)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute((
+        epoch,
+        batch.new_revision as i64,
+        batch.base.revision as i64,
+        batch.digest.0.as_slice(),
+    ))?;
+    tx.prepare_cached("DELETE FROM applied_batches WHERE epoch != ?1 OR revision <= ?2 - ?3")?
+        .execute((epoch, batch.new_revision as i64, REMEMBERED_BATCHES as i64))?;
+    Ok(())
+}
+
 /// The indexes a snapshot rebuilds: every declared index (not the primary keys) on the tables
 /// it rewrites, as (name, CREATE statement) from the schema itself.
-fn secondary_indexes(tx: &Transaction<'_>) -> Result<Vec<(String, String)>, rusqlite::Error> {
+pub(super) fn secondary_indexes(
+    tx: &rusqlite::Connection,
+) -> Result<Vec<(String, String)>, rusqlite::Error> {
     let mut stmt = tx.prepare(
         "SELECT name, sql FROM sqlite_master
          WHERE type = 'index' AND sql IS NOT NULL
@@ -229,13 +265,16 @@ fn counts(tx: &Transaction<'_>) -> Result<(u64, u64), rusqlite::Error> {
     Ok((users as u64, roles as u64))
 }
 
-fn insert_role(tx: &Transaction<'_>, role: &RoleRecord) -> Result<(), rusqlite::Error> {
+pub(super) fn insert_role(
+    tx: &rusqlite::Connection,
+    role: &RoleRecord,
+) -> Result<(), rusqlite::Error> {
     tx.prepare_cached("INSERT INTO roles (id, name, rank) VALUES (?1, ?2, ?3)")?
         .execute((&role.id, &role.name, role.rank))?;
     insert_permissions(tx, role)
 }
 
-fn insert_permissions(tx: &Transaction<'_>, role: &RoleRecord) -> Result<(), rusqlite::Error> {
+fn insert_permissions(tx: &rusqlite::Connection, role: &RoleRecord) -> Result<(), rusqlite::Error> {
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO role_permissions (role_id, permission, effect) VALUES (?1, ?2, ?3)",
     )?;
@@ -245,7 +284,10 @@ fn insert_permissions(tx: &Transaction<'_>, role: &RoleRecord) -> Result<(), rus
     Ok(())
 }
 
-fn insert_user(tx: &Transaction<'_>, user: &UserRecord) -> Result<(), rusqlite::Error> {
+pub(super) fn insert_user(
+    tx: &rusqlite::Connection,
+    user: &UserRecord,
+) -> Result<(), rusqlite::Error> {
     tx.prepare_cached(
         "INSERT INTO users (id, ordinal, first_name, last_name, email, active)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

@@ -1,0 +1,263 @@
+//! A snapshot is built in a side file next to the replica and switched in by one rename, so the
+//! live replica keeps serving logins (and batches) for as long as central streams, and a crash at
+//! any instant leaves the old file or the new one.
+//!
+//! The side file is scratch until it is renamed: no journal and no fsync per write while it is
+//! built (a crash just leaves garbage that the next snapshot or start removes), secondary indexes
+//! built once after the rows, then one fsync of the file before the rename and one of the
+//! directory after it.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use super::write::{ApplyError, ApplySummary, insert_role, insert_user};
+use super::{Replica, read_state, schema};
+use crate::history::check_snapshot;
+use crate::model::Cursor;
+use crate::snapshot::ValidChunk;
+use crate::store::StoreError;
+use crate::store::sqlite::{open_connection, set_meta, unix_millis};
+
+/// Page cache of the side file's connection (KiB): bounds the memory the build and the index
+/// sorts take, whatever the snapshot's size.
+const BUILD_CACHE_KIB: i64 = 4096;
+
+/// The side file's name: `<replica>.incoming`.
+pub fn incoming_path(replica: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.incoming", replica.display()))
+}
+
+/// Removes a side file left by an aborted snapshot or a crash.
+pub fn discard_incoming(replica: &Path) -> Result<(), std::io::Error> {
+    let incoming = incoming_path(replica);
+    for suffix in ["", "-journal", "-wal", "-shm"] {
+        match std::fs::remove_file(format!("{}{suffix}", incoming.display())) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A snapshot being written into the side file. Dropped before [`SnapshotFile::finish`], the
+/// side file is removed and the replica is as it was.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    replica: PathBuf,
+    path: PathBuf,
+    conn: Option<Connection>,
+    target: Cursor,
+    indexes: Vec<(String, String)>,
+}
+
+/// A complete side file, synced to disk, waiting for [`Replica::install_snapshot`].
+#[derive(Debug)]
+pub struct ReadySnapshot {
+    path: PathBuf,
+    target: Cursor,
+    users: u64,
+    roles: u64,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ApplyError + '_ {
+    move |source| {
+        ApplyError::Store(StoreError::SideFile {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+impl Replica {
+    /// Starts a snapshot at `target` in a fresh side file. Refused at once if `target` would move
+    /// the replica's history backwards (checked again when it is installed).
+    pub fn begin_snapshot(&self, target: Cursor) -> Result<SnapshotFile, ApplyError> {
+        check_snapshot(self.state()?.cursor, target)?;
+        let fingerprint = self.key_fingerprint()?;
+        discard_incoming(&self.path).map_err(io(&self.path))?;
+        let path = incoming_path(&self.path);
+        let mut conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // Scratch until renamed: no journal, no fsync per write (see the module comment).
+        let _: String = conn.query_row("PRAGMA journal_mode = OFF", [], |row| row.get(0))?;
+        conn.pragma_update(None, "synchronous", "OFF")?;
+        conn.pragma_update(None, "cache_size", -BUILD_CACHE_KIB)?;
+        // References are checked by the validator across chunks (a role may come after its users).
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        let tx = conn.transaction()?;
+        for (index, migration) in schema::MIGRATIONS.iter().enumerate() {
+            tx.execute_batch(migration)?;
+            tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        }
+        set_meta(&tx, "key_fingerprint", &fingerprint)?;
+        // Rows first, secondary indexes once at the end: sorting 200,000 keys once is several
+        // times faster than as many random inserts into a B-tree.
+        let indexes = super::write::secondary_indexes(&tx)?;
+        for (name, _) in &indexes {
+            tx.execute_batch(&format!("DROP INDEX \"{name}\""))?;
+        }
+        tx.commit()?;
+        conn.execute_batch("BEGIN")?;
+        Ok(SnapshotFile {
+            replica: self.path.clone(),
+            path,
+            conn: Some(conn),
+            target,
+            indexes,
+        })
+    }
+
+    /// Switches the replica to a built snapshot: under both locks (a few milliseconds), checks
+    /// the history rules against the cursor now (a batch may have been applied meanwhile), folds
+    /// the WAL into the old file, closes it, renames the side file over it, syncs the directory
+    /// and reopens. Logins wait only for this switch.
+    pub fn install_snapshot(&self, ready: ReadySnapshot) -> Result<ApplySummary, ApplyError> {
+        let summary = self.switch_to(&ready);
+        self.invalidate_schemes();
+        summary
+    }
+
+    fn switch_to(&self, ready: &ReadySnapshot) -> Result<ApplySummary, ApplyError> {
+        let mut writer = self.writer()?;
+        check_snapshot(read_state(&writer)?.cursor, ready.target)?;
+        let mut reader = self.reader()?;
+        // The old file's WAL must not be replayed onto the new file: fold it in and empty it
+        // before the old connections close (closing the last one removes it).
+        let busy: i64 =
+            writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        if busy != 0 {
+            return Err(ApplyError::Store(StoreError::Sqlite(
+                rusqlite::Error::InvalidParameterName(
+                    "the replica's WAL could not be checkpointed before the switch".into(),
+                ),
+            )));
+        }
+        drop(std::mem::replace(
+            &mut *reader,
+            Connection::open_in_memory()?,
+        ));
+        drop(std::mem::replace(
+            &mut *writer,
+            Connection::open_in_memory()?,
+        ));
+        std::fs::rename(&ready.path, &self.path).map_err(io(&ready.path))?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        *writer = open_connection(&self.path, false)?;
+        *reader = open_connection(&self.path, false)?;
+        Ok(ApplySummary {
+            cursor: ready.target,
+            applied: true,
+            users: ready.users,
+            roles: ready.roles,
+        })
+    }
+
+    fn key_fingerprint(&self) -> Result<String, StoreError> {
+        let conn = self.reader()?;
+        let value = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'key_fingerprint'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(StoreError::Sqlite)?;
+        Ok(value)
+    }
+}
+
+impl SnapshotFile {
+    pub fn target(&self) -> Cursor {
+        self.target
+    }
+
+    fn conn(&self) -> Result<&Connection, ApplyError> {
+        self.conn.as_ref().ok_or_else(|| {
+            ApplyError::Store(StoreError::Sqlite(rusqlite::Error::InvalidParameterName(
+                "snapshot side file already closed".into(),
+            )))
+        })
+    }
+
+    /// Writes one validated chunk.
+    pub fn insert(&mut self, chunk: &ValidChunk) -> Result<(), ApplyError> {
+        let conn = self.conn()?;
+        for role in &chunk.roles {
+            insert_role(conn, role)?;
+        }
+        for user in &chunk.users {
+            insert_user(conn, user)?;
+        }
+        Ok(())
+    }
+
+    /// Builds the indexes, records the cursor, commits, closes and syncs the side file.
+    pub fn finish(mut self) -> Result<ReadySnapshot, ApplyError> {
+        let conn = self.conn()?;
+        for (_, sql) in &self.indexes {
+            conn.execute_batch(sql)?;
+        }
+        // The validator resolves references across chunks; the file checks them once more, so
+        // a dangling one can never be switched in.
+        let dangling: Option<(String, String)> = conn
+            .query_row("PRAGMA foreign_key_check", [], |row| {
+                Ok((row.get(0)?, row.get(2)?))
+            })
+            .optional()?;
+        if let Some((table, parent)) = dangling {
+            return Err(ApplyError::DanglingReference { table, parent });
+        }
+        set_meta(conn, "epoch", &self.target.epoch.to_string())?;
+        set_meta(conn, "revision", &self.target.revision.to_string())?;
+        set_meta(
+            conn,
+            "last_sync_at_ms",
+            &unix_millis(SystemTime::now()).to_string(),
+        )?;
+        let users: i64 = conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?;
+        let roles: i64 = conn.query_row("SELECT COUNT(*) FROM roles", [], |row| row.get(0))?;
+        conn.execute_batch("COMMIT")?;
+        if let Some(conn) = self.conn.take() {
+            conn.close().map_err(|(_, e)| ApplyError::from(e))?;
+        }
+        std::fs::File::open(&self.path)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&self.path))?;
+        Ok(ReadySnapshot {
+            path: std::mem::take(&mut self.path),
+            target: self.target,
+            users: users as u64,
+            roles: roles as u64,
+        })
+    }
+}
+
+impl Drop for SnapshotFile {
+    fn drop(&mut self) {
+        drop(self.conn.take());
+        if !self.path.as_os_str().is_empty()
+            && let Err(e) = discard_incoming(&self.replica)
+        {
+            tracing::warn!(error = %e, "could not remove an unfinished snapshot file");
+        }
+    }
+}
+
+impl Drop for ReadySnapshot {
+    fn drop(&mut self) {
+        // Still there when the install was refused (e.g. a batch moved the cursor past it).
+        if self.path.exists()
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            tracing::warn!(error = %e, "could not remove a refused snapshot file");
+        }
+    }
+}
