@@ -518,7 +518,12 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 state.audit_max_rows,
                 state.audit_status
             );
-            out!("audit stream:      {}", state.audit_stream_id);
+            out!(
+                "audit stream:      {} (since {}; {})",
+                state.audit_stream_id,
+                time_label(state.audit_stream_started_at.as_ref()),
+                state.audit_stream_origin
+            );
             out!(
                 "session:           {}",
                 match (state.session_user_id.as_str(), state.session_locked) {

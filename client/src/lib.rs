@@ -141,6 +141,12 @@ pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Channel, ClientError
         .map_err(|source| ClientError::Connect { target, source })
 }
 
+/// The largest response the login socket sends and this client accepts. Requests stay under
+/// `login_socket.max_message_bytes` (64 KiB by default): that limit is about what peers may
+/// make the daemon read. Responses are bounded by the data instead: `audit -n 1000` is about
+/// 0.2 MB, `collisions` over 100k users sharing 4-digit PINs a few MB.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
 /// The POS app's view of the daemon.
 #[derive(Debug, Clone)]
 pub struct TillClient {
@@ -156,9 +162,9 @@ impl TillClient {
 
     pub fn from_channel(channel: Channel) -> TillClient {
         TillClient {
-            login: LoginClient::new(channel.clone()),
-            admin: AdminClient::new(channel.clone()),
-            devices: DevicesClient::new(channel),
+            login: LoginClient::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            admin: AdminClient::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            devices: DevicesClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES),
         }
     }
 

@@ -13,9 +13,10 @@ pub const DEFAULT_CONFIG: &str = "/etc/tillgate/tillgated.toml";
     about = "Cashier login daemon for point-of-sale terminals"
 )]
 pub struct Args {
-    /// Configuration file (TOML).
-    #[arg(long, env = "TILLGATE_CONFIG", default_value = DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    /// Configuration file (TOML) [default: /etc/tillgate/tillgated.toml]. With --demo only its
+    /// [input] section is used, so the demo can be tried with a PIN pad or key reader.
+    #[arg(long, env = "TILLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
 
     /// Run on a built-in demo account in ./tillgate-demo (no config file needed).
     #[arg(long, conflicts_with = "check_config")]
@@ -32,4 +33,13 @@ pub struct Args {
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
+}
+
+impl Args {
+    /// The configuration file: --config, TILLGATE_CONFIG, or the default path.
+    pub fn config_path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+    }
 }

@@ -61,16 +61,18 @@ pub fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), DaemonError> {
     let (settings, config_path) = if args.demo {
-        (
-            demo::settings(&args.demo_dir, &args.demo_sync_listen)?,
-            None,
-        )
+        let settings = demo::settings(
+            &args.demo_dir,
+            &args.demo_sync_listen,
+            args.config.as_deref(),
+        )?;
+        (settings, None)
     } else {
-        let settings = Config::load(&args.config)?.validate()?;
-        (settings, Some(args.config.clone()))
+        let path = args.config_path();
+        (Config::load(&path)?.validate()?, Some(path))
     };
     if args.check_config {
-        println!("{}: ok", args.config.display());
+        println!("{}: ok", args.config_path().display());
         return Ok(());
     }
     let log = logging::init(settings.log_format, &settings.live.log_level);

@@ -16,6 +16,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::util::MapResponseLayer;
 
 use crate::config::{ListenerLimits, LiveSettings, Settings};
 use crate::credential::{KeyFileError, TerminalKey};
@@ -23,6 +24,7 @@ use crate::grpc::access::{AccessLayer, AccessPolicy};
 use crate::grpc::admin::AdminService;
 use crate::grpc::auth::BearerCheck;
 use crate::grpc::devices::DevicesService;
+use crate::grpc::limits::over_limit_is_resource_exhausted;
 use crate::grpc::login::{ListenerInfo, LoginService};
 use crate::grpc::sync::SyncService;
 use crate::hardware::{DeviceRegistry, Dispatcher};
@@ -243,6 +245,14 @@ pub async fn serve(
         }
     };
     tracing::info!(socket = %socket_path.display(), activated = !owns_socket, sync = %sync_addr, tls = settings.tls.is_some(), "listening");
+    if bearer_tokens_in_the_clear(sync_addr, settings.tls.is_some()) {
+        tracing::warn!(
+            sync = %sync_addr,
+            "the sync listener is reachable from the network without TLS: central's bearer \
+             tokens and the replica travel in the clear; set [sync.tls], or reach this till \
+             over a VPN (README.md, \"Install\")"
+        );
+    }
     on_ready(settings, sync_addr);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -388,7 +398,25 @@ async fn wait_for(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-fn reflection() -> Result<
+/// A sync listener off loopback without TLS: tokens (and the pushed replica) cross the LAN as
+/// plain text.
+fn bearer_tokens_in_the_clear(addr: std::net::SocketAddr, tls: bool) -> bool {
+    !tls && !addr.ip().is_loopback()
+}
+
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+const LOGIN_SOCKET_SERVICES: &[&str] = &[
+    <LoginServer<LoginService> as tonic::server::NamedService>::NAME,
+    <AdminServer<AdminService> as tonic::server::NamedService>::NAME,
+    <DevicesServer<DevicesService> as tonic::server::NamedService>::NAME,
+];
+const SYNC_SERVICES: &[&str] = &[<SyncServer<SyncService> as tonic::server::NamedService>::NAME];
+
+/// Reflection for one listener: it advertises `services` (and health and itself) only, so a
+/// client of the sync port does not see the login socket's services, nor the other way round.
+fn reflection(
+    services: &'static [&'static str],
+) -> Result<
     (
         tonic_reflection::server::v1::ServerReflectionServer<
             impl tonic_reflection::server::v1::ServerReflection,
@@ -399,15 +427,21 @@ fn reflection() -> Result<
     ),
     DaemonError,
 > {
-    let builder = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tillgate_proto::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let builder = |reflection_service: &str| {
+        services
+            .iter()
+            .chain(&[HEALTH_SERVICE, reflection_service])
+            .fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(tillgate_proto::v1::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |builder, name| builder.with_service_name(*name),
+            )
     };
-    let v1 = builder()
+    let v1 = builder("grpc.reflection.v1.ServerReflection")
         .build_v1()
         .map_err(|e| DaemonError::Runtime(format!("reflection: {e}")))?;
-    let v1alpha = builder()
+    let v1alpha = builder("grpc.reflection.v1alpha.ServerReflection")
         .build_v1alpha()
         .map_err(|e| DaemonError::Runtime(format!("reflection: {e}")))?;
     Ok((v1, v1alpha))
@@ -461,7 +495,7 @@ fn login_server(
         allow_uids: settings.allow_uids.clone(),
         allow_gids: settings.allow_gids.clone(),
     };
-    let reflection = reflection();
+    let reflection = reflection(LOGIN_SOCKET_SERVICES);
     async move {
         let (v1, v1alpha) = reflection?;
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -481,6 +515,7 @@ fn login_server(
                 }
             });
         bounded(Server::builder(), limits)
+            .layer(MapResponseLayer::new(over_limit_is_resource_exhausted))
             .layer(GlobalConcurrencyLimitLayer::new(limits.max_calls))
             .layer(access)
             .add_service(health_service)
@@ -489,17 +524,17 @@ fn login_server(
             .add_service(
                 LoginServer::new(login)
                     .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
+                    .max_encoding_message_size(tillgate_client::MAX_RESPONSE_BYTES),
             )
             .add_service(
                 DevicesServer::new(devices)
                     .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
+                    .max_encoding_message_size(tillgate_client::MAX_RESPONSE_BYTES),
             )
             .add_service(
                 AdminServer::new(admin)
                     .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
+                    .max_encoding_message_size(tillgate_client::MAX_RESPONSE_BYTES),
             )
             .serve_with_incoming_shutdown(incoming, wait_for(shutdown))
             .await
@@ -548,7 +583,7 @@ fn sync_server(
                 source,
             })?;
     }
-    let reflection = reflection();
+    let reflection = reflection(SYNC_SERVICES);
     Ok(async move {
         let (v1, v1alpha) = reflection?;
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -563,6 +598,7 @@ fn sync_server(
                 Err(e) => Some(Err(e)),
             });
         builder
+            .layer(MapResponseLayer::new(over_limit_is_resource_exhausted))
             .layer(GlobalConcurrencyLimitLayer::new(limits.max_calls))
             .add_service(health_service)
             .add_service(v1)
@@ -697,4 +733,21 @@ fn write_atomically(path: &Path, contents: &str) -> Result<(), DaemonError> {
     file.write_all(contents.as_bytes())
         .map_err(io(format!("writing {}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_network_facing_sync_listener_without_tls_is_in_the_clear() {
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(!bearer_tokens_in_the_clear(addr("127.0.0.1:7870"), false));
+        assert!(!bearer_tokens_in_the_clear(addr("[::1]:7870"), false));
+        assert!(bearer_tokens_in_the_clear(addr("0.0.0.0:7870"), false));
+        assert!(bearer_tokens_in_the_clear(addr("192.168.1.20:7870"), false));
+        assert!(bearer_tokens_in_the_clear(addr("[::]:7870"), false));
+        assert!(!bearer_tokens_in_the_clear(addr("0.0.0.0:7870"), true));
+    }
 }

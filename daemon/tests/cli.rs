@@ -56,13 +56,24 @@ fn missing_config_file_is_a_clear_error() {
     );
 }
 
+/// The example is also the Debian package's /etc/tillgate/tillgated.toml: as shipped it names no
+/// Sales Point, so the daemon (and the package's postinst, which runs --check-config) refuses to
+/// start it, naming the key; with the one key set it is valid.
 #[test]
-fn shipped_example_config_is_valid() {
+fn shipped_example_config_is_valid_once_it_names_the_sales_point() {
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../systemd/tillgated.toml"
     ))
     .unwrap();
     let (ok, stderr) = check(&example);
+    assert!(!ok, "the unedited example should be refused");
+    assert!(
+        stderr.contains("config key terminal.sales_point_id: must not be empty"),
+        "{stderr}"
+    );
+    let unset = "sales_point_id = \"\"";
+    assert_eq!(example.matches(unset).count(), 1, "{example}");
+    let (ok, stderr) = check(&example.replace(unset, "sales_point_id = \"main-street\""));
     assert!(ok, "{stderr}");
 }

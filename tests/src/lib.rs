@@ -2,6 +2,8 @@
 //! (sync listener on port 0, socket in the temp dir) and talks to it over real sockets.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod keyboard;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -373,13 +375,6 @@ pub async fn next_event(
         .expect("watch stream still open")
 }
 
-/// Asserts that no session event arrives within `within`.
-pub async fn no_event(watch: &mut tonic::Streaming<pb::SessionEvent>, within: Duration) {
-    if let Ok(event) = tokio::time::timeout(within, watch.message()).await {
-        panic!("unexpected session event: {event:?}");
-    }
-}
-
 pub fn kind(event: &pb::SessionEvent) -> pb::SessionEventKind {
     pb::SessionEventKind::try_from(event.kind).expect("known event kind")
 }
@@ -478,6 +473,20 @@ pub async fn wait_device(client: &mut TillClient, path: &Path, attached: bool) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("{} never became attached={attached}", path.display());
+}
+
+/// True when this test runs as root. Otherwise the test is skipped with a note, except under
+/// CI=true (where .ci/run runs as root), where it fails: a skip must never pass CI silently.
+pub fn root_or_skip(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "needs root to {what}; CI must run this test"
+    );
+    eprintln!("skipped: needs root to {what}");
+    false
 }
 
 /// Finds a systemd tool (Debian package `systemd`) on PATH. When it is missing the test fails

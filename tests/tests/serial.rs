@@ -143,15 +143,17 @@ async fn addimat_over_serial_removal_ends_the_session_and_bad_crc_is_not_a_login
     assert_eq!(logout.reason, "key removed");
     assert_eq!(logout.previous.unwrap().user.unwrap().id, "waiter");
 
-    // A removal never ends a session the key did not open.
+    // A removal never ends a session the key did not open. Barrier: the key again, read after
+    // the OUT on the same port, logs the waiter in over pinny; had the OUT ended pinny's session,
+    // its LOGOUT would come first.
     client.login_with_pin("1111").await.unwrap();
     next(&mut watch).await;
     pty.write(b"\x02OUT\x03");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        client.session().await.unwrap().unwrap().user.unwrap().id,
-        "pinny"
-    );
+    pty.write(b"\x02AC00002645697A01\x03");
+    let login = next(&mut watch).await;
+    assert_eq!(login.kind, pb::SessionEventKind::Login as i32);
+    assert_eq!(login.previous.unwrap().user.unwrap().id, "pinny");
+    assert_eq!(login.session.unwrap().user.unwrap().id, "waiter");
     assert!(!daemon.log_text().contains("AC00002645697A01"));
 }
 

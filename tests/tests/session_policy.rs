@@ -103,14 +103,27 @@ async fn an_idle_session_locks_its_user_resumes_it_and_another_user_switches() {
 #[tokio::test]
 async fn idle_lock_off_keeps_the_session_unlocked() {
     let daemon = Daemon::start_with("", "[session]\nidle_lock = \"off\"\n");
-    daemon
-        .push_snapshot(snapshot(1, 1, vec![cashier(&["sale.create"])], staff()))
-        .await;
+    // The control: the same session under a 1 s idle lock, logged in after the one under test.
+    let control = Daemon::start_with("", "[session]\nidle_lock = \"1s\"\n");
+    for d in [&daemon, &control] {
+        d.push_snapshot(snapshot(1, 1, vec![cashier(&["sale.create"])], staff()))
+            .await;
+    }
     let mut client = daemon.client().await;
     client.login_with_pin("1111").await.unwrap();
     let mut watch = daemon.client().await.watch().await.unwrap();
-    next_event(&mut watch, WAIT).await;
-    no_event(&mut watch, Duration::from_millis(1500)).await;
+    assert_eq!(kind(&next_event(&mut watch, WAIT).await), K::Current);
+    let mut control_client = control.client().await;
+    control_client.login_with_pin("1111").await.unwrap();
+    let mut control_watch = control.client().await.watch().await.unwrap();
+    assert_eq!(
+        kind(&next_event(&mut control_watch, WAIT).await),
+        K::Current
+    );
+
+    // Barrier: the control locks. Had "off" locked as soon (or at all by now), its LOCKED would
+    // be published before the LOGOUT below, which events keep in order.
+    assert_eq!(kind(&next_event(&mut control_watch, WAIT).await), K::Locked);
     assert!(
         client
             .check_permission("sale.create")
@@ -118,6 +131,8 @@ async fn idle_lock_off_keeps_the_session_unlocked() {
             .unwrap()
             .granted
     );
+    client.logout().await.unwrap();
+    assert_eq!(kind(&next_event(&mut watch, WAIT).await), K::Logout);
 }
 
 #[tokio::test]
@@ -138,9 +153,9 @@ async fn sync_changes_to_the_current_user_reach_the_session_at_once() {
     sync.apply_changes(changes((1, 1), 2, vec![], vec![bob], &[], &[]))
         .await
         .unwrap();
-    no_event(&mut watch, Duration::from_millis(300)).await;
 
-    // Her role gains a permission: PERMISSIONS_CHANGED with the new set, same session.
+    // Her role gains a permission: PERMISSIONS_CHANGED with the new set, same session. This is
+    // also the barrier for the change above: an event it had published would come first.
     sync.apply_changes(changes(
         (1, 2),
         3,
@@ -175,9 +190,9 @@ async fn sync_changes_to_the_current_user_reach_the_session_at_once() {
     ))
     .await
     .unwrap();
-    no_event(&mut watch, Duration::from_millis(300)).await;
 
-    // Access to this terminal removed: the session ends, naming why.
+    // Access to this terminal removed: the session ends, naming why. The LOGOUT is the next
+    // event, so the replay above published nothing.
     let mut moved = user_with_keys("amy", 1, Some("1111"), &["K-AMY-01"]);
     moved["sales_points"] = json!(["sp-airport"]);
     sync.apply_changes(changes((1, 3), 4, vec![], vec![moved], &[], &[]))

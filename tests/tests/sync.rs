@@ -228,8 +228,19 @@ async fn aborted_snapshot_stream_leaves_the_replica_unchanged() {
     )
     .await;
     assert!(attempt.is_err(), "the stalled stream cannot complete");
+    let refusals = || daemon.log_text().matches("replica unchanged").count();
+    let before = refusals();
     drop(sync2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Barrier: the daemon has seen the stream end (and refused it) before the replica is read.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while refusals() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never noticed the dropped stream: {}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     assert_eq!(cursor(&mut sync).await, (7, 10));
     let mut client = daemon.client().await;

@@ -6,6 +6,9 @@
 #   <cache>/<package>/vmlinux     its uncompressed ELF, booted through qemu's PVH entry (faster
 #                                 under TCG); absent if it could not be extracted
 #   <cache>/<package>/evdev.ko, uinput.ko
+#   <cache>/<package>/autofs4.ko, modules.builtin, modules.builtin.modinfo, modules.order
+#                                 for the systemd guest (tests/vm/build-root.sh), which runs
+#                                 depmod and lets systemd load autofs4 as it does on a till
 #
 # The package is the one the linux-image-amd64 metapackage depends on (its ABI name changes with
 # security updates), fetched with `apt-get download` and unpacked without installing it. Nothing
@@ -33,7 +36,7 @@ done
 package="$(apt-cache depends linux-image-amd64 2>/dev/null |
     awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9].*-amd64$/ { print $2; exit }')"
 if [ -z "$package" ]; then
-    if [ -f "$cache/current/.complete" ]; then
+    if [ -f "$cache/current/.complete" ] && [ -f "$cache/current/autofs4.ko" ]; then
         echo "fetch-kernel: cannot resolve linux-image-amd64 (no apt lists?); using the cached $(readlink "$cache/current")" >&2
         echo "$cache/$(readlink "$cache/current")"
         exit 0
@@ -42,7 +45,8 @@ if [ -z "$package" ]; then
 fi
 
 dir="$cache/$package"
-if [ -f "$dir/.complete" ]; then
+# A cache from before autofs4.ko was kept is fetched again.
+if [ -f "$dir/.complete" ] && [ -f "$dir/autofs4.ko" ]; then
     ln -sfn "$package" "$cache/current"
     echo "$dir"
     exit 0
@@ -59,11 +63,18 @@ deb="$(ls "$work"/*.deb)"
 mkdir -p "$work/x" "$work/out"
 dpkg-deb --fsys-tarfile "$deb" |
     tar -x -C "$work/x" --wildcards './boot/vmlinuz-*' \
-        '*/kernel/drivers/input/evdev.ko*' '*/kernel/drivers/input/misc/uinput.ko*' ||
+        '*/kernel/drivers/input/evdev.ko*' '*/kernel/drivers/input/misc/uinput.ko*' \
+        '*/kernel/fs/autofs/autofs4.ko*' '*/modules.builtin' '*/modules.builtin.modinfo' \
+        '*/modules.order' ||
     die "$deb does not hold a kernel with the evdev and uinput modules"
 
 cp "$work"/x/boot/vmlinuz-* "$work/out/vmlinuz"
-for module in evdev uinput; do
+for list in modules.builtin modules.builtin.modinfo modules.order; do
+    file="$(find "$work/x" -name "$list" | head -n 1)"
+    [ -n "$file" ] || die "no $list in $deb"
+    cp "$file" "$work/out/$list"
+done
+for module in evdev uinput autofs4; do
     file="$(find "$work/x" -name "$module.ko*" | head -n 1)"
     case "$file" in
         *.ko) cp "$file" "$work/out/$module.ko" ;;

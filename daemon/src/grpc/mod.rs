@@ -4,6 +4,7 @@ pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod devices;
+pub mod limits;
 pub mod login;
 pub mod policy;
 pub mod sync;
