@@ -1,7 +1,6 @@
 //! End-to-end tests on evemu recordings in `tests/fixtures/`: parse, frame, canonicalise.
-//!
-//! When the module moves into the daemon, change the `use` below to
-//! `use tillgate_daemon::input;` and move this file and `fixtures/` to `daemon/tests/`.
+//! `input::evemu` is a test-only helper: this crate's `testing` feature, enabled for its own
+//! tests by its dev-dependency on itself.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;

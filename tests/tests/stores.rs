@@ -68,6 +68,10 @@ async fn the_single_store_release_is_migrated_keeping_tokens_audit_and_lockouts(
         )
     );
     assert_eq!(state.users, 2);
+    assert_eq!(
+        state.audit_stream_origin,
+        "migrated from the single-file replica"
+    );
 
     // The rows central had not acknowledged are there with their seqs and uuids; the next row
     // continues the sequence.
@@ -277,6 +281,11 @@ async fn the_audit_stream_id_changes_with_the_local_store_only() {
     let fresh = sync.pull_audit(0, 0).await.unwrap();
     assert_ne!(fresh.stream_id, stream);
     assert_eq!((fresh.last_seq, fresh.events.len()), (0, 0));
+    let origin = sync.state().await.unwrap().audit_stream_origin;
+    assert!(
+        origin.starts_with("replaced a damaged local store (moved to "),
+        "{origin}"
+    );
     sync.apply_snapshot(snapshot(
         1,
         1,

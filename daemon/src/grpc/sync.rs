@@ -132,6 +132,8 @@ impl Sync for SyncService {
                     replica_too_old(state.last_sync_at, std::time::SystemTime::now(), max)
                 }),
             audit_stream_id: self.local.identity().stream_id.clone(),
+            audit_stream_started_at: Some(timestamp(self.local.identity().created_at)),
+            audit_stream_origin: self.local.identity().origin.clone(),
             disk_full: self.auth.disk_full(),
             session_user_id: session
                 .as_ref()

@@ -114,6 +114,10 @@ fn a_single_file_replica_hands_its_terminal_state_to_the_local_store() {
         table_names(&p.replica)
     );
     assert_eq!(local.tokens().unwrap()[0].name, "central");
+    assert_eq!(
+        local.identity().origin,
+        "migrated from the single-file replica"
+    );
     let rows = local.audit_after(0, 100).unwrap();
     assert_eq!(
         rows.iter()
@@ -209,6 +213,13 @@ fn a_damaged_local_store_is_moved_aside_and_a_new_stream_starts() {
     assert_eq!(std::fs::read(moved_to).unwrap(), vec![0x17; 8192]);
     assert_ne!(local.identity().stream_id, stream);
     assert_eq!(local.audit_stats().unwrap().last_seq, 0);
+    let origin = local.identity().origin.clone();
+    assert!(
+        origin.starts_with("replaced a damaged local store (moved to "),
+        "{origin}"
+    );
+    drop(local);
+    assert_eq!(open_local(&p).0.identity().origin, origin, "kept");
     // The replica is not touched.
     let (_replica, outcome) = open_replica(&p);
     assert_eq!(outcome, OpenOutcome::Opened);
@@ -221,6 +232,7 @@ fn an_unreadable_old_replica_costs_only_the_copy() {
     let (local, outcome) = open_local(&p);
     assert_eq!(outcome, OpenOutcome::Opened);
     assert!(local.tokens().unwrap().is_empty());
+    assert_eq!(local.identity().origin, "new");
     let (_replica, outcome) = open_replica(&p);
     assert!(matches!(outcome, OpenOutcome::Quarantined { .. }));
 }

@@ -30,6 +30,9 @@ pub struct Identity {
     /// that the seqs started again.
     pub stream_id: String,
     pub created_at: SystemTime,
+    /// How the store came to be, for the operator: "new", "migrated from the single-file
+    /// replica", or "replaced a damaged local store (…)". Kept, so it shows after restarts too.
+    pub origin: String,
 }
 
 #[derive(Debug)]
@@ -50,7 +53,19 @@ impl LocalStore {
         legacy_replica: &Path,
     ) -> Result<(LocalStore, OpenOutcome), StoreError> {
         let prepare = |conn: &mut Connection| check_and_migrate(conn, path, legacy_replica);
-        let (connections, outcome) = sqlite::open_store(STORE, path, &prepare)?;
+        let (mut connections, outcome) = sqlite::open_store(STORE, path, &prepare)?;
+        if let OpenOutcome::Quarantined { moved_to, reason } = &outcome {
+            // The store was just created in place of the damaged one: say so for good.
+            let origin = format!(
+                "replaced a damaged local store (moved to {}: {reason})",
+                moved_to.display()
+            );
+            let tx = connections
+                .writer
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            set_meta(&tx, "origin", &origin)?;
+            tx.commit()?;
+        }
         let identity = read_identity(&connections.reader)?;
         Ok((
             LocalStore {
@@ -131,6 +146,11 @@ fn create_or_migrate(
         } else {
             None
         };
+        let origin = match copied {
+            Some(_) => "migrated from the single-file replica",
+            None => "new",
+        };
+        set_meta(&tx, "origin", origin)?;
         match copied {
             Some(c) => tracing::warn!(%stream_id, tokens = c.tokens, audit_rows = c.audit_rows,
                 counters = c.counters, last_seq = c.last_seq,
@@ -152,9 +172,11 @@ fn read_identity(conn: &Connection) -> Result<Identity, StoreError> {
     let created_at = sqlite::get_meta_u64(conn, "created_at_ms")?
         .map(sqlite::from_unix_millis)
         .unwrap_or(std::time::UNIX_EPOCH);
+    let origin = get_meta(conn, "origin")?.unwrap_or_else(|| "new".to_owned());
     Ok(Identity {
         stream_id,
         created_at,
+        origin,
     })
 }
 
