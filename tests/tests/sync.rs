@@ -218,8 +218,11 @@ async fn aborted_snapshot_stream_leaves_the_replica_unchanged() {
     let (c, _) = code(sync.apply_snapshot_chunks(chunks).await);
     assert_eq!(c, Code::Aborted);
 
-    // 2. The client goes away in the middle of the stream.
-    let first = tillgate_client::snapshot_chunks(replacement, 1).remove(0);
+    // 2. The client goes away in the middle of the stream: giving up on the call resets the
+    // HTTP/2 stream (and dropping the client closes the connection), and hyper drops the call.
+    let refusals = || daemon.log_text().matches("replica unchanged").count();
+    let before = refusals();
+    let first = tillgate_client::snapshot_chunks(replacement.clone(), 1).remove(0);
     let stalled = futures::stream::iter(vec![first]).chain(futures::stream::pending());
     let mut sync2 = daemon.authorized_sync_named("central-2").await;
     let attempt = tokio::time::timeout(
@@ -229,8 +232,18 @@ async fn aborted_snapshot_stream_leaves_the_replica_unchanged() {
     .await;
     assert!(attempt.is_err(), "the stalled stream cannot complete");
     drop(sync2);
-    // Nothing to wait for: without its final chunk the stream can never be applied, whether or
-    // not the daemon has noticed the client leave yet.
+    // Barrier: the daemon has seen the stream end, freed its snapshot slot and said so (long
+    // before sync.call_timeout) before the replica is read.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while refusals() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never noticed the dropped stream: {}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     assert_eq!(cursor(&mut sync).await, (7, 10));
     let mut client = daemon.client().await;
     assert_eq!(pin_user(&mut client, "1111").await, "amy");
@@ -238,6 +251,11 @@ async fn aborted_snapshot_stream_leaves_the_replica_unchanged() {
         code(client.login_with_pin("9999").await).0,
         Code::Unauthenticated
     );
+
+    // The vanished central does not hold the one-snapshot slot: the next snapshot applies.
+    let applied = sync.apply_snapshot(replacement).await.unwrap();
+    assert_eq!(applied.cursor.map(|c| (c.epoch, c.revision)), Some((8, 1)));
+    assert_eq!(pin_user(&mut client, "9999").await, "zed");
 }
 
 use futures::StreamExt;
