@@ -43,7 +43,7 @@ pub fn build(
             epoch: c.epoch,
             revision: c.revision,
         }))?;
-        let valid = validator.records(chunk.users, chunk.roles, chunk.r#final, ingest)?;
+        // The side file is begun (and a stale target refused) before the first records are read.
         let side = match &mut file {
             Some(side) => side,
             None => {
@@ -52,6 +52,7 @@ pub fn build(
                 file.insert(side)
             }
         };
+        let valid = validator.records(chunk.users, chunk.roles, chunk.r#final, ingest)?;
         side.insert(&valid)?;
     }
     match file {
