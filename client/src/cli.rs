@@ -535,6 +535,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             if state.replica_stale {
                 out!("replica:           STALE (logins refused until central syncs)");
             }
+            if state.disk_full {
+                out!("state:             DISK FULL (logins refused until space is freed)");
+            }
             out!(
                 "input devices:     {} ({} being read)",
                 state.input_devices.len(),
@@ -843,6 +846,9 @@ fn print_status(status: &pb::DaemonStatus) {
         if status.sync_tls { " (TLS)" } else { "" }
     );
     out!("version:     {}", status.version);
+    if status.disk_full {
+        out!("state:       DISK FULL: logins refused (UNAVAILABLE) until space is freed");
+    }
 }
 
 fn print_lockout(l: &pb::LockoutState) {

@@ -155,11 +155,17 @@ impl Enrolment {
         let mut capture = self.captures.begin(reader.clone())?;
         let timeout = timeout.unwrap_or(self.settings.capture_timeout);
         tracing::info!(%authorized_by, timeout = %humantime::format_duration(timeout), "key capture started: the next key on the reader is not a login");
-        let ending = tokio::select! {
+        let mut ending = tokio::select! {
             got = &mut capture.outcome => got.map_or(Ending::Cancelled, Ending::Got),
             () = tokio::time::sleep(timeout) => Ending::TimedOut,
             _ = cancelled => Ending::Cancelled,
         };
+        // A key handed over just as the wait ended is used, not lost between the two.
+        if !matches!(ending, Ending::Got(_))
+            && let Ok(got) = capture.outcome.try_recv()
+        {
+            ending = Ending::Got(got);
+        }
         // Withdraws the capture (if still waiting): the reader logs in as before.
         drop(capture);
         let row = |outcome: AuditOutcome| {

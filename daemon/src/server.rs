@@ -558,6 +558,7 @@ fn sync_server(
         local: core.local.clone(),
         key: core.key.clone(),
         limits: settings.cost_limits,
+        max_schemes: settings.max_schemes,
         terminal: settings.terminal.clone(),
         auth: core.auth.clone(),
         devices: core.devices.clone(),

@@ -407,3 +407,72 @@ async fn missing_wrong_and_revoked_tokens_are_refused() {
         "tokens never reach the log"
     );
 }
+
+#[tokio::test]
+async fn a_sync_that_would_exceed_max_schemes_is_refused_by_count_and_user_with_nothing_applied() {
+    let daemon = Daemon::start_with("", "[hashing]\nmax_schemes = 1\n");
+    let mut sync = daemon.authorized_sync().await;
+    sync.apply_snapshot(base_snapshot()).await.unwrap();
+    // Another account hashes under another salt: a second PIN scheme.
+    let other = json!({ "id": "other-account", "m_cost_kib": 64, "t_cost": 1, "p_cost": 1 });
+    let batch = tillgate_client::export::ChangesExport::parse(
+        &json!({
+            "account": other,
+            "base": { "epoch": 7, "revision": 10 },
+            "new_revision": 11,
+            "upsert_users": [user("cid", 3, Some("3333"))],
+        })
+        .to_string(),
+    )
+    .unwrap()
+    .into_batch()
+    .unwrap();
+    let refused = status(sync.apply_changes(batch).await);
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with(
+            "pin credentials would use 2 distinct hash schemes (salt and costs), more than \
+             hashing.max_schemes = 1; user \"cid\" brings one too many."
+        ),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(cursor(&mut sync).await, (7, 10), "nothing applied");
+    let mut client = daemon.client().await;
+    assert_eq!(
+        code(client.login_with_pin("3333").await).0,
+        Code::Unauthenticated
+    );
+
+    // A snapshot mixing the two accounts is refused the same way; the replica stays.
+    let mut mixed = snapshot(
+        7,
+        12,
+        vec![role("cashier", &[], &[])],
+        vec![user("amy", 1, Some("1111"))],
+    );
+    let foreign = tillgate_client::export::SnapshotExport::parse(
+        &json!({
+            "account": other,
+            "cursor": { "epoch": 7, "revision": 12 },
+            "roles": [role("cashier", &[], &[])],
+            "users": [user("dee", 4, Some("4444"))],
+        })
+        .to_string(),
+    )
+    .unwrap()
+    .into_snapshot()
+    .unwrap();
+    mixed.users.extend(foreign.users);
+    let refused = status(sync.apply_snapshot(mixed).await);
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains("user \"dee\" brings one too many"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(cursor(&mut sync).await, (7, 10));
+    assert_eq!(pin_user(&mut client, "1111").await, "amy");
+}

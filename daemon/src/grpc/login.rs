@@ -315,6 +315,7 @@ impl Login for LoginService {
             sync_listen: self.listeners.sync_listen.clone(),
             sync_tls: self.listeners.sync_tls,
             version: env!("CARGO_PKG_VERSION").into(),
+            disk_full: self.auth.disk_full(),
         }))
     }
 }

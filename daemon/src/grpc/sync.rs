@@ -36,6 +36,8 @@ pub struct SyncService {
     pub local: Arc<LocalStore>,
     pub key: Arc<TerminalKey>,
     pub limits: CostLimits,
+    /// `hashing.max_schemes`: distinct hash schemes per credential kind a sync may leave.
+    pub max_schemes: usize,
     pub terminal: Terminal,
     /// Signalled after every batch or snapshot that changed the replica.
     pub applied: Arc<tokio::sync::Notify>,
@@ -181,6 +183,7 @@ impl Sync for SyncService {
             audit_stream_id: self.local.identity().stream_id.clone(),
             audit_stream_started_at: Some(timestamp(self.local.identity().created_at)),
             audit_stream_origin: self.local.identity().origin.clone(),
+            disk_full: self.auth.disk_full(),
             session_user_id: session
                 .as_ref()
                 .map(|s| s.user_id.clone())
@@ -203,6 +206,7 @@ impl Sync for SyncService {
         // slow disk slows central down instead of filling the queue.
         let (sender, mut receiver) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
+        let max_schemes = self.max_schemes;
         let builder = tokio::task::spawn_blocking(move || {
             let ingest = Ingest {
                 key: &key,
@@ -212,6 +216,7 @@ impl Sync for SyncService {
                 std::iter::from_fn(|| receiver.blocking_recv()),
                 &replica,
                 ingest,
+                max_schemes,
             );
             (built, permit)
         });
@@ -310,9 +315,10 @@ impl Sync for SyncService {
             digest: BatchDigest::of(&prost::Message::encode_to_vec(&batch)),
         };
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
+        let max_schemes = self.max_schemes;
         let summary = self
             .apply("changes", token, move || {
-                replica.apply_changes(&header, |role_in_replica| {
+                replica.apply_changes_bounded(&header, max_schemes, |role_in_replica| {
                     let ingest = Ingest {
                         key: &key,
                         limits: &limits,
