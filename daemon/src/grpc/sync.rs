@@ -154,6 +154,7 @@ impl Sync for SyncService {
         // slow disk slows central down instead of filling the queue.
         let (sender, mut receiver) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
+        let builder_token = token.clone();
         let builder = tokio::task::spawn_blocking(move || {
             let ingest = Ingest {
                 key: &key,
@@ -164,6 +165,10 @@ impl Sync for SyncService {
                 &replica,
                 ingest,
             );
+            // Logged here: if the client went away, this call's handler is gone already.
+            if let Err(SnapshotError::Incomplete { chunks }) = &built {
+                tracing::warn!(token = %builder_token, chunks, "snapshot stream ended before its final chunk; replica unchanged");
+            }
             (built, permit)
         });
         let mut total_bytes = 0usize;
@@ -209,8 +214,7 @@ impl Sync for SyncService {
         }
         let ready = match built {
             Ok(ready) => ready,
-            Err(SnapshotError::Incomplete { chunks }) => {
-                tracing::warn!(token = %token, chunks, "snapshot stream ended without its final chunk; replica unchanged");
+            Err(SnapshotError::Incomplete { .. }) => {
                 return Err(Status::aborted(
                     "snapshot stream ended without a chunk marked final; replica unchanged",
                 ));
