@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use crate::export::{Account, AccountHasher, ChangesExport, SnapshotExport};
 use crate::proto as pb;
 use crate::{
-    ClientError, Credential, DEFAULT_SOCKET, DEFAULT_SYNC_ADDR, SyncTls, TillClient,
+    ClientError, Credential, DEFAULT_SOCKET, DEFAULT_SYNC_ADDR, PinApproval, SyncTls, TillClient,
     TillSyncClient, cursor_from_status, retry_after_from_status,
 };
 
@@ -103,6 +103,34 @@ pub enum Command {
         #[arg(long, num_args = 0..=1, default_missing_value = "")]
         key: Option<String>,
     },
+    /// Enrol a key for USER: the next key presented on a reader is captured (not a login) and
+    /// printed as the PHC string central assigns to USER. Approved by a manager's PIN or key
+    /// (--manager-pin / --manager-key), or by running as an admin uid.
+    EnrollKey {
+        user: String,
+        /// The reader's name or path as `tillctl devices` shows it; default: any key reader.
+        #[arg(long)]
+        reader: Option<String>,
+        /// Seconds to wait for the key; default: the daemon's enrolment.capture_timeout.
+        #[arg(long, default_value_t = 0)]
+        timeout: u32,
+        #[command(flatten)]
+        manager: ManagerApproval,
+    },
+    /// Set a new PIN for USER (prompted twice, or two lines on stdin), printed as the PHC string
+    /// central assigns to USER. Approved by USER's current PIN (--current-pin), by USER's open
+    /// session (--session), by a manager (--manager-pin / --manager-key), or by an admin uid.
+    ChangePin {
+        user: String,
+        /// Read USER's current PIN first.
+        #[arg(long, conflicts_with_all = ["session", "manager_pin", "manager_key"])]
+        current_pin: bool,
+        /// The open, unlocked session is USER's.
+        #[arg(long, conflicts_with_all = ["manager_pin", "manager_key"])]
+        session: bool,
+        #[command(flatten)]
+        manager: ManagerApproval,
+    },
     /// Clear failed-attempt lockouts: of SOURCE (as `lockouts` shows it), or of every source
     /// (admin uids only).
     Unlock { source: Option<String> },
@@ -151,6 +179,73 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenCommand,
     },
+}
+
+/// A manager's credential approving an enrolment, read like a PIN.
+#[derive(Debug, clap::Args)]
+pub struct ManagerApproval {
+    /// Read a manager's PIN first.
+    #[arg(long, conflicts_with = "manager_key")]
+    pub manager_pin: bool,
+    /// A manager's key id; without a value it is read like a PIN (argv is visible to others).
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    pub manager_key: Option<String>,
+}
+
+impl ManagerApproval {
+    /// The manager's credential, read now; None: no manager (the caller is an admin uid).
+    fn read(self) -> Result<Option<(bool, Zeroizing<String>)>, ClientError> {
+        if !self.manager_pin && self.manager_key.is_none() {
+            return Ok(None);
+        }
+        let is_pin = self.manager_pin;
+        let prompt = if is_pin {
+            "Manager PIN: "
+        } else {
+            "Manager key id: "
+        };
+        let secret = match self.manager_key {
+            Some(key) if !key.is_empty() => read_credential(false, Some(key))?,
+            _ => read_secret(prompt)?,
+        };
+        Ok(Some((is_pin, secret)))
+    }
+}
+
+fn as_credential(approver: &Option<(bool, Zeroizing<String>)>) -> Option<Credential<'_>> {
+    approver.as_ref().map(|(is_pin, secret)| {
+        if *is_pin {
+            Credential::Pin(secret)
+        } else {
+            Credential::Key(secret)
+        }
+    })
+}
+
+fn print_enrolled(enrolled: &pb::EnrolledCredential) {
+    let kind = match pb::LoginMethod::try_from(enrolled.kind) {
+        Ok(pb::LoginMethod::Key) => "key",
+        Ok(pb::LoginMethod::Pin) => "PIN",
+        _ => "credential",
+    };
+    out!("enrolled {kind} for {}", enrolled.user_id);
+    out!("    authorized by: {}", enrolled.authorized_by);
+    if !enrolled.reader.is_empty() {
+        out!("    reader:        {}", enrolled.reader);
+    }
+    out!("    phc:           {}", enrolled.phc);
+    if enrolled.holders.is_empty() {
+        out!("    held by:       nobody else in the replica");
+    } else {
+        out!(
+            "    held by:       {} (already: a shared {kind})",
+            enrolled.holders.join(", ")
+        );
+    }
+    out!(
+        "central assigns this PHC string to {} and pushes it back; until then the replica is unchanged",
+        enrolled.user_id
+    );
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +342,52 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             if !answer.granted {
                 return Ok(ExitCode::from(1));
             }
+        }
+        Command::EnrollKey {
+            user,
+            reader,
+            timeout,
+            manager,
+        } => {
+            let approver = manager.read()?;
+            let mut client = TillClient::connect(&cli.socket).await?;
+            let place = reader.as_deref().unwrap_or("any key reader");
+            eprintln!("tillctl: present the key for {user} on {place}");
+            let enrolled = client
+                .enroll_key(
+                    &user,
+                    as_credential(&approver),
+                    reader.as_deref().unwrap_or(""),
+                    timeout,
+                )
+                .await?;
+            print_enrolled(&enrolled);
+        }
+        Command::ChangePin {
+            user,
+            current_pin,
+            session,
+            manager,
+        } => {
+            let current = if current_pin {
+                Some(read_secret(&format!("Current PIN of {user}: "))?)
+            } else {
+                None
+            };
+            let approver = manager.read()?;
+            let new_pin = read_secret(&format!("New PIN for {user}: "))?;
+            let again = read_secret("New PIN again: ")?;
+            let approval = match (&current, session, as_credential(&approver)) {
+                (Some(pin), _, _) => PinApproval::CurrentPin(pin),
+                (None, true, _) => PinApproval::Session,
+                (None, false, Some(credential)) => PinApproval::Manager(credential),
+                (None, false, None) => PinApproval::AdminUid,
+            };
+            let enrolled = TillClient::connect(&cli.socket)
+                .await?
+                .change_pin(&user, &new_pin, &again, approval)
+                .await?;
+            print_enrolled(&enrolled);
         }
         Command::Unlock { source } => {
             let cleared = TillClient::connect(&cli.socket)
@@ -393,6 +534,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             );
             if state.replica_stale {
                 out!("replica:           STALE (logins refused until central syncs)");
+            }
+            if state.disk_full {
+                out!("state:             DISK FULL (logins refused until space is freed)");
             }
             out!(
                 "input devices:     {} ({} being read)",
@@ -702,6 +846,9 @@ fn print_status(status: &pb::DaemonStatus) {
         if status.sync_tls { " (TLS)" } else { "" }
     );
     out!("version:     {}", status.version);
+    if status.disk_full {
+        out!("state:       DISK FULL: logins refused (UNAVAILABLE) until space is freed");
+    }
 }
 
 fn print_lockout(l: &pb::LockoutState) {
@@ -743,6 +890,12 @@ fn print_audit(e: &pb::AuditEvent) {
     }
     if !e.permission.is_empty() {
         line.push_str(&format!(" permission={}", e.permission));
+    }
+    if !e.authorizer.is_empty() {
+        line.push_str(&format!(" authorizer={:?}", e.authorizer));
+    }
+    if !e.phc.is_empty() {
+        line.push_str(&format!(" phc={}", e.phc));
     }
     if !e.reason.is_empty() {
         line.push_str(&format!(" ({})", e.reason));

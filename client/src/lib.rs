@@ -67,6 +67,40 @@ pub fn error_reason(status: &Status) -> Option<String> {
     Some(status.get_error_details().error_info()?.reason.clone())
 }
 
+/// Who approves a PIN change.
+#[derive(Clone, Copy)]
+pub enum PinApproval<'a> {
+    /// No credential: the caller must be an admin uid.
+    AdminUid,
+    /// The user's own current PIN.
+    CurrentPin(&'a str),
+    /// The open session is the user's.
+    Session,
+    /// A manager's PIN or key.
+    Manager(Credential<'a>),
+}
+
+impl std::fmt::Debug for PinApproval<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PinApproval::AdminUid => "AdminUid",
+            PinApproval::CurrentPin(_) => "CurrentPin(****)",
+            PinApproval::Session => "Session",
+            PinApproval::Manager(_) => "Manager(****)",
+        })
+    }
+}
+
+fn approver_to_pb(credential: Credential<'_>) -> pb::Approver {
+    use pb::approver::Credential as C;
+    pb::Approver {
+        credential: Some(match credential {
+            Credential::Pin(pin) => C::Pin(pin.to_owned()),
+            Credential::Key(key) => C::KeyId(key.to_owned()),
+        }),
+    }
+}
+
 /// A PIN or a key id, for a manager override.
 #[derive(Clone, Copy)]
 pub enum Credential<'a> {
@@ -226,6 +260,50 @@ impl TillClient {
             permission: permission.to_owned(),
         };
         Ok(self.login.authorize(request).await?.into_inner())
+    }
+
+    /// Captures the next key on `reader` (empty: any key reader) for `user_id`; `approver` is a
+    /// manager's credential, or None when the caller is an admin uid. Waits up to
+    /// `timeout_seconds` (0: the daemon's `enrolment.capture_timeout`) for the key.
+    pub async fn enroll_key(
+        &mut self,
+        user_id: &str,
+        approver: Option<Credential<'_>>,
+        reader: &str,
+        timeout_seconds: u32,
+    ) -> Result<pb::EnrolledCredential, ClientError> {
+        let request = pb::EnrollKeyRequest {
+            user_id: user_id.to_owned(),
+            authorizer: approver.map(approver_to_pb),
+            reader: reader.to_owned(),
+            timeout_seconds,
+        };
+        Ok(self.login.enroll_key(request).await?.into_inner())
+    }
+
+    /// A new PIN for `user_id` (typed twice), approved as `approval` says.
+    pub async fn change_pin(
+        &mut self,
+        user_id: &str,
+        new_pin: &str,
+        new_pin_again: &str,
+        approval: PinApproval<'_>,
+    ) -> Result<pb::EnrolledCredential, ClientError> {
+        use pb::change_pin_request::Authorizer;
+        let request = pb::ChangePinRequest {
+            user_id: user_id.to_owned(),
+            new_pin: new_pin.to_owned(),
+            new_pin_again: new_pin_again.to_owned(),
+            authorizer: match approval {
+                PinApproval::AdminUid => None,
+                PinApproval::CurrentPin(pin) => Some(Authorizer::CurrentPin(pin.to_owned())),
+                PinApproval::Session => Some(Authorizer::Session(true)),
+                PinApproval::Manager(credential) => {
+                    Some(Authorizer::Manager(approver_to_pb(credential)))
+                }
+            },
+        };
+        Ok(self.login.change_pin(request).await?.into_inner())
     }
 
     /// Reports activity at the till (restarts the idle timer); returns the current session.

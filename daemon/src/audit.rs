@@ -2,8 +2,10 @@
 //!
 //! Every credential attempt (login, unlock of a locked session, manager authorization), every
 //! bad read reported by a reader and every lockout cleared by an admin is one row, written in
-//! the same transaction as the lockout counters it changed. Central pulls rows after a sequence
-//! number and acknowledges them; only acknowledged rows are deleted.
+//! the same transaction as the lockout counters it changed. Enrolment adds a row per key capture
+//! and a `credential_enrolled` row carrying the new credential's PHC string, which is how
+//! central learns it. Central pulls rows after a sequence number and acknowledges them; only
+//! acknowledged rows are deleted.
 //!
 //! Rows never hold a PIN or a key id: only the method, the source, the matched user, the outcome
 //! and a reason chosen from fixed texts.
@@ -27,6 +29,11 @@ pub enum AuditKind {
     Authorize,
     BadRead,
     LockoutCleared,
+    /// An enrolment key capture ended (captured, timed out, cancelled, damaged read, removal,
+    /// reader gone).
+    KeyCapture,
+    /// A new credential's PHC string for central to assign (or a refused PIN change).
+    CredentialEnrolled,
 }
 
 impl AuditKind {
@@ -36,6 +43,8 @@ impl AuditKind {
             AuditKind::Authorize => "authorize",
             AuditKind::BadRead => "bad_read",
             AuditKind::LockoutCleared => "lockout_cleared",
+            AuditKind::KeyCapture => "key_capture",
+            AuditKind::CredentialEnrolled => "credential_enrolled",
         }
     }
 
@@ -45,6 +54,8 @@ impl AuditKind {
             AuditKind::Authorize,
             AuditKind::BadRead,
             AuditKind::LockoutCleared,
+            AuditKind::KeyCapture,
+            AuditKind::CredentialEnrolled,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -70,6 +81,20 @@ pub enum AuditOutcome {
     InvalidInput,
     BadRead,
     Cleared,
+    /// Enrolment: a key was captured.
+    Captured,
+    /// Enrolment: no key within the capture's timeout.
+    TimedOut,
+    /// Enrolment: the caller went away before a key was presented.
+    Cancelled,
+    /// Enrolment: the key was pulled (removal token) before a key was read.
+    Removed,
+    /// Enrolment: the reader was unplugged during the capture.
+    ReaderGone,
+    /// Enrolment: a PHC string was produced for central.
+    Enrolled,
+    /// Enrolment: a new PIN refused because a user of the account already has it.
+    PinInUse,
     /// One row for many attempts refused without a row each (locked out, malformed, too busy),
     /// with the count in the reason.
     Refused,
@@ -90,6 +115,13 @@ impl AuditOutcome {
             AuditOutcome::InvalidInput => "invalid_input",
             AuditOutcome::BadRead => "bad_read",
             AuditOutcome::Cleared => "cleared",
+            AuditOutcome::Captured => "captured",
+            AuditOutcome::TimedOut => "timed_out",
+            AuditOutcome::Cancelled => "cancelled",
+            AuditOutcome::Removed => "removed",
+            AuditOutcome::ReaderGone => "reader_gone",
+            AuditOutcome::Enrolled => "enrolled",
+            AuditOutcome::PinInUse => "pin_in_use",
             AuditOutcome::Refused => "refused",
         }
     }
@@ -109,6 +141,13 @@ impl AuditOutcome {
             InvalidInput,
             BadRead,
             Cleared,
+            Captured,
+            TimedOut,
+            Cancelled,
+            Removed,
+            ReaderGone,
+            Enrolled,
+            PinInUse,
             Refused,
         ]
         .into_iter()
@@ -150,6 +189,11 @@ pub struct AuditRecord {
     pub session_user_id: Option<String>,
     pub permission: Option<String>,
     pub reason: String,
+    /// `credential_enrolled`: the new credential's PHC string (a hash, never the secret).
+    pub phc: Option<String>,
+    /// Enrolment rows: who authorised it ("manager <user id>", "admin uid=…", "own PIN",
+    /// "session").
+    pub authorizer: Option<String>,
 }
 
 impl AuditRecord {
@@ -169,6 +213,8 @@ impl AuditRecord {
             session_user_id: None,
             permission: None,
             reason: String::new(),
+            phc: None,
+            authorizer: None,
         }
     }
 
@@ -256,6 +302,8 @@ mod tests {
             AuditKind::Authorize,
             AuditKind::BadRead,
             AuditKind::LockoutCleared,
+            AuditKind::KeyCapture,
+            AuditKind::CredentialEnrolled,
         ] {
             assert_eq!(AuditKind::parse(kind.as_str()), Some(kind));
         }
@@ -265,6 +313,12 @@ mod tests {
             "locked_out",
             "not_granted",
             "cleared",
+            "captured",
+            "timed_out",
+            "reader_gone",
+            "enrolled",
+            "pin_in_use",
+            "refused",
         ] {
             assert_eq!(AuditOutcome::parse(text).unwrap().as_str(), text);
         }

@@ -67,6 +67,30 @@ pub struct Config {
     pub replica: ReplicaConfig,
     #[serde(default)]
     pub input: InputConfig,
+    #[serde(default)]
+    pub enrolment: EnrolmentConfig,
+}
+
+/// Enrolment of keys and PINs at the till (EnrollKey, ChangePin).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrolmentConfig {
+    /// The permission a manager's credential must hold to authorise an enrolment.
+    pub permission: String,
+    /// The shortest new PIN ChangePin accepts.
+    pub min_pin_len: usize,
+    /// How long EnrollKey waits for a key when the caller gives no timeout.
+    pub capture_timeout: String,
+}
+
+impl Default for EnrolmentConfig {
+    fn default() -> Self {
+        EnrolmentConfig {
+            permission: "user.credentials.manage".into(),
+            min_pin_len: 4,
+            capture_timeout: "30s".into(),
+        }
+    }
 }
 
 /// Hardware input: which evdev devices and serial ports are PIN pads and key readers.
@@ -582,6 +606,7 @@ pub struct Settings {
     pub live: LiveSettings,
     /// Input rules at start; a reload publishes new ones through `Core::input`.
     pub input: crate::hardware::InputSettings,
+    pub enrolment: crate::enroll::EnrolmentSettings,
 }
 
 impl Settings {
@@ -683,6 +708,7 @@ impl Settings {
             "replica.max_age",
             self.policy.max_replica_age != other.policy.max_replica_age,
         );
+        check("enrolment.*", self.enrolment != other.enrolment);
         keys
     }
 }
@@ -909,6 +935,28 @@ impl Config {
             return Err(invalid("audit.max_rows", "must be at least 1"));
         }
         let input = crate::hardware::InputSettings::from_config(&self.input)?;
+        let permission = self.enrolment.permission.trim().to_owned();
+        if permission.is_empty() {
+            return Err(invalid("enrolment.permission", "must not be empty"));
+        }
+        if !(1..=32).contains(&self.enrolment.min_pin_len) {
+            return Err(invalid(
+                "enrolment.min_pin_len",
+                format!("{} is not between 1 and 32", self.enrolment.min_pin_len),
+            ));
+        }
+        let capture_timeout = duration(
+            "enrolment.capture_timeout",
+            &self.enrolment.capture_timeout,
+            false,
+            second,
+        )?
+        .unwrap_or(Duration::from_secs(30));
+        let enrolment = crate::enroll::EnrolmentSettings {
+            permission,
+            min_pin_len: self.enrolment.min_pin_len,
+            capture_timeout,
+        };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
         }
@@ -956,6 +1004,7 @@ impl Config {
                 log_level: self.log.level,
             },
             input,
+            enrolment,
         })
     }
 }
@@ -964,6 +1013,39 @@ impl Config {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enrolment_settings_default_and_are_checked() {
+        let s = Config::parse("[terminal]\nsales_point_id = \"sp\"\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.enrolment.permission, "user.credentials.manage");
+        assert_eq!(s.enrolment.min_pin_len, 4);
+        assert_eq!(s.enrolment.capture_timeout, Duration::from_secs(30));
+        let parse = |section: &str| {
+            Config::parse(&format!(
+                "[terminal]\nsales_point_id = \"sp\"\n[enrolment]\n{section}"
+            ))
+            .unwrap()
+            .validate()
+        };
+        let s = parse("permission = \"keys.assign\"\nmin_pin_len = 6\ncapture_timeout = \"2m\"\n")
+            .unwrap();
+        assert_eq!(
+            (s.enrolment.permission.as_str(), s.enrolment.min_pin_len),
+            ("keys.assign", 6)
+        );
+        assert_eq!(s.enrolment.capture_timeout, Duration::from_secs(120));
+        for (bad, key) in [
+            ("permission = \" \"\n", "enrolment.permission"),
+            ("min_pin_len = 0\n", "enrolment.min_pin_len"),
+            ("capture_timeout = \"soon\"\n", "enrolment.capture_timeout"),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("config key {key}")), "{err}");
+        }
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

@@ -280,6 +280,21 @@ pub fn argon2id_in(
     Ok(out)
 }
 
+/// The PHC string of an argon2id output under `scheme`: what central stores for a user, and
+/// what [`parse_phc`] reads back. PHC's base64 is the standard alphabet without padding.
+pub fn phc_string(scheme: &HashScheme, output: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    format!(
+        "$argon2id$v=19$m={},t={},p={}${}${}",
+        scheme.m_cost,
+        scheme.t_cost,
+        scheme.p_cost,
+        b64.encode(&scheme.salt),
+        b64.encode(output)
+    )
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -297,6 +312,14 @@ mod tests {
 
     fn small() -> Params {
         Params::new(64, 1, 1, Some(32)).unwrap()
+    }
+
+    #[test]
+    fn phc_string_is_what_the_argon2_crate_writes() {
+        let phc = phc_of("04A1B2C3D4", "c2FsdHNhbHRzYWx0", small());
+        let parsed = parse_phc(&phc, &CostLimits::default()).unwrap();
+        let output = argon2id(b"04A1B2C3D4", &parsed.scheme).unwrap();
+        assert_eq!(phc_string(&parsed.scheme, &output), phc);
     }
 
     #[test]

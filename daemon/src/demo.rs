@@ -134,7 +134,11 @@ Try, in another terminal:
   {tillctl} explain u-ben               # why Ben's PIN logs Anna in
   {tillctl} collisions                  # every shared PIN or key here
   echo 9000 | {tillctl} authorize refund.create --pin   # manager override
-  {tillctl} audit                       # the audit outbox
+  printf '9000\n7531\n7531\n' | {tillctl} change-pin u-carla --manager-pin   # a new PIN, as a PHC for central
+  printf '1234\n9000\n9000\n' | {tillctl} change-pin u-anna --current-pin   # ALREADY_EXISTS: Max has it
+  echo 9000 | {tillctl} enroll-key u-carla --manager-pin --timeout 20   # with a key reader in [input]:
+                                        # the next key presented is captured, not logged in
+  {tillctl} audit                       # the audit outbox (credential_enrolled rows carry the PHC)
   {tillctl} logout
   export TILLGATE_TOKEN=$({tillctl} token create central)
   {tillctl} push changes daemon/demo/changes.json --sync-addr http://{sync}   # reactivates Dora

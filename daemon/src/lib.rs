@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod credential;
 pub mod demo;
+pub mod enroll;
 pub mod explain;
 pub mod grpc;
 pub mod hardware;

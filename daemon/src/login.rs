@@ -71,6 +71,10 @@ pub enum LoginError {
     Hash(#[from] HashError),
     #[error("login task failed: {0}")]
     Task(String),
+    #[error(
+        "the replica holds no credential yet, so the account's salt and argon2 costs are unknown"
+    )]
+    NoAccountScheme,
 }
 
 impl From<StoreError> for LoginError {
@@ -906,6 +910,115 @@ impl Authenticator {
     }
 }
 
+/// A credential hashed for enrolment, not stored anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCredential {
+    /// The PHC string under the account's scheme.
+    pub phc: String,
+    /// Users in the replica that already hold this secret (any terminal), sorted.
+    pub holders: Vec<String>,
+}
+
+/// Enrolment: the hashing of new credentials and the check of a cashier's own PIN go through
+/// the same permit, lockout and audit path as logins.
+impl Authenticator {
+    /// Hashes `secret` under the account's salt and costs, as the replica's credentials carry
+    /// them (the highest costs when central has used several), and finds every user that
+    /// already holds it by an index lookup per distinct scheme: no plaintext compare.
+    #[instrument(skip_all, fields(method = kind.label()))]
+    pub async fn hash_new_credential(
+        &self,
+        kind: CredentialKind,
+        secret: Zeroizing<String>,
+        source: &str,
+    ) -> Result<NewCredential, LoginError> {
+        check_secret(kind, &secret)?;
+        // The same fair per-source queue as logins.
+        let _permit = self
+            .hashing
+            .acquire(&scope_of(source))
+            .await
+            .map_err(LoginError::Busy)?;
+        let replica = self.replica.clone();
+        let scheme = blocking(move || {
+            let mut schemes = replica.hash_schemes(CredentialKind::Pin)?;
+            schemes.extend(replica.hash_schemes(CredentialKind::Key)?);
+            Ok::<_, StoreError>(schemes.into_iter().max())
+        })
+        .await??
+        .ok_or(LoginError::NoAccountScheme)?;
+        let secret = Arc::new(secret);
+        let mut memory = self.take_memory();
+        let (output, memory) = {
+            let (secret, scheme) = (secret.clone(), scheme.clone());
+            blocking(move || (argon2id_in(secret.as_bytes(), &scheme, &mut memory), memory)).await?
+        };
+        self.return_memory(memory);
+        let phc = crate::credential::phc_string(&scheme, &output?);
+        let mut holders: Vec<String> = self
+            .matching_users(kind, secret)
+            .await?
+            .into_iter()
+            .map(|c| c.user_id)
+            .collect();
+        holders.sort();
+        Ok(NewCredential { phc, holders })
+    }
+
+    /// A cashier confirming a change with their own PIN: the same checks as a login (throttle,
+    /// stale replica, resolution, the attempt charged and refunded on success), audited as an
+    /// authorization of [`OWN_PIN_PERMISSION`]. The PIN must resolve to `user_id` itself.
+    #[instrument(skip_all, fields(source = source))]
+    pub async fn confirm_own_pin(
+        &self,
+        user_id: &str,
+        pin: Zeroizing<String>,
+        source: &str,
+    ) -> Result<(), LoginError> {
+        let purpose = Purpose::Authorize {
+            permission: OWN_PIN_PERMISSION.to_owned(),
+            session_user_id: self.sessions.current().map(|s| s.user_id),
+        };
+        let kind = CredentialKind::Pin;
+        let admission = self.admission(kind, &pin, source, &purpose).await?;
+        let verified = self.verify(admission, kind, pin, source, &purpose).await?;
+        if verified.user_id != user_id {
+            // Another user's PIN: a wrong PIN for this user; its charge stays.
+            self.record(
+                purpose
+                    .record(kind, source, AuditOutcome::NoMatch)
+                    .reason("not the user's own PIN"),
+                Settlement::Keep,
+                source,
+            )
+            .await?;
+            return Err(LoginError::NoMatch);
+        }
+        let profile = self.profile(&verified, kind, source, &purpose).await?;
+        self.record(
+            purpose
+                .record(kind, source, AuditOutcome::Granted)
+                .user(&profile.user_id),
+            Settlement::Refund(budget_of(kind)),
+            source,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Writes one audit row of the enrolment use case (no counters change).
+    pub async fn audit(&self, record: AuditRecord) -> Result<(), LoginError> {
+        let source = record.source.clone();
+        self.record(record, Settlement::Keep, &source)
+            .await
+            .map(drop)
+    }
+}
+
+/// The permission an own-PIN confirmation is audited under (no role grants it; it is never
+/// checked against the replica).
+pub const OWN_PIN_PERMISSION: &str = "own PIN";
+
 impl Authenticator {
     fn take_memory(&self) -> Vec<Block> {
         self.memory
@@ -952,7 +1065,8 @@ fn log_refusal(what: &str, e: &LoginError) {
         | LoginError::BadInput(_)
         | LoginError::LockedOut { .. }
         | LoginError::Busy(_)
-        | LoginError::Stale { .. } => tracing::info!(error = %e, "{what} refused"),
+        | LoginError::Stale { .. }
+        | LoginError::NoAccountScheme => tracing::info!(error = %e, "{what} refused"),
         LoginError::DiskFull | LoginError::Store(_) | LoginError::Hash(_) | LoginError::Task(_) => {
             tracing::error!(error = %e, "{what} failed")
         }

@@ -20,6 +20,7 @@ use tower::util::MapResponseLayer;
 
 use crate::config::{ListenerLimits, LiveSettings, Settings};
 use crate::credential::{KeyFileError, TerminalKey};
+use crate::grpc::access::{AccessLayer, AccessPolicy};
 use crate::grpc::admin::AdminService;
 use crate::grpc::auth::BearerCheck;
 use crate::grpc::devices::DevicesService;
@@ -94,6 +95,8 @@ pub struct Core {
     pub tokens: Arc<TokenRegistry>,
     /// Input devices as the hardware module sees them (`tillctl devices`, `GetSyncState`).
     pub devices: Arc<DeviceRegistry>,
+    /// Enrolment key captures waiting on readers (EnrollKey ↔ the input dispatcher).
+    pub captures: Arc<crate::hardware::capture::KeyCaptures>,
 }
 
 impl Core {
@@ -180,6 +183,7 @@ impl Core {
             auth,
             tokens,
             devices: Arc::new(DeviceRegistry::default()),
+            captures: Arc::default(),
         })
     }
 }
@@ -268,6 +272,7 @@ pub async fn serve(
         Arc::new(Dispatcher {
             auth: core.auth.clone(),
             registry: core.devices.clone(),
+            captures: core.captures.clone(),
         }),
     );
     control.notifier.ready(&core).await;
@@ -452,8 +457,17 @@ fn login_server(
     let settings = &core.settings;
     let max = settings.login_max_message_bytes;
     let limits = settings.login_limits;
+    let enrolment = Arc::new(crate::enroll::Enrolment {
+        auth: core.auth.clone(),
+        replica: core.replica.clone(),
+        terminal: settings.terminal.clone(),
+        captures: core.captures.clone(),
+        devices: core.devices.clone(),
+        settings: settings.enrolment.clone(),
+    });
     let login = LoginService {
         auth: core.auth.clone(),
+        enrolment,
         replica: core.replica.clone(),
         terminal: settings.terminal.clone(),
         listeners: ListenerInfo {
@@ -465,11 +479,11 @@ fn login_server(
     };
     let mut admin_uids = settings.admin_uids.clone();
     admin_uids.push(nix::unistd::geteuid().as_raw());
+    let access = AccessLayer(Arc::new(AccessPolicy { admin_uids }));
     let admin = AdminService {
         replica: core.replica.clone(),
         local: core.local.clone(),
         tokens: core.tokens.clone(),
-        admin_uids,
         auth: core.auth.clone(),
         terminal: settings.terminal.clone(),
     };
@@ -503,6 +517,7 @@ fn login_server(
         bounded(Server::builder(), limits)
             .layer(MapResponseLayer::new(over_limit_is_resource_exhausted))
             .layer(GlobalConcurrencyLimitLayer::new(limits.max_calls))
+            .layer(access)
             .add_service(health_service)
             .add_service(v1)
             .add_service(v1alpha)
@@ -543,6 +558,7 @@ fn sync_server(
         local: core.local.clone(),
         key: core.key.clone(),
         limits: settings.cost_limits,
+        max_schemes: settings.max_schemes,
         terminal: settings.terminal.clone(),
         auth: core.auth.clone(),
         devices: core.devices.clone(),

@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use tillgate_proto::v1 as pb;
 
-use crate::model::{Cursor, RoleRecord, UserRecord};
+use crate::model::{CredentialKind, Cursor, HashScheme, RoleRecord, UserRecord};
 use crate::store::{ApplyError, ReadySnapshot, Replica, SnapshotFile};
-use crate::validate::{Ingest, ValidationError, convert_role, convert_user};
+use crate::validate::{Ingest, ValidationError, check_scheme_count, convert_role, convert_user};
 
 /// Why a streamed snapshot was not built.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +35,9 @@ pub fn build(
     chunks: impl IntoIterator<Item = pb::SnapshotChunk>,
     replica: &Replica,
     ingest: Ingest<'_>,
+    max_schemes: usize,
 ) -> Result<ReadySnapshot, SnapshotError> {
-    let mut validator = SnapshotValidator::new();
+    let mut validator = SnapshotValidator::new().with_max_schemes(max_schemes);
     let mut file: Option<SnapshotFile> = None;
     for chunk in chunks {
         let target = validator.header(chunk.target.map(|c| Cursor {
@@ -84,11 +85,21 @@ pub struct SnapshotValidator {
     role_ids: HashSet<String>,
     /// Roles named before they were seen: role id → (index, id) of the first user naming it.
     unresolved: BTreeMap<String, (usize, String)>,
+    /// The distinct hash schemes seen so far, and how many per kind are allowed (None: any).
+    schemes: Vec<(CredentialKind, HashScheme)>,
+    max_schemes: Option<usize>,
 }
 
 impl SnapshotValidator {
     pub fn new() -> SnapshotValidator {
         SnapshotValidator::default()
+    }
+
+    /// Refuses the snapshot once its credentials use more than `max` distinct hash schemes per
+    /// kind (`hashing.max_schemes`).
+    pub fn with_max_schemes(mut self, max: usize) -> SnapshotValidator {
+        self.max_schemes = Some(max);
+        self
     }
 
     /// The target cursor, once the first chunk named it.
@@ -169,6 +180,17 @@ impl SnapshotValidator {
             }
             self.user_ids.insert(user.id.clone());
             chunk.users.push(user);
+        }
+        if let Some(max) = self.max_schemes {
+            check_scheme_count(&self.schemes, &chunk.users, max)?;
+            for user in &chunk.users {
+                for credential in &user.credentials {
+                    let scheme = (credential.kind, credential.scheme.clone());
+                    if !self.schemes.contains(&scheme) {
+                        self.schemes.push(scheme);
+                    }
+                }
+            }
         }
         if last {
             self.finish()?;

@@ -7,8 +7,8 @@ use tillgate_proto::v1 as pb;
 
 use crate::credential::{CostLimits, PhcError, TerminalKey, parse_phc};
 use crate::model::{
-    CredentialKind, Effect, RoleAssignment, RolePermission, RoleRecord, StoredCredential,
-    UserRecord,
+    CredentialKind, Effect, HashScheme, RoleAssignment, RolePermission, RoleRecord,
+    StoredCredential, UserRecord,
 };
 
 const MAX_ID_LEN: usize = 256;
@@ -65,6 +65,49 @@ pub enum ValidationError {
     MissingBase,
     #[error("changes: new revision {new} must be greater than the base revision {base}")]
     RevisionNotAfterBase { base: u64, new: u64 },
+    #[error(
+        "{kind} credentials would use {count} distinct hash schemes (salt and costs), more than \
+         hashing.max_schemes = {max}; user \"{user_id}\" brings one too many. Every login runs \
+         argon2 once per scheme: hash an account's secrets under one salt"
+    )]
+    TooManySchemes {
+        kind: &'static str,
+        count: usize,
+        max: usize,
+        user_id: String,
+    },
+}
+
+/// Refuses credentials that would leave more than `max` distinct hash schemes per credential
+/// kind: `kept` are the schemes of the credentials that stay as they are, `users` the new
+/// records in order. Names the total count and the first user that went over.
+pub fn check_scheme_count(
+    kept: &[(CredentialKind, HashScheme)],
+    users: &[UserRecord],
+    max: usize,
+) -> Result<(), ValidationError> {
+    let mut seen: HashSet<(CredentialKind, &HashScheme)> =
+        kept.iter().map(|(kind, scheme)| (*kind, scheme)).collect();
+    let mut first_over: Option<(CredentialKind, &str)> = None;
+    for user in users {
+        for credential in &user.credentials {
+            if seen.insert((credential.kind, &credential.scheme)) && first_over.is_none() {
+                let of_kind = seen.iter().filter(|(k, _)| *k == credential.kind).count();
+                if of_kind > max {
+                    first_over = Some((credential.kind, user.id.as_str()));
+                }
+            }
+        }
+    }
+    match first_over {
+        None => Ok(()),
+        Some((kind, user_id)) => Err(ValidationError::TooManySchemes {
+            kind: kind.label(),
+            count: seen.iter().filter(|(k, _)| *k == kind).count(),
+            max,
+            user_id: user_id.to_owned(),
+        }),
+    }
 }
 
 /// Everything needed to turn central's hashes into stored credentials.
@@ -471,5 +514,62 @@ mod tests {
             err.to_string(),
             "user \"u1\" is both upserted and deleted in one batch"
         );
+    }
+
+    #[test]
+    fn scheme_count_names_the_total_and_the_first_user_over_it() {
+        let scheme = |salt: &[u8]| HashScheme {
+            m_cost: 64,
+            t_cost: 1,
+            p_cost: 1,
+            output_len: 32,
+            salt: salt.to_vec(),
+        };
+        let user_with = |id: &str, salts: &[&[u8]]| UserRecord {
+            id: id.into(),
+            ordinal: 1,
+            first_name: String::new(),
+            last_name: String::new(),
+            email: String::new(),
+            active: true,
+            credentials: salts
+                .iter()
+                .map(|salt| StoredCredential {
+                    kind: CredentialKind::Pin,
+                    scheme: scheme(salt),
+                    digest: [0; 32],
+                })
+                .collect(),
+            roles: vec![],
+            sales_point_ids: vec![],
+            sub_terminal_ids: vec![],
+        };
+        let users = vec![
+            user_with("a", &[b"salt-one-16bytes"]),
+            user_with("b", &[b"salt-one-16bytes"]),
+            user_with("c", &[b"salt-two-16bytes"]),
+            user_with("d", &[b"salt-3-16-bytes!"]),
+        ];
+        assert_eq!(check_scheme_count(&[], &users, 3), Ok(()));
+        assert_eq!(
+            check_scheme_count(&[], &users, 2),
+            Err(ValidationError::TooManySchemes {
+                kind: "pin",
+                count: 3,
+                max: 2,
+                user_id: "d".into()
+            })
+        );
+        // Schemes kept by the replica count first: here "c" is already one too many.
+        let kept = vec![(CredentialKind::Pin, scheme(b"kept-salt-16byte"))];
+        let Err(ValidationError::TooManySchemes { count, user_id, .. }) =
+            check_scheme_count(&kept, &users, 2)
+        else {
+            panic!("expected too many schemes");
+        };
+        assert_eq!((count, user_id.as_str()), (4, "c"));
+        // Key schemes are counted on their own.
+        let keys = vec![(CredentialKind::Key, scheme(b"key-salt-16bytes"))];
+        assert_eq!(check_scheme_count(&keys, &users[..3], 2), Ok(()));
     }
 }

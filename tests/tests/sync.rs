@@ -218,8 +218,11 @@ async fn aborted_snapshot_stream_leaves_the_replica_unchanged() {
     let (c, _) = code(sync.apply_snapshot_chunks(chunks).await);
     assert_eq!(c, Code::Aborted);
 
-    // 2. The client goes away in the middle of the stream.
-    let first = tillgate_client::snapshot_chunks(replacement, 1).remove(0);
+    // 2. The client goes away in the middle of the stream: giving up on the call resets the
+    // HTTP/2 stream (and dropping the client closes the connection), and hyper drops the call.
+    let refusals = || daemon.log_text().matches("replica unchanged").count();
+    let before = refusals();
+    let first = tillgate_client::snapshot_chunks(replacement.clone(), 1).remove(0);
     let stalled = futures::stream::iter(vec![first]).chain(futures::stream::pending());
     let mut sync2 = daemon.authorized_sync_named("central-2").await;
     let attempt = tokio::time::timeout(
@@ -228,10 +231,9 @@ async fn aborted_snapshot_stream_leaves_the_replica_unchanged() {
     )
     .await;
     assert!(attempt.is_err(), "the stalled stream cannot complete");
-    let refusals = || daemon.log_text().matches("replica unchanged").count();
-    let before = refusals();
     drop(sync2);
-    // Barrier: the daemon has seen the stream end (and refused it) before the replica is read.
+    // Barrier: the daemon has seen the stream end, freed its snapshot slot and said so (long
+    // before sync.call_timeout) before the replica is read.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while refusals() == before {
         assert!(
@@ -249,6 +251,11 @@ async fn aborted_snapshot_stream_leaves_the_replica_unchanged() {
         code(client.login_with_pin("9999").await).0,
         Code::Unauthenticated
     );
+
+    // The vanished central does not hold the one-snapshot slot: the next snapshot applies.
+    let applied = sync.apply_snapshot(replacement).await.unwrap();
+    assert_eq!(applied.cursor.map(|c| (c.epoch, c.revision)), Some((8, 1)));
+    assert_eq!(pin_user(&mut client, "9999").await, "zed");
 }
 
 use futures::StreamExt;
@@ -399,4 +406,73 @@ async fn missing_wrong_and_revoked_tokens_are_refused() {
         !log.contains(&token) && !log.contains(wrong),
         "tokens never reach the log"
     );
+}
+
+#[tokio::test]
+async fn a_sync_that_would_exceed_max_schemes_is_refused_by_count_and_user_with_nothing_applied() {
+    let daemon = Daemon::start_with("", "[hashing]\nmax_schemes = 1\n");
+    let mut sync = daemon.authorized_sync().await;
+    sync.apply_snapshot(base_snapshot()).await.unwrap();
+    // Another account hashes under another salt: a second PIN scheme.
+    let other = json!({ "id": "other-account", "m_cost_kib": 64, "t_cost": 1, "p_cost": 1 });
+    let batch = tillgate_client::export::ChangesExport::parse(
+        &json!({
+            "account": other,
+            "base": { "epoch": 7, "revision": 10 },
+            "new_revision": 11,
+            "upsert_users": [user("cid", 3, Some("3333"))],
+        })
+        .to_string(),
+    )
+    .unwrap()
+    .into_batch()
+    .unwrap();
+    let refused = status(sync.apply_changes(batch).await);
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with(
+            "pin credentials would use 2 distinct hash schemes (salt and costs), more than \
+             hashing.max_schemes = 1; user \"cid\" brings one too many."
+        ),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(cursor(&mut sync).await, (7, 10), "nothing applied");
+    let mut client = daemon.client().await;
+    assert_eq!(
+        code(client.login_with_pin("3333").await).0,
+        Code::Unauthenticated
+    );
+
+    // A snapshot mixing the two accounts is refused the same way; the replica stays.
+    let mut mixed = snapshot(
+        7,
+        12,
+        vec![role("cashier", &[], &[])],
+        vec![user("amy", 1, Some("1111"))],
+    );
+    let foreign = tillgate_client::export::SnapshotExport::parse(
+        &json!({
+            "account": other,
+            "cursor": { "epoch": 7, "revision": 12 },
+            "roles": [role("cashier", &[], &[])],
+            "users": [user("dee", 4, Some("4444"))],
+        })
+        .to_string(),
+    )
+    .unwrap()
+    .into_snapshot()
+    .unwrap();
+    mixed.users.extend(foreign.users);
+    let refused = status(sync.apply_snapshot(mixed).await);
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains("user \"dee\" brings one too many"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(cursor(&mut sync).await, (7, 10));
+    assert_eq!(pin_user(&mut client, "1111").await, "amy");
 }

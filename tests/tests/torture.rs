@@ -2,7 +2,8 @@
 //! batches and logins are in flight, over and over. After every kill, with the daemon dead, each
 //! store passes `PRAGMA integrity_check`, nothing was quarantined, and the replica is exactly
 //! one state central sent (old or new, never a mix): its cursor is one that was sent, not behind
-//! the last one acknowledged, and its rows are those of that cursor.
+//! the last one acknowledged, and its rows are those of that cursor. A login cut by a kill keeps
+//! its throttle charge (no free guess), and no more than that: amy's right PIN is never refused.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -56,6 +57,41 @@ fn snapshot_at(base: &Snapshot, marker_user: &pb::User, cursor: Cursor) -> Snaps
     marker_user.first_name = format!("E{}R{}", cursor.0, cursor.1);
     snapshot.users.push(marker_user);
     snapshot
+}
+
+/// The throttle charges a PIN before hashing it and a success refunds the charge, so a kill -9
+/// between the two keeps it: a crash gives no free guess. Each kill cuts at most one login (one
+/// login client), so this room keeps every one of amy's right PINs admitted over the whole run,
+/// and the budget never drains by itself meanwhile: what it holds at the end is exactly the
+/// logins the kills cut short.
+fn lockout_room() -> String {
+    let room = KILLS + 1;
+    format!(
+        "[lockout]\nmax_failures = {room}\nterminal_max_failures = {room}\nterminal_refill = \"1000h\"\n"
+    )
+}
+
+/// The terminal budget's charges in the local store of a dead daemon.
+fn terminal_charges(state: &Path) -> f64 {
+    let local = rusqlite::Connection::open(state.join("local.db")).unwrap();
+    local
+        .query_row(
+            "SELECT level_milli FROM lockouts WHERE scope = 'terminal'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .map(|milli| milli as f64 / 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// What the login client saw in one round.
+#[derive(Default)]
+struct Logins {
+    granted: usize,
+    /// RESOURCE_EXHAUSTED: the throttle (or the hashing queue) refused a right PIN, how often
+    /// and why.
+    throttled: usize,
+    first_refusal: Option<String>,
 }
 
 /// Checks the state directory of a dead daemon.
@@ -165,7 +201,11 @@ async fn kill_9_at_random_instants_leaves_one_whole_state() {
 
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
-    std::fs::write(dir.join("tillgated.toml"), config_text(dir, "", "")).unwrap();
+    std::fs::write(
+        dir.join("tillgated.toml"),
+        config_text(dir, "", &lockout_room()),
+    )
+    .unwrap();
     let mut staff: Vec<serde_json::Value> = (0..SNAPSHOT_USERS)
         .map(|i| user(&format!("u{i:04}"), i as i64 + 1, None))
         .collect();
@@ -184,7 +224,7 @@ async fn kill_9_at_random_instants_leaves_one_whole_state() {
         .unwrap()
         .token;
     let mut cursor: Cursor = (0, 0);
-    let (mut switched, mut acknowledged_batches) = (0, 0);
+    let (mut switched, mut acknowledged_batches, mut granted_logins) = (0, 0, 0);
     for round in 0..KILLS {
         let sync = daemon.sync(Some(&token)).await;
         // The snapshot: usually further on in this epoch, sometimes a new epoch.
@@ -213,14 +253,25 @@ async fn kill_9_at_random_instants_leaves_one_whole_state() {
         let logins = {
             let socket = daemon.socket.clone();
             tokio::spawn(async move {
+                let mut seen = Logins::default();
                 let Ok(mut client) = tillgate_client::TillClient::connect(&socket).await else {
-                    return;
+                    return seen;
                 };
-                // A login cut off by a kill counts against the guess budget (by design), so the
-                // manager clears the lockout first; then until the first refusal (the kill, or no
-                // replica yet: the loop must not spin on a refused PIN).
-                let _ = client.unlock("").await;
-                while client.login_with_pin("1111").await.is_ok() {}
+                loop {
+                    match client.login_with_pin("1111").await {
+                        Ok(_) => seen.granted += 1,
+                        Err(tillgate_client::ClientError::Rpc(status))
+                            if status.code() == tonic::Code::ResourceExhausted =>
+                        {
+                            seen.throttled += 1;
+                            seen.first_refusal
+                                .get_or_insert(status.message().to_owned());
+                        }
+                        // Before the first snapshot there is no amy; once killed, nothing answers.
+                        Err(_) if client.status().await.is_ok() => {}
+                        Err(_) => return seen,
+                    }
+                }
             })
         };
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..250))).await;
@@ -235,7 +286,15 @@ async fn kill_9_at_random_instants_leaves_one_whole_state() {
             central.acknowledge(c);
             acknowledged_batches += 1;
         }
-        logins.await.unwrap();
+        let seen = logins.await.unwrap();
+        granted_logins += seen.granted;
+        assert!(
+            seen.throttled == 0,
+            "round {round}: amy's right PIN was refused {} times: {:?} (the budget holds {} charges)",
+            seen.throttled,
+            seen.first_refusal,
+            terminal_charges(&daemon.state_dir())
+        );
         cursor = check_stores(&daemon.state_dir(), &central, round);
 
         daemon = Daemon::spawn(dir);
@@ -253,8 +312,8 @@ async fn kill_9_at_random_instants_leaves_one_whole_state() {
     }
     // The run exercised both outcomes, and the daemon still works.
     assert!(
-        switched > 0 && acknowledged_batches > 0,
-        "{switched} snapshots, {acknowledged_batches} batches acknowledged"
+        switched > 0 && acknowledged_batches > 0 && granted_logins > 0,
+        "{switched} snapshots, {acknowledged_batches} batches, {granted_logins} logins acknowledged"
     );
     let mut client = daemon.client().await;
     client.unlock("").await.unwrap();
@@ -262,8 +321,16 @@ async fn kill_9_at_random_instants_leaves_one_whole_state() {
         assert_eq!(pin_user(&mut client, "1111").await, "amy");
     }
     daemon.stop().await;
+    // A success refunds its own charge: what is left are logins cut between charge and refund,
+    // at most one per kill.
+    let kept = terminal_charges(&daemon.state_dir());
+    assert!(
+        kept <= KILLS as f64,
+        "{kept} charges kept after {KILLS} kills"
+    );
     eprintln!(
-        "{KILLS} kills in {:.1} s: {switched} snapshots and {acknowledged_batches} batches acknowledged",
+        "{KILLS} kills in {:.1} s: {switched} snapshots, {acknowledged_batches} batches and \
+         {granted_logins} logins acknowledged; {kept} logins cut by a kill kept their charge",
         started.elapsed().as_secs_f64()
     );
 }

@@ -13,7 +13,10 @@ use tonic::{Request, Response, Status};
 use tonic_types::StatusExt;
 use zeroize::Zeroizing;
 
-use super::{cursor_to_pb, event_to_pb, join_error, session_to_pb, timestamp};
+use super::access::Caller;
+use super::{cursor_to_pb, event_to_pb, join_error, method_to_pb, session_to_pb, timestamp};
+use crate::enroll::{Approval, EnrolError, Enrolled, Enrolment, KeyEnrolment, PinChange};
+use crate::hardware::capture::ReaderChoice;
 use crate::login::Authenticator;
 use crate::model::{CredentialKind, Terminal};
 use crate::store::Replica;
@@ -29,6 +32,7 @@ pub struct ListenerInfo {
 #[derive(Debug)]
 pub struct LoginService {
     pub auth: Arc<Authenticator>,
+    pub enrolment: Arc<Enrolment>,
     pub replica: Arc<Replica>,
     pub terminal: Terminal,
     pub listeners: ListenerInfo,
@@ -38,21 +42,27 @@ pub struct LoginService {
 
 /// "uid=… gid=… pid=…" of the Unix socket peer, for logs.
 pub fn peer_label<T>(request: &Request<T>) -> String {
-    request
-        .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
-        .map(|cred| {
-            format!(
-                "uid={} gid={} pid={}",
-                cred.uid(),
-                cred.gid(),
-                cred.pid()
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "?".into())
-            )
-        })
-        .unwrap_or_else(|| "unknown peer".into())
+    peer_label_from(
+        request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred),
+    )
+}
+
+/// "uid=… gid=… pid=…" of a peer's credentials.
+pub fn peer_label_from(cred: Option<tokio::net::unix::UCred>) -> String {
+    cred.map(|cred| {
+        format!(
+            "uid={} gid={} pid={}",
+            cred.uid(),
+            cred.gid(),
+            cred.pid()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "?".into())
+        )
+    })
+    .unwrap_or_else(|| "unknown peer".into())
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, Status>> + Send>>;
@@ -219,6 +229,68 @@ impl Login for LoginService {
         }))
     }
 
+    async fn enroll_key(
+        &self,
+        request: Request<pb::EnrollKeyRequest>,
+    ) -> Result<Response<pb::EnrolledCredential>, Status> {
+        let caller = caller(&request);
+        let request = request.into_inner();
+        let approval = match request.authorizer.and_then(|a| a.credential) {
+            Some(credential) => manager(credential),
+            None => admin_approval(&caller, "EnrollKey")?,
+        };
+        let enrolment = KeyEnrolment {
+            user_id: request.user_id,
+            approval,
+            reader: match request.reader.trim() {
+                "" => ReaderChoice::Any,
+                name => ReaderChoice::Named(name.to_owned()),
+            },
+            timeout: (request.timeout_seconds > 0)
+                .then(|| std::time::Duration::from_secs(request.timeout_seconds.into())),
+            source: format!("socket {}", caller.label),
+        };
+        // The use case runs in a task of its own so that a cancelled call still ends the capture
+        // cleanly (and audits it): dropping `_cancel` tells it the caller went away.
+        let (_cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+        let use_case = self.enrolment.clone();
+        let enrolled = tokio::spawn(async move { use_case.enroll_key(enrolment, cancelled).await })
+            .await
+            .map_err(join_error)??;
+        Ok(Response::new(enrolled_to_pb(enrolled)))
+    }
+
+    async fn change_pin(
+        &self,
+        request: Request<pb::ChangePinRequest>,
+    ) -> Result<Response<pb::EnrolledCredential>, Status> {
+        use pb::change_pin_request::Authorizer;
+        let caller = caller(&request);
+        let request = request.into_inner();
+        let approval = match request.authorizer {
+            Some(Authorizer::CurrentPin(pin)) => Approval::OwnPin(Zeroizing::new(pin)),
+            Some(Authorizer::Session(true)) => Approval::Session,
+            Some(Authorizer::Manager(pb::Approver {
+                credential: Some(credential),
+            })) => manager(credential),
+            Some(Authorizer::Session(false)) | Some(Authorizer::Manager(_)) | None => {
+                admin_approval(&caller, "ChangePin")?
+            }
+        };
+        let change = PinChange {
+            user_id: request.user_id,
+            new_pin: Zeroizing::new(request.new_pin),
+            new_pin_again: Zeroizing::new(request.new_pin_again),
+            approval,
+            source: format!("socket {}", caller.label),
+        };
+        let use_case = self.enrolment.clone();
+        let enrolled = tokio::spawn(async move { use_case.change_pin(change).await })
+            .await
+            .map_err(join_error)??;
+        Ok(Response::new(enrolled_to_pb(enrolled)))
+    }
+
     async fn get_status(
         &self,
         _request: Request<pb::GetStatusRequest>,
@@ -243,6 +315,7 @@ impl Login for LoginService {
             sync_listen: self.listeners.sync_listen.clone(),
             sync_tls: self.listeners.sync_tls,
             version: env!("CARGO_PKG_VERSION").into(),
+            disk_full: self.auth.disk_full(),
         }))
     }
 }
@@ -276,5 +349,75 @@ pub fn replica_status(cursor: crate::model::Cursor) -> &'static str {
         "needs snapshot"
     } else {
         "ok"
+    }
+}
+
+/// Set by the access layer on every call it lets through.
+fn caller<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(|| Caller {
+            label: peer_label(request),
+            admin: false,
+        })
+}
+
+fn manager(credential: pb::approver::Credential) -> Approval {
+    match credential {
+        pb::approver::Credential::Pin(pin) => Approval::Manager {
+            kind: CredentialKind::Pin,
+            secret: Zeroizing::new(pin),
+        },
+        pb::approver::Credential::KeyId(key_id) => Approval::Manager {
+            kind: CredentialKind::Key,
+            secret: Zeroizing::new(key_id),
+        },
+    }
+}
+
+/// Without a credential only an admin uid may enrol.
+fn admin_approval(caller: &Caller, method: &str) -> Result<Approval, Status> {
+    if caller.admin {
+        Ok(Approval::AdminUid(format!("admin {}", caller.label)))
+    } else {
+        tracing::warn!(peer = %caller.label, %method, "enrolment refused: no approving credential and not an admin uid");
+        Err(Status::permission_denied(format!(
+            "{method} needs a manager's credential (or the user's own, for ChangePin), \
+             or a caller among the admin uids"
+        )))
+    }
+}
+
+fn enrolled_to_pb(enrolled: Enrolled) -> pb::EnrolledCredential {
+    pb::EnrolledCredential {
+        user_id: enrolled.user_id,
+        kind: method_to_pb(enrolled.kind) as i32,
+        phc: enrolled.phc,
+        holders: enrolled.holders,
+        authorized_by: enrolled.authorized_by,
+        reader: enrolled.reader.unwrap_or_default(),
+    }
+}
+
+impl From<EnrolError> for Status {
+    fn from(e: EnrolError) -> Status {
+        match e {
+            EnrolError::UnknownUser(_) => Status::not_found(e.to_string()),
+            EnrolError::NotAuthorized(_) => Status::permission_denied(e.to_string()),
+            EnrolError::PinsDiffer | EnrolError::PinTooShort(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            EnrolError::PinInUse => Status::already_exists(e.to_string()),
+            EnrolError::NoReader(_) | EnrolError::Busy(_) => {
+                Status::failed_precondition(e.to_string())
+            }
+            EnrolError::TimedOut(_) => Status::deadline_exceeded(e.to_string()),
+            EnrolError::Ended(_) => Status::aborted(e.to_string()),
+            EnrolError::Cancelled => Status::cancelled(e.to_string()),
+            EnrolError::Login(login) => login.into(),
+            EnrolError::Store(store) => store.into(),
+        }
     }
 }

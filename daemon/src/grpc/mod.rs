@@ -1,5 +1,6 @@
 //! gRPC adapters: the Login and Admin services on the Unix socket, the Sync service on TCP.
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod devices;
@@ -111,6 +112,7 @@ impl From<LoginError> for Status {
                 e.to_string(),
                 ErrorDetails::with_error_info("REPLICA_STALE", ERROR_DOMAIN, HashMap::new()),
             ),
+            LoginError::NoAccountScheme => Status::failed_precondition(e.to_string()),
             other => internal("login failed", &other),
         }
     }

@@ -31,6 +31,8 @@ pub fn audit_to_pb(row: AuditRow) -> pb::AuditEvent {
         session_user_id: r.session_user_id.unwrap_or_default(),
         permission: r.permission.unwrap_or_default(),
         reason: r.reason,
+        phc: r.phc.unwrap_or_default(),
+        authorizer: r.authorizer.unwrap_or_default(),
     }
 }
 

@@ -36,6 +36,8 @@ pub struct SyncService {
     pub local: Arc<LocalStore>,
     pub key: Arc<TerminalKey>,
     pub limits: CostLimits,
+    /// `hashing.max_schemes`: distinct hash schemes per credential kind a sync may leave.
+    pub max_schemes: usize,
     pub terminal: Terminal,
     /// Signalled after every batch or snapshot that changed the replica.
     pub applied: Arc<tokio::sync::Notify>,
@@ -71,6 +73,55 @@ impl SyncService {
             Ok::<_, Status>(summary?)
         });
         task.await.map_err(join_error)?
+    }
+}
+
+type Built = (
+    Result<crate::store::ReadySnapshot, SnapshotError>,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+/// The blocking task that builds a snapshot's side file, holding the one-snapshot slot.
+///
+/// hyper drops a call's handler at its next await once central resets the stream (its deadline,
+/// a dropped call) or the connection goes, and tonic does at the listener's `call_timeout`.
+/// Dropping the chunk sender ends the builder at once; dropping this then waits for it in a
+/// task of its own, so the slot is free, and the refusal logged, before that task ends — a
+/// central that went away never holds the slot, nor leaves the daemon silent about it.
+struct SideFileBuilder {
+    token: String,
+    task: Option<tokio::task::JoinHandle<Built>>,
+}
+
+impl SideFileBuilder {
+    /// The builder's outcome, once the chunk sender is dropped (or it stopped on its own).
+    async fn finish(&mut self) -> Result<Built, Status> {
+        let Some(task) = self.task.as_mut() else {
+            return Err(Status::internal("snapshot builder already finished"));
+        };
+        let built = task.await.map_err(join_error);
+        self.task = None;
+        built
+    }
+}
+
+impl Drop for SideFileBuilder {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the runtime is shutting down: the process ends, and the side file with it
+        };
+        let token = std::mem::take(&mut self.token);
+        runtime.spawn(async move {
+            // The permit comes back with the result: dropping it frees the slot before the log.
+            let freed_memory = matches!(task.await, Ok((Err(_), _)));
+            tracing::warn!(token = %token, "snapshot call ended before its stream did (central reset the stream or went away, or call_timeout passed); replica unchanged");
+            if freed_memory {
+                tokio::task::spawn_blocking(crate::memory::release_free_memory);
+            }
+        });
     }
 }
 
@@ -132,6 +183,7 @@ impl Sync for SyncService {
             audit_stream_id: self.local.identity().stream_id.clone(),
             audit_stream_started_at: Some(timestamp(self.local.identity().created_at)),
             audit_stream_origin: self.local.identity().origin.clone(),
+            disk_full: self.auth.disk_full(),
             session_user_id: session
                 .as_ref()
                 .map(|s| s.user_id.clone())
@@ -154,7 +206,7 @@ impl Sync for SyncService {
         // slow disk slows central down instead of filling the queue.
         let (sender, mut receiver) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
-        let builder_token = token.clone();
+        let max_schemes = self.max_schemes;
         let builder = tokio::task::spawn_blocking(move || {
             let ingest = Ingest {
                 key: &key,
@@ -164,14 +216,16 @@ impl Sync for SyncService {
                 std::iter::from_fn(|| receiver.blocking_recv()),
                 &replica,
                 ingest,
+                max_schemes,
             );
-            // Logged here: if the client went away, this call's handler is gone already.
-            if let Err(SnapshotError::Incomplete { chunks }) = &built {
-                tracing::warn!(token = %builder_token, chunks, "snapshot stream ended before its final chunk; replica unchanged");
-            }
             (built, permit)
         });
+        let mut builder = SideFileBuilder {
+            token: token.clone(),
+            task: Some(builder),
+        };
         let mut total_bytes = 0usize;
+        let mut too_large = false;
         let mut broke_off = None;
         loop {
             let next = tokio::select! {
@@ -184,10 +238,8 @@ impl Sync for SyncService {
                 Ok(Some(chunk)) => {
                     total_bytes += prost::Message::encoded_len(&chunk);
                     if total_bytes > MAX_SNAPSHOT_BYTES {
-                        return Err(Status::resource_exhausted(format!(
-                            "snapshot is larger than {} MiB; replica unchanged",
-                            MAX_SNAPSHOT_BYTES >> 20
-                        )));
+                        too_large = true;
+                        break;
                     }
                     if sender.send(chunk).await.is_err() {
                         break; // the builder stopped at a bad chunk: its error follows
@@ -201,9 +253,17 @@ impl Sync for SyncService {
             }
         }
         drop(sender);
-        let (built, permit) = builder.await.map_err(join_error)?;
+        let (built, permit) = builder.finish().await?;
         if built.is_err() {
             tokio::task::spawn_blocking(crate::memory::release_free_memory);
+        }
+        if too_large {
+            drop(permit);
+            tracing::warn!(token = %token, max_mib = MAX_SNAPSHOT_BYTES >> 20, "snapshot stream over the size limit; replica unchanged");
+            return Err(Status::resource_exhausted(format!(
+                "snapshot is larger than {} MiB; replica unchanged",
+                MAX_SNAPSHOT_BYTES >> 20
+            )));
         }
         if let Some(e) = broke_off {
             tracing::warn!(token = %token, error = %e, "snapshot stream broke off; replica unchanged");
@@ -214,7 +274,8 @@ impl Sync for SyncService {
         }
         let ready = match built {
             Ok(ready) => ready,
-            Err(SnapshotError::Incomplete { .. }) => {
+            Err(SnapshotError::Incomplete { chunks }) => {
+                tracing::warn!(token = %token, chunks, "snapshot stream ended without its final chunk; replica unchanged");
                 return Err(Status::aborted(
                     "snapshot stream ended without a chunk marked final; replica unchanged",
                 ));
@@ -254,9 +315,10 @@ impl Sync for SyncService {
             digest: BatchDigest::of(&prost::Message::encode_to_vec(&batch)),
         };
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
+        let max_schemes = self.max_schemes;
         let summary = self
             .apply("changes", token, move || {
-                replica.apply_changes(&header, |role_in_replica| {
+                replica.apply_changes_bounded(&header, max_schemes, |role_in_replica| {
                     let ingest = Ingest {
                         key: &key,
                         limits: &limits,

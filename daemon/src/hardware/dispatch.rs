@@ -13,6 +13,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tracing::instrument;
 use zeroize::Zeroizing;
 
+use super::capture::{Captured, KeyCaptures};
 use super::registry::{ActivityKind, DeviceRegistry, InputActivity, mask};
 use crate::audit::ReadFault;
 use crate::input::event::InputEvent;
@@ -134,12 +135,29 @@ pub struct FramedInput {
 pub struct InputQueue {
     sender: mpsc::Sender<FramedInput>,
     pub registry: Arc<DeviceRegistry>,
+    captures: Arc<KeyCaptures>,
 }
 
 impl InputQueue {
-    pub fn new(registry: Arc<DeviceRegistry>) -> (InputQueue, mpsc::Receiver<FramedInput>) {
+    pub fn new(
+        registry: Arc<DeviceRegistry>,
+        captures: Arc<KeyCaptures>,
+    ) -> (InputQueue, mpsc::Receiver<FramedInput>) {
         let (sender, receiver) = mpsc::channel(QUEUE_LEN);
-        (InputQueue { sender, registry }, receiver)
+        (
+            InputQueue {
+                sender,
+                registry,
+                captures,
+            },
+            receiver,
+        )
+    }
+
+    /// The device went away: says so, and ends a key capture waiting on it.
+    pub fn detached(&self, device: &DeviceLabel, reason: String) {
+        self.captures.reader_gone(device);
+        self.activity(device, ActivityKind::Detached, String::new(), reason);
     }
 
     /// Hands a framed item to the dispatcher without waiting. A full queue drops it (its secret
@@ -200,6 +218,8 @@ fn publish(
 pub struct Dispatcher {
     pub auth: Arc<Authenticator>,
     pub registry: Arc<DeviceRegistry>,
+    /// Enrolment: a key framed on a reader with a capture waiting is handed to it, not logged in.
+    pub captures: Arc<KeyCaptures>,
 }
 
 impl Dispatcher {
@@ -233,6 +253,16 @@ impl Dispatcher {
                 };
                 match profile.canonical_id(&raw) {
                     Ok(id) => {
+                        let Some(id) = self.captures.offer_key(device, id) else {
+                            tracing::info!("key captured for enrolment (not a login)");
+                            self.activity(
+                                device,
+                                ActivityKind::Key,
+                                masked,
+                                "captured for enrolment".into(),
+                            );
+                            return;
+                        };
                         let outcome = self.login(device, CredentialKind::Key, id.expose()).await;
                         self.activity(device, ActivityKind::Key, masked, outcome);
                     }
@@ -240,6 +270,7 @@ impl Dispatcher {
                         // A misread, not a wrong key: no login attempt is made and no failure
                         // is counted, but the audit outbox records it.
                         tracing::warn!(profile = profile.name(), error = %e, "bad key read ignored");
+                        self.captures.end(device, Captured::BadRead(e.to_string()));
                         if let Err(audit) = self
                             .auth
                             .report_bad_read(&device.source, read_fault(e))
@@ -256,6 +287,7 @@ impl Dispatcher {
                 }
             }
             Framed::Removal => {
+                self.captures.end(device, Captured::Removed);
                 // Locks or ends the session per `session.on_key_removal`.
                 let changed = self.auth.sessions().key_removed(&device.source);
                 let outcome = match changed {
@@ -300,5 +332,34 @@ impl Dispatcher {
         outcome: String,
     ) {
         publish(&self.registry, device, kind, masked, outcome);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_loudly_without_waiting_and_keeps_the_order() {
+        let registry = Arc::new(DeviceRegistry::default());
+        let mut activity = registry.subscribe();
+        let (queue, mut framed) = InputQueue::new(registry, Arc::default());
+        let reader = DeviceLabel::new("front", "", "/dev/input/event9".into());
+        for i in 0..QUEUE_LEN + 1 {
+            // Never blocks, whatever the dispatcher is doing.
+            queue.push(&reader, None, Framed::Rejected(i.to_string()));
+        }
+        let dropped = activity.try_recv().unwrap();
+        assert_eq!(dropped.kind, ActivityKind::Rejected);
+        assert!(dropped.outcome.contains("queue is full"), "{dropped:?}");
+        assert!(activity.try_recv().is_err(), "only the one over capacity");
+        for i in 0..QUEUE_LEN {
+            match framed.try_recv().unwrap().framed {
+                Framed::Rejected(n) => assert_eq!(n, i.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(framed.try_recv().is_err());
     }
 }

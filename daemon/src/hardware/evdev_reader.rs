@@ -322,12 +322,7 @@ async fn serve_device(ctx: &Context, path: &Path, slot: &Slot) {
     // ENODEV when unplugged; the node's reappearance attaches it again through inotify.
     tracing::info!(device = %label.source, path = %path.display(), error = %reason, "input device detached");
     registry.detach(path, reason.to_string());
-    ctx.queue.activity(
-        &label,
-        ActivityKind::Detached,
-        String::new(),
-        reason.to_string(),
-    );
+    ctx.queue.detached(&label, reason.to_string());
 }
 
 async fn sleep_for(wait: Option<Duration>) {

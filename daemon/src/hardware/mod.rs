@@ -2,6 +2,7 @@
 //! independent of the keyboard layout) and serial key readers. Framed PINs and key ids go through
 //! exactly the same resolution as a gRPC login; the session change reaches WatchSession.
 
+pub mod capture;
 pub mod clock;
 pub mod dispatch;
 pub mod evdev_reader;
@@ -213,7 +214,7 @@ pub fn supervise(
     mut settings: tokio::sync::watch::Receiver<Arc<InputSettings>>,
     dispatcher: Arc<Dispatcher>,
 ) -> tokio::task::JoinHandle<()> {
-    let (queue, framed) = InputQueue::new(dispatcher.registry.clone());
+    let (queue, framed) = InputQueue::new(dispatcher.registry.clone(), dispatcher.captures.clone());
     let registry = dispatcher.registry.clone();
     let readers = async move {
         loop {

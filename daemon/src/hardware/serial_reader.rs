@@ -82,12 +82,7 @@ pub async fn run(port: SerialSettings, profile: Option<Profile>, queue: InputQue
                 };
                 tracing::info!(device = %label.source, error = %reason, "serial reader detached; re-opening");
                 registry.detach(&port.path, reason.to_string());
-                queue.activity(
-                    &label,
-                    ActivityKind::Detached,
-                    String::new(),
-                    reason.to_string(),
-                );
+                queue.detached(&label, reason.to_string());
             }
             Err(e) => {
                 tracing::debug!(device = %label.source, error = %e, retry = ?backoff, "serial reader not available");

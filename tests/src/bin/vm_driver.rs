@@ -10,7 +10,9 @@
 //! 6. unplugs and re-plugs the reader while a login from it is still hashing (a user with slow
 //!    argon2 costs): the new node is grabbed without waiting for that login, the login completes,
 //!    and a key typed next (with the wall clock stepped an hour forward in mid-burst) logs in
-//!    while a second reader of the node sees none of its keystrokes.
+//!    while a second reader of the node sees none of its keystrokes,
+//! 7. enrols a key for the PIN user from the uinput reader (EnrollKey): the key typed is
+//!    captured, not logged in, and the answer's PHC string verifies it.
 //!
 //! It ends with one line `TILLGATE-VM-RESULT: PASS` or `TILLGATE-VM-RESULT: FAIL: <reason>` on
 //! stdout (the serial console), which the host test looks for.
@@ -36,6 +38,7 @@ const PIN: &str = "2468";
 const KEY_USER: &str = "u-key";
 const PIN_USER: &str = "u-pin";
 const SLOW_KEY: &str = "05C0FFEE77";
+const NEW_KEY: &str = "06DEADBEEF";
 const SLOW_USER: &str = "u-slow";
 /// argon2id m_cost (KiB) and t_cost of the slow user's key: about 3 s per evaluation in this
 /// guest under TCG (64 MiB takes ~1 s a pass there).
@@ -300,6 +303,31 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
         grabbed_after.as_millis(),
         login_after.as_millis(),
         describe(&login)
+    ));
+    // 5. Enrolment: the next key on the reader is captured for the PIN user, not logged in.
+    let mut enrolling = TillClient::connect(&socket)
+        .await
+        .context("connect to the login socket")?;
+    let capture = tokio::spawn(async move {
+        enrolling
+            .enroll_key(PIN_USER, None, READER, PATIENCE.as_secs() as u32)
+            .await
+    });
+    wait_for_log(daemon_slot, "key capture started").await?;
+    type_clean_burst(&mut reader, NEW_KEY).await?;
+    let enrolled = capture
+        .await
+        .context("EnrollKey task")?
+        .context("EnrollKey")?;
+    let phc = argon2::password_hash::PasswordHash::new(&enrolled.phc).context("parse the PHC")?;
+    argon2::PasswordVerifier::verify_password(&argon2::Argon2::default(), NEW_KEY.as_bytes(), &phc)
+        .context("the captured PHC does not verify the key typed")?;
+    if !enrolled.holders.is_empty() {
+        return Err(format!("a new key reported holders {:?}", enrolled.holders));
+    }
+    say(format_args!(
+        "key captured for {PIN_USER} from the uinput reader; PHC verifies, authorized by {}",
+        enrolled.authorized_by
     ));
     let login = present_key(
         &mut reader,

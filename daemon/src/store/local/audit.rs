@@ -48,8 +48,8 @@ pub struct AckSummary {
 pub(crate) fn insert_audit(conn: &Connection, record: &AuditRecord) -> Result<(), rusqlite::Error> {
     conn.prepare_cached(
         "INSERT INTO audit_events (uuid, at_ms, kind, method, source, outcome, user_id,
-                                   session_user_id, permission, reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                   session_user_id, permission, reason, phc, authorizer)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute((
         uuid::Uuid::new_v4().to_string(),
@@ -62,6 +62,8 @@ pub(crate) fn insert_audit(conn: &Connection, record: &AuditRecord) -> Result<()
         &record.session_user_id,
         &record.permission,
         &record.reason,
+        &record.phc,
+        &record.authorizer,
     ))?;
     Ok(())
 }
@@ -105,6 +107,8 @@ fn read_rows(
             row.get::<_, Option<String>>(8)?,
             row.get::<_, Option<String>>(9)?,
             row.get::<_, String>(10)?,
+            row.get::<_, Option<String>>(11)?,
+            row.get::<_, Option<String>>(12)?,
         ))
     })?;
     let mut out = Vec::new();
@@ -121,6 +125,8 @@ fn read_rows(
             session_user_id,
             permission,
             reason,
+            phc,
+            authorizer,
         ) = row?;
         let bad = |key: &'static str, value: String| StoreError::BadMeta { key, value };
         out.push(AuditRow {
@@ -143,14 +149,16 @@ fn read_rows(
                 session_user_id,
                 permission,
                 reason,
+                phc,
+                authorizer,
             },
         });
     }
     Ok(out)
 }
 
-const COLUMNS: &str =
-    "seq, uuid, at_ms, kind, method, source, outcome, user_id, session_user_id, permission, reason";
+const COLUMNS: &str = "seq, uuid, at_ms, kind, method, source, outcome, user_id, session_user_id, permission, reason, \
+     phc, authorizer";
 
 impl LocalStore {
     /// Appends one row on its own (tests; the daemon writes rows with their counter change).

@@ -61,4 +61,10 @@ pub const MIGRATIONS: &[&str] = &[
         locked_until_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 3: enrolment rows carry the new credential's PHC string (a hash, never the secret) and
+    // who approved it.
+    r#"
+    ALTER TABLE audit_events ADD COLUMN phc TEXT;
+    ALTER TABLE audit_events ADD COLUMN authorizer TEXT;
+    "#,
 ];

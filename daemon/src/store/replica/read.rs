@@ -44,6 +44,19 @@ pub(super) fn assigned_here_column() -> String {
 const SCHEME_KEY: [&str; 6] = ["kind", "m_cost", "t_cost", "p_cost", "output_len", "salt"];
 const SCHEME_COLUMNS: &str = "kind, m_cost, t_cost, p_cost, output_len, salt";
 
+/// Every distinct (kind, scheme) of the credentials in `conn`, one pass over the
+/// `credentials_by_scheme` index (for the `hashing.max_schemes` check inside a sync's
+/// transaction).
+pub(super) fn distinct_schemes(
+    conn: &rusqlite::Connection,
+) -> Result<Vec<(CredentialKind, HashScheme)>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT DISTINCT {SCHEME_COLUMNS} FROM credentials"
+    ))?;
+    let rows = stmt.query_map([], scheme_row)?;
+    rows.collect()
+}
+
 fn scheme_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(CredentialKind, HashScheme)> {
     let kind = if row.get::<_, i64>(0)? == CredentialKind::Pin.as_db() {
         CredentialKind::Pin

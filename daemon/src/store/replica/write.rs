@@ -13,7 +13,7 @@ use crate::history::{
 use crate::model::{Cursor, RoleRecord, UserRecord};
 use crate::snapshot::ValidChunk;
 use crate::store::sqlite::{set_meta, unix_millis};
-use crate::validate::{ValidChanges, ValidSnapshot, ValidationError};
+use crate::validate::{ValidChanges, ValidSnapshot, ValidationError, check_scheme_count};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -68,7 +68,18 @@ impl Replica {
         batch: &BatchHeader,
         validate: impl FnOnce(&dyn Fn(&str) -> bool) -> Result<ValidChanges, ValidationError>,
     ) -> Result<ApplySummary, ApplyError> {
-        let summary = self.write_changes(batch, validate);
+        self.apply_changes_bounded(batch, usize::MAX, validate)
+    }
+
+    /// [`Replica::apply_changes`], refused (nothing applied) when the replica would hold more
+    /// than `max_schemes` distinct hash schemes per credential kind afterwards.
+    pub fn apply_changes_bounded(
+        &self,
+        batch: &BatchHeader,
+        max_schemes: usize,
+        validate: impl FnOnce(&dyn Fn(&str) -> bool) -> Result<ValidChanges, ValidationError>,
+    ) -> Result<ApplySummary, ApplyError> {
+        let summary = self.write_changes(batch, max_schemes, validate);
         self.invalidate_schemes();
         summary
     }
@@ -76,6 +87,7 @@ impl Replica {
     fn write_changes(
         &self,
         batch: &BatchHeader,
+        max_schemes: usize,
         validate: impl FnOnce(&dyn Fn(&str) -> bool) -> Result<ValidChanges, ValidationError>,
     ) -> Result<ApplySummary, ApplyError> {
         let BatchHeader {
@@ -143,6 +155,13 @@ impl Replica {
         for user in &changes.upsert_users {
             tx.prepare_cached("DELETE FROM users WHERE id = ?1")?
                 .execute([&user.id])?;
+        }
+        if max_schemes < usize::MAX {
+            // The schemes of every credential that stays, then the new ones in batch order.
+            let kept = super::read::distinct_schemes(&tx)?;
+            check_scheme_count(&kept, &changes.upsert_users, max_schemes)?;
+        }
+        for user in &changes.upsert_users {
             insert_user(&tx, user)?;
         }
         for role_id in &changes.delete_role_ids {
