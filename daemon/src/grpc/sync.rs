@@ -207,6 +207,7 @@ impl Sync for SyncService {
         let (sender, mut receiver) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
         let max_schemes = self.max_schemes;
+        let builder_token = token.clone();
         let builder = tokio::task::spawn_blocking(move || {
             let ingest = Ingest {
                 key: &key,
@@ -218,6 +219,10 @@ impl Sync for SyncService {
                 ingest,
                 max_schemes,
             );
+            // Logged here: if the client went away, this call's handler is gone already.
+            if let Err(SnapshotError::Incomplete { chunks }) = &built {
+                tracing::warn!(token = %builder_token, chunks, "snapshot stream ended before its final chunk; replica unchanged");
+            }
             (built, permit)
         });
         let mut builder = SideFileBuilder {
@@ -274,8 +279,7 @@ impl Sync for SyncService {
         }
         let ready = match built {
             Ok(ready) => ready,
-            Err(SnapshotError::Incomplete { chunks }) => {
-                tracing::warn!(token = %token, chunks, "snapshot stream ended without its final chunk; replica unchanged");
+            Err(SnapshotError::Incomplete { .. }) => {
                 return Err(Status::aborted(
                     "snapshot stream ended without a chunk marked final; replica unchanged",
                 ));
