@@ -668,6 +668,24 @@ fn a_failed_switch_leaves_the_old_replica_serving() {
 }
 
 #[test]
+fn no_write_follows_the_clean_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    replica.close_cleanly().unwrap();
+    let refused = replica
+        .apply_changes(&batch(cursor(1, 5), 6), |_| Ok(no_changes()))
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("closed for shutdown"),
+        "{refused}"
+    );
+    // Reads still answer until the process exits.
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+    drop(replica);
+    assert_eq!(open(&dir).state().unwrap().cursor, cursor(1, 5));
+}
+
+#[test]
 fn an_unfinished_snapshot_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let replica = seeded(&dir);
