@@ -219,7 +219,8 @@ async fn aborted_snapshot_stream_leaves_the_replica_unchanged() {
     assert_eq!(c, Code::Aborted);
 
     // 2. The client goes away in the middle of the stream: giving up on the call resets the
-    // HTTP/2 stream (and dropping the client closes the connection), and hyper drops the call.
+    // HTTP/2 stream (and dropping the client closes the connection): hyper ends the call's
+    // stream, or drops the call.
     // The line logged once an unfinished stream's builder has ended and its slot is free
     // (whether or not hyper has dropped the call by then).
     let refusals = || {

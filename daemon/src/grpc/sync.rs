@@ -291,6 +291,7 @@ impl Sync for SyncService {
         }
         let ready = match built {
             Ok(ready) => ready,
+            // Logged by the builder, which may outlive this handler.
             Err(SnapshotError::Incomplete { .. }) => {
                 return Err(Status::aborted(
                     "snapshot stream ended without a chunk marked final; replica unchanged",
