@@ -22,7 +22,8 @@ use crate::model::{CredentialKind, Terminal};
 use crate::resolve::{Candidate, DenialReason, Resolution, may_log_in, resolve};
 use crate::session::{Session, SessionEvent, SessionManager, profile_change};
 use crate::store::{
-    AttemptRecorded, LocalStore, Replica, ReplicaState, Settlement, StoreError, UserProfile,
+    Admitted, AttemptRecorded, LocalStore, Replica, ReplicaState, Settlement, StoreError,
+    UserProfile,
 };
 
 const MAX_PIN_LEN: usize = 32;
@@ -144,6 +145,8 @@ enum Purpose {
         permission: String,
         session_user_id: Option<String>,
     },
+    /// A new PIN's in-use check: it tells whether a user holds the PIN, so it is a guess.
+    NewPin,
 }
 
 impl Purpose {
@@ -159,6 +162,9 @@ impl Purpose {
                 record.permission = Some(permission.clone());
                 record.session_user_id = session_user_id.clone();
                 record
+            }
+            Purpose::NewPin => {
+                AuditRecord::new(AuditKind::CredentialEnrolled, Some(kind), source, outcome)
             }
         }
     }
@@ -673,31 +679,7 @@ impl Authenticator {
         purpose: &Purpose,
     ) -> Result<Verified, LoginError> {
         let Admission { permit, state } = admission;
-        let scope = scope_of(source);
-        let pending = self.take_refused(&scope);
-        let summary = pending.map(|p| p.record(&scope));
-        let wrote_summary = summary.is_some();
-        let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
-        let budget = budget_of(kind);
-        let now = crate::clock::now();
-        let admitted =
-            blocking(move || local.admit_attempt(budget, &owned, &policy, now, summary.as_ref()))
-                .await?;
-        let admitted = match self.written(admitted) {
-            Ok(Ok(admitted)) => admitted,
-            Ok(Err(refusal)) => {
-                self.restore_refused(pending.map(|p| (scope.clone(), p)).into_iter().collect());
-                self.count_refused(source, kind, RefusedFor::LockedOut);
-                return Err(locked_out(refusal));
-            }
-            Err(e) => {
-                self.restore_refused(pending.map(|p| (scope.clone(), p)).into_iter().collect());
-                return Err(e);
-            }
-        };
-        if wrote_summary {
-            audit::warn_if_over_cap(admitted.audit, self.policy.audit_max_rows);
-        }
+        let admitted = self.charge(kind, source).await?;
         let refuse = |outcome, error: &LoginError| {
             purpose
                 .record(kind, source, outcome)
@@ -738,6 +720,37 @@ impl Authenticator {
                 Err(e)
             }
         }
+    }
+
+    /// Charges an admitted attempt to its counters, in one transaction with the source's
+    /// pending summary row; refused (nothing written) if a lockout started meanwhile.
+    async fn charge(&self, kind: CredentialKind, source: &str) -> Result<Admitted, LoginError> {
+        let scope = scope_of(source);
+        let pending = self.take_refused(&scope);
+        let summary = pending.map(|p| p.record(&scope));
+        let wrote_summary = summary.is_some();
+        let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
+        let budget = budget_of(kind);
+        let now = crate::clock::now();
+        let admitted =
+            blocking(move || local.admit_attempt(budget, &owned, &policy, now, summary.as_ref()))
+                .await?;
+        let admitted = match self.written(admitted) {
+            Ok(Ok(admitted)) => admitted,
+            Ok(Err(refusal)) => {
+                self.restore_refused(pending.map(|p| (scope.clone(), p)).into_iter().collect());
+                self.count_refused(source, kind, RefusedFor::LockedOut);
+                return Err(locked_out(refusal));
+            }
+            Err(e) => {
+                self.restore_refused(pending.map(|p| (scope.clone(), p)).into_iter().collect());
+                return Err(e);
+            }
+        };
+        if wrote_summary {
+            audit::warn_if_over_cap(admitted.audit, self.policy.audit_max_rows);
+        }
+        Ok(admitted)
     }
 
     /// The resolved user's profile here, read again under the profile gate. A sync may have
@@ -932,13 +945,29 @@ impl Authenticator {
         secret: Zeroizing<String>,
         source: &str,
     ) -> Result<NewCredential, LoginError> {
-        check_secret(kind, &secret)?;
-        // The same fair per-source queue as logins.
-        let _permit = self
-            .hashing
-            .acquire(&scope_of(source))
-            .await
-            .map_err(LoginError::Busy)?;
+        // "A user holds this PIN" is what a right guess tells: a new PIN's lookup is admitted and
+        // charged like a login and never refunded, whatever it finds, so the guess budget G
+        // covers it. A key is only looked up when presented at a reader.
+        let _permit = match kind {
+            CredentialKind::Pin => {
+                let admission = self
+                    .admission(kind, &secret, source, &Purpose::NewPin)
+                    .await?;
+                let admitted = self.charge(kind, source).await?;
+                for (scope, delay) in &admitted.locked {
+                    tracing::warn!(%scope, delay = %humantime::format_duration(*delay), "too many PINs tested: entry from this source locked");
+                }
+                admission.permit
+            }
+            CredentialKind::Key => {
+                check_secret(kind, &secret)?;
+                // The same fair per-source queue as logins.
+                self.hashing
+                    .acquire(&scope_of(source))
+                    .await
+                    .map_err(LoginError::Busy)?
+            }
+        };
         let replica = self.replica.clone();
         let scheme = blocking(move || {
             let mut schemes = replica.hash_schemes(CredentialKind::Pin)?;
