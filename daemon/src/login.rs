@@ -923,6 +923,23 @@ impl Authenticator {
     }
 }
 
+/// The scheme a new credential is hashed under: the highest of its own kind's, so a new PIN
+/// shares the salt of the other PINs (the in-use check and one argon2 run per login rely on
+/// it); the other kind's only when none of its kind exists yet.
+fn enrolment_scheme<S: Ord>(same_kind: Vec<S>, other_kind: Vec<S>) -> Option<S> {
+    same_kind
+        .into_iter()
+        .max()
+        .or_else(|| other_kind.into_iter().max())
+}
+
+fn other_kind(kind: CredentialKind) -> CredentialKind {
+    match kind {
+        CredentialKind::Pin => CredentialKind::Key,
+        CredentialKind::Key => CredentialKind::Pin,
+    }
+}
+
 /// A credential hashed for enrolment, not stored anywhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCredential {
@@ -970,9 +987,10 @@ impl Authenticator {
         };
         let replica = self.replica.clone();
         let scheme = blocking(move || {
-            let mut schemes = replica.hash_schemes(CredentialKind::Pin)?;
-            schemes.extend(replica.hash_schemes(CredentialKind::Key)?);
-            Ok::<_, StoreError>(schemes.into_iter().max())
+            Ok::<_, StoreError>(enrolment_scheme(
+                replica.hash_schemes(kind)?,
+                replica.hash_schemes(other_kind(kind))?,
+            ))
         })
         .await??
         .ok_or(LoginError::NoAccountScheme)?;
