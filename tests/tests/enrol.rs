@@ -352,6 +352,28 @@ async fn a_pin_change_is_refused_when_in_use_and_answered_as_a_phc_otherwise() {
     }
 }
 
+/// A capture asked to wait longer than the login socket lets a call run is cut to fit, so it
+/// ends with its own DEADLINE_EXCEEDED (audited), not the listener's CANCELLED.
+#[tokio::test]
+async fn a_capture_longer_than_the_call_timeout_ends_before_it() {
+    let (daemon, _pty, _temp) =
+        till("[login_socket]\ncall_timeout = \"4s\"\n[enrolment]\ncapture_timeout = \"1s\"\n")
+            .await;
+    let mut client = daemon.client().await;
+    // Runs as the daemon's own uid: an admin uid.
+    assert_eq!(
+        code(client.enroll_key("newbie", None, "door reader", 600).await),
+        tonic::Code::DeadlineExceeded
+    );
+    let audit = client.audit_tail(1000).await.unwrap().events;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.kind == "key_capture" && e.outcome == "timed_out"),
+        "{audit:?}"
+    );
+}
+
 /// A new PIN's in-use check tells whether someone holds the PIN: each one is a guess charged to
 /// the terminal's budget and never refunded, found in use or not, so a cashier's open session
 /// cannot be used to test PINs for free.
