@@ -356,6 +356,10 @@ pub struct SyncConfig {
     pub max_calls: usize,
     /// The longest a call may take; then it ends with CANCELLED.
     pub call_timeout: String,
+    /// After this long without a frame from central the terminal pings the connection, and
+    /// closes it if the ping is not answered within as long again: a central that vanished
+    /// without closing (power cut, network gone) frees its calls, and the snapshot slot, then.
+    pub keepalive: String,
 }
 
 impl Default for SyncConfig {
@@ -367,6 +371,7 @@ impl Default for SyncConfig {
             max_connections: 16,
             max_calls: 32,
             call_timeout: "10m".into(),
+            keepalive: "30s".into(),
         }
     }
 }
@@ -599,6 +604,8 @@ pub struct Settings {
     pub cost_limits: CostLimits,
     pub login_limits: ListenerLimits,
     pub sync_limits: ListenerLimits,
+    /// HTTP/2 keepalive of the sync listener (ping interval and answer timeout); None: off.
+    pub sync_keepalive: Option<Duration>,
     pub policy: PolicySettings,
     pub session: SessionPolicy,
     pub log_format: LogFormat,
@@ -690,6 +697,10 @@ impl Settings {
             self.login_limits != other.login_limits,
         );
         check("sync.max_*", self.sync_limits != other.sync_limits);
+        check(
+            "sync.keepalive",
+            self.sync_keepalive != other.sync_keepalive,
+        );
         check("log.format", self.log_format != other.log_format);
         check("lockout.*", self.policy.lockout != other.policy.lockout);
         check(
@@ -929,6 +940,7 @@ impl Config {
             max_calls: self.sync.max_calls,
             call_timeout: required_duration("sync.call_timeout", &self.sync.call_timeout, second)?,
         };
+        let sync_keepalive = duration("sync.keepalive", &self.sync.keepalive, true, second)?;
         let idle_lock = duration("session.idle_lock", &self.session.idle_lock, true, second)?;
         let max_replica_age = duration("replica.max_age", &self.replica.max_age, true, second)?;
         if self.audit.max_rows == 0 {
@@ -996,6 +1008,7 @@ impl Config {
             max_waiting_per_source: self.hashing.max_waiting_per_source,
             login_limits,
             sync_limits,
+            sync_keepalive,
             cost_limits: CostLimits {
                 max_m_cost_kib: self.hashing.max_m_cost_kib,
                 max_t_cost: self.hashing.max_t_cost,

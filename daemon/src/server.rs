@@ -568,7 +568,11 @@ fn sync_server(
     let check = BearerCheck {
         tokens: core.tokens.clone(),
     };
-    let mut builder = bounded(Server::builder(), limits);
+    // A central that vanished without closing its connection is found out by an unanswered
+    // ping: its calls end, and a snapshot it was streaming frees the slot (grpc/sync.rs).
+    let mut builder = bounded(Server::builder(), limits)
+        .http2_keepalive_interval(settings.sync_keepalive)
+        .http2_keepalive_timeout(settings.sync_keepalive);
     if let Some(tls) = &settings.tls {
         let read =
             |path: &Path| std::fs::read(path).map_err(io(format!("TLS file {}", path.display())));

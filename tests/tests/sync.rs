@@ -476,3 +476,118 @@ async fn a_sync_that_would_exceed_max_schemes_is_refused_by_count_and_user_with_
     assert_eq!(cursor(&mut sync).await, (7, 10));
     assert_eq!(pin_user(&mut client, "1111").await, "amy");
 }
+
+/// A TCP relay that forwards both ways until `freeze`, then neither reads nor writes nor closes
+/// anything: to the daemon, a peer whose host lost power or network.
+async fn freezing_relay(
+    upstream: std::net::SocketAddr,
+    freeze: tokio::sync::watch::Receiver<bool>,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (client, _) = listener.accept().await.unwrap();
+            let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(pipe(client_read, server_write, freeze.clone()));
+            tokio::spawn(pipe(server_read, client_write, freeze.clone()));
+        }
+    });
+    addr
+}
+
+/// Copies `from` to `to` until either ends or `freeze`; then holds both open, silent.
+async fn pipe(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    mut freeze: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => if to.write_all(&buf[..n]).await.is_err() { break },
+            },
+            _ = async { let _ = freeze.wait_for(|frozen| *frozen).await; } => break,
+        }
+    }
+    std::future::pending::<()>().await;
+    drop((from, to));
+}
+
+#[tokio::test]
+async fn a_central_that_vanishes_without_closing_frees_the_snapshot_slot_after_keepalive() {
+    let temp = tempfile::tempdir().unwrap();
+    let config =
+        config_text(temp.path(), "", "").replace("[sync]\n", "[sync]\nkeepalive = \"1s\"\n");
+    std::fs::write(temp.path().join("tillgated.toml"), config).unwrap();
+    let daemon = Daemon::spawn(temp.path());
+    let mut sync = daemon.authorized_sync().await;
+    sync.apply_snapshot(base_snapshot()).await.unwrap();
+    let replacement = snapshot(
+        8,
+        1,
+        vec![role("cashier", &[], &[])],
+        vec![user("zed", 1, Some("9999"))],
+    );
+
+    // Central-2 streams the first chunk through the relay, then its host goes silent.
+    let (freeze, frozen) = tokio::sync::watch::channel(false);
+    let upstream = daemon
+        .sync_addr
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let relay = freezing_relay(upstream, frozen).await;
+    let token = daemon
+        .client()
+        .await
+        .create_token("central-2")
+        .await
+        .unwrap()
+        .token;
+    let mut vanishing =
+        tillgate_client::TillSyncClient::connect(&format!("http://{relay}"), Some(&token), None)
+            .await
+            .unwrap();
+    let first = tillgate_client::snapshot_chunks(replacement.clone(), 1).remove(0);
+    let stalled = futures::stream::iter(vec![first]).chain(futures::stream::pending());
+    let call = tokio::spawn(async move { vanishing.apply_snapshot_stream(stalled).await });
+    let opened = "building beside the replica target=8:1";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !daemon.log_text().contains(opened) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the snapshot never started: {}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    freeze.send(true).unwrap();
+
+    // Barrier: the unanswered ping closes the connection and frees the slot (sync.call_timeout
+    // is 10 minutes: only the keepalive can end this call within the deadline).
+    let ended = "snapshot call ended before its stream did";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !daemon.log_text().contains(ended) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the vanished central still holds the snapshot slot: {}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !call.is_finished(),
+        "central-2 heard nothing: its host is gone"
+    );
+    call.abort();
+
+    assert_eq!(cursor(&mut sync).await, (7, 10));
+    let applied = sync.apply_snapshot(replacement).await.unwrap();
+    assert_eq!(applied.cursor.map(|c| (c.epoch, c.revision)), Some((8, 1)));
+}
