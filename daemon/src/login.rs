@@ -145,8 +145,6 @@ enum Purpose {
         permission: String,
         session_user_id: Option<String>,
     },
-    /// A new PIN's in-use check: it tells whether a user holds the PIN, so it is a guess.
-    NewPin,
 }
 
 impl Purpose {
@@ -162,9 +160,6 @@ impl Purpose {
                 record.permission = Some(permission.clone());
                 record.session_user_id = session_user_id.clone();
                 record
-            }
-            Purpose::NewPin => {
-                AuditRecord::new(AuditKind::CredentialEnrolled, Some(kind), source, outcome)
             }
         }
     }
@@ -203,6 +198,8 @@ struct Refused {
     locked_out: u64,
     malformed: u64,
     busy: u64,
+    no_replica: u64,
+    stale: u64,
     since: SystemTime,
     method: CredentialKind,
 }
@@ -212,11 +209,13 @@ enum RefusedFor {
     LockedOut,
     Malformed,
     Busy,
+    NoReplica,
+    Stale,
 }
 
 impl Refused {
     fn total(&self) -> u64 {
-        self.locked_out + self.malformed + self.busy
+        self.locked_out + self.malformed + self.busy + self.no_replica + self.stale
     }
 
     /// The summary row, one per source per lockout.
@@ -226,6 +225,8 @@ impl Refused {
             (self.locked_out, "while locked out"),
             (self.malformed, "as malformed"),
             (self.busy, "as too busy"),
+            (self.no_replica, "before the first snapshot"),
+            (self.stale, "as the replica was stale"),
         ] {
             if n > 0 {
                 parts.push(format!("{n} {what}"));
@@ -339,7 +340,7 @@ impl Authenticator {
         secret: Zeroizing<String>,
         source: &str,
     ) -> Result<Session, LoginError> {
-        let outcome = match self.admission(kind, &secret, source, &Purpose::Login).await {
+        let outcome = match self.admission(kind, &secret, source).await {
             Ok(admission) => self.login_admitted(admission, kind, secret, source).await,
             Err(e) => Err(e),
         };
@@ -357,10 +358,7 @@ impl Authenticator {
         secret: Zeroizing<String>,
         source: String,
     ) -> Result<Session, LoginError> {
-        let admission = match self
-            .admission(kind, &secret, &source, &Purpose::Login)
-            .await
-        {
+        let admission = match self.admission(kind, &secret, &source).await {
             Ok(admission) => admission,
             Err(e) => {
                 log_refusal("login", &e);
@@ -440,7 +438,7 @@ impl Authenticator {
         let admitted = if permission.is_empty() {
             Err(LoginError::BadInput("permission is empty"))
         } else {
-            self.admission(kind, &secret, &source, &purpose).await
+            self.admission(kind, &secret, &source).await
         };
         let admission = match admitted {
             Ok(admission) => admission,
@@ -479,7 +477,7 @@ impl Authenticator {
         let outcome = if permission.is_empty() {
             Err(LoginError::BadInput("permission is empty"))
         } else {
-            match self.admission(kind, &secret, source, &purpose).await {
+            match self.admission(kind, &secret, source).await {
                 Ok(admission) => {
                     self.authorize_admitted(admission, kind, secret, &purpose, source)
                         .await
@@ -612,43 +610,27 @@ impl Authenticator {
         kind: CredentialKind,
         secret: &str,
         source: &str,
-        purpose: &Purpose,
     ) -> Result<Admission, LoginError> {
         if let Err(e) = check_secret(kind, secret) {
             self.count_refused(source, kind, RefusedFor::Malformed);
             return Err(e);
         }
-        let refuse = |outcome, error: &LoginError| {
-            purpose
-                .record(kind, source, outcome)
-                .reason(error.to_string())
-        };
         let replica = self.replica.clone();
         let state = blocking(move || replica.state()).await??;
+        // Counted, not a row each: these last until central acts, and a flood must not fill
+        // the disk meanwhile.
         if state.cursor.needs_snapshot() {
-            let e = LoginError::NoReplica;
-            self.record(
-                refuse(AuditOutcome::NoReplica, &e),
-                Settlement::Keep,
-                source,
-            )
-            .await?;
-            return Err(e);
+            self.count_refused(source, kind, RefusedFor::NoReplica);
+            return Err(LoginError::NoReplica);
         }
         if let Some(max_age) = self.policy.max_replica_age
             && replica_too_old(state.last_sync_at, SystemTime::now(), max_age)
         {
-            let e = LoginError::Stale {
+            self.count_refused(source, kind, RefusedFor::Stale);
+            return Err(LoginError::Stale {
                 last_sync_at: state.last_sync_at,
                 max_age,
-            };
-            self.record(
-                refuse(AuditOutcome::ReplicaStale, &e),
-                Settlement::Keep,
-                source,
-            )
-            .await?;
-            return Err(e);
+            });
         }
         let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
         let budget = budget_of(kind);
@@ -838,6 +820,8 @@ impl Authenticator {
             locked_out: 0,
             malformed: 0,
             busy: 0,
+            no_replica: 0,
+            stale: 0,
             since: SystemTime::now(),
             method: kind,
         });
@@ -845,6 +829,49 @@ impl Authenticator {
             RefusedFor::LockedOut => entry.locked_out += 1,
             RefusedFor::Malformed => entry.malformed += 1,
             RefusedFor::Busy => entry.busy += 1,
+            RefusedFor::NoReplica => entry.no_replica += 1,
+            RefusedFor::Stale => entry.stale += 1,
+        }
+    }
+
+    /// Writes the summary rows of every source with refused attempts pending (each minute
+    /// while any are, and at shutdown), so a flood followed by silence is still audited.
+    pub async fn flush_refused(&self) -> Result<usize, LoginError> {
+        let pending = self.take_all_refused(None);
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<AuditRecord> = pending.iter().map(|(s, r)| r.record(s)).collect();
+        let local = self.local.clone();
+        let written = blocking(move || local.append_audit_rows(&rows)).await;
+        let written = match written {
+            Ok(written) => written,
+            Err(e) => {
+                self.restore_refused(pending);
+                return Err(e);
+            }
+        };
+        match self.written(written) {
+            Ok(stats) => {
+                audit::warn_if_over_cap(stats, self.policy.audit_max_rows);
+                Ok(pending.len())
+            }
+            Err(e) => {
+                self.restore_refused(pending);
+                Err(e)
+            }
+        }
+    }
+
+    /// Flushes pending refusal summaries every `period`, for as long as the daemon runs.
+    pub async fn run_refused_flush(self: Arc<Self>, period: Duration) {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if let Err(e) = self.flush_refused().await {
+                tracing::warn!(error = %e, "writing the refused-attempt summaries failed; kept for the next try");
+            }
         }
     }
 
@@ -877,11 +904,15 @@ impl Authenticator {
                 locked_out: 0,
                 malformed: 0,
                 busy: 0,
+                no_replica: 0,
+                stale: 0,
                 ..r
             });
             entry.locked_out += r.locked_out;
             entry.malformed += r.malformed;
             entry.busy += r.busy;
+            entry.no_replica += r.no_replica;
+            entry.stale += r.stale;
             entry.since = entry.since.min(r.since);
         }
     }
@@ -967,9 +998,7 @@ impl Authenticator {
         // covers it. A key is only looked up when presented at a reader.
         let _permit = match kind {
             CredentialKind::Pin => {
-                let admission = self
-                    .admission(kind, &secret, source, &Purpose::NewPin)
-                    .await?;
+                let admission = self.admission(kind, &secret, source).await?;
                 let admitted = self.charge(kind, source).await?;
                 for (scope, delay) in &admitted.locked {
                     tracing::warn!(%scope, delay = %humantime::format_duration(*delay), "too many PINs tested: entry from this source locked");
@@ -1027,7 +1056,7 @@ impl Authenticator {
             session_user_id: self.sessions.current().map(|s| s.user_id),
         };
         let kind = CredentialKind::Pin;
-        let admission = self.admission(kind, &pin, source, &purpose).await?;
+        let admission = self.admission(kind, &pin, source).await?;
         let verified = self.verify(admission, kind, pin, source, &purpose).await?;
         if verified.user_id != user_id {
             // Another user's PIN: a wrong PIN for this user; its charge stays.
