@@ -21,12 +21,17 @@ pub struct Tillgated {
 
 /// The production defaults except paths, an ephemeral sync port and `info` logging to a file.
 pub fn write_config(dir: &Path) {
+    write_config_with(dir, "");
+}
+
+/// The same with `extra` appended (e.g. an `[[input.serial]]` reader).
+pub fn write_config_with(dir: &Path, extra: &str) {
     std::fs::create_dir_all(dir).unwrap();
     let text = format!(
         "[terminal]\nsales_point_id = \"{HERE}\"\n\
          [paths]\nstate_dir = \"{state}\"\nruntime_dir = \"{run}\"\n\
          [sync]\nlisten = \"127.0.0.1:0\"\n\
-         [log]\nlevel = \"info\"\n",
+         [log]\nlevel = \"info\"\n{extra}",
         state = dir.join("state").display(),
         run = dir.join("run").display(),
     );

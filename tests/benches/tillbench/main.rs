@@ -8,12 +8,14 @@
 //! It builds the release `tillgated` first (a nested `cargo build --release`), starts it on
 //! state directories under `target/tillbench/`, prints a Markdown table and writes the same
 //! figures to `target/tillbench.json`. `TILLBENCH_QUICK=1` runs a smaller sample for a smoke
-//! test (its figures are not the benchmark). See BENCHMARKS.md for what each figure means.
+//! test (its figures are not the benchmark); `TILLBENCH_ONLY=flood` runs only the flood rows.
+//! A missed target makes it exit non-zero. See BENCHMARKS.md for what each figure means.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod baseline;
 mod daemon;
 mod data;
+mod flood;
 mod floor;
 mod report;
 
@@ -53,6 +55,10 @@ struct Plan {
     baseline_full: usize,
     baseline_large: usize,
     baseline_sample: usize,
+    /// How long the socket is flooded (the 60 s).
+    flood: Duration,
+    /// Only the flood rows (`TILLBENCH_ONLY=flood`).
+    only_flood: bool,
 }
 
 impl Plan {
@@ -69,6 +75,8 @@ impl Plan {
                 baseline_full: 100,
                 baseline_large: 10_000,
                 baseline_sample: 20,
+                flood: Duration::from_secs(5),
+                only_flood: false,
             }
         } else {
             Plan {
@@ -82,13 +90,20 @@ impl Plan {
                 baseline_full: 1_000,
                 baseline_large: 10_000,
                 baseline_sample: 200,
+                flood: Duration::from_secs(60),
+                only_flood: false,
             }
         }
     }
 }
 
 fn main() {
-    let plan = Plan::new(std::env::var_os("TILLBENCH_QUICK").is_some_and(|v| v != "0"));
+    let mut plan = Plan::new(std::env::var_os("TILLBENCH_QUICK").is_some_and(|v| v != "0"));
+    plan.only_flood = match std::env::var("TILLBENCH_ONLY").as_deref() {
+        Err(_) | Ok("") => false,
+        Ok("flood") => true,
+        Ok(other) => panic!("TILLBENCH_ONLY={other}: the only filter is \"flood\""),
+    };
     build_daemon();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -321,7 +336,8 @@ async fn run(plan: Plan) {
     let mut extra = serde_json::Map::new();
     let mut breakdown: Option<(Duration, Duration)> = None;
     let mut start_1k: Option<Stats> = None;
-    for &size in &SIZES {
+    let sizes: &[usize] = if plan.only_flood { &[] } else { &SIZES };
+    for &size in sizes {
         let dir = root.join(format!("n{size}"));
         write_config(&dir);
         let d = Tillgated::start(&dir).await;
@@ -803,8 +819,96 @@ async fn run(plan: Plan) {
         );
     }
 
+    // The flood, against argon2id evaluations timed just before it.
+    let flood_argon = Stats::of(&time_argon2(plan.argon2_samples));
+    let (flood_rows, flood_extra) =
+        flood::run(&root, plan.flood, HASHING_CAP, &targets, &real, flood_argon).await;
+    rows.extend(flood_rows);
+    extra.insert("flood".into(), flood_extra);
+
     // The per-user-salt baseline, PIN and key.
-    let argon = argon.unwrap();
+    if let Some(argon) = argon {
+        baseline_rows(&plan, argon, &growth, &mut rows);
+    }
+
+    // Growth.
+    let mut growth_table = String::from(
+        "| users (assigned here) | snapshot | bulk-insert floor | ratio | PIN login p50 / p99 | key login p50 / p99 | PIN p50 ÷ argon2id p50 |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for g in &growth {
+        growth_table.push_str(&format!(
+            "| {} ({}) | {} ms | {} ms | {:.2}× | {} / {} ms | {} / {} ms | {:.2}× |\n",
+            g.users,
+            g.users / data::TERMINAL_EVERY,
+            num(ms(g.snapshot)),
+            num(ms(g.floor)),
+            ms(g.snapshot) / ms(g.floor),
+            num(g.pin.p50),
+            num(g.pin.p99),
+            num(g.key.p50),
+            num(g.key.p99),
+            g.pin.p50 / g.argon2.p50
+        ));
+    }
+
+    let load_end = loadavg();
+    let main_table = report::table(&rows);
+    println!();
+    println!("## tillbench");
+    println!();
+    println!("{machine}");
+    println!("load average: {load_start} at start, {load_end} at end");
+    println!();
+    println!("{main_table}");
+    println!("### Growth");
+    println!();
+    println!("{growth_table}");
+    let json_path = target_dir.join("tillbench.json");
+    let doc = json!({
+        "quick": plan.quick,
+        "machine": machine,
+        "load_average": { "start": load_start, "end": load_end },
+        "seed": format!("{:#x}", data::SEED),
+        "argon2id": { "m_cost_kib": data::production_params().m_cost(), "t_cost": data::production_params().t_cost(), "p_cost": data::production_params().p_cost(), "eval_interleaved_100k": argon.map(|a| a.json()), "eval_before_flood": flood_argon.json(), "eval_standalone": standalone.json() },
+        "results": rows.iter().map(Row::json).collect::<Vec<_>>(),
+        "growth": growth.iter().map(|g| json!({
+            "users": g.users,
+            "users_here": g.users / data::TERMINAL_EVERY,
+            "snapshot_ms": ms(g.snapshot),
+            "bulk_insert_floor_ms": ms(g.floor),
+            "pin_login": g.pin.json(),
+            "key_login": g.key.json(),
+            "argon2id_interleaved": g.argon2.json(),
+        })).collect::<Vec<_>>(),
+        "startup_empty_replica": empty_start.json(),
+        "idle_rss_empty_replica_kib": empty_rss,
+        "extra": extra,
+        "total_s": bench_start.elapsed().as_secs_f64(),
+    });
+    std::fs::write(&json_path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    println!("figures written to {}", json_path.display());
+    say(format!(
+        "done in {:.0} s",
+        bench_start.elapsed().as_secs_f64()
+    ));
+    if std::env::var_os("TILLBENCH_KEEP").is_some() {
+        println!("state directories kept in {}", root.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    let missed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.met() == Some(false))
+        .map(|r| r.key.as_str())
+        .collect();
+    if !missed.is_empty() {
+        say(format!("missed targets: {}", missed.join(", ")));
+        std::process::exit(1);
+    }
+}
+
+/// The per-user-salt baseline, PIN and key: what a login costs when every user has a salt.
+fn baseline_rows(plan: &Plan, argon: Stats, growth: &[Growth], rows: &mut Vec<Row>) {
     let full = plan.baseline_full;
     let p50_at = full.div_ceil(2);
     let p99_at = (full * 99).div_ceil(100);
@@ -880,72 +984,6 @@ async fn run(plan: Plan) {
             num(per_candidate),
             num(per)
         ));
-    }
-
-    // Growth.
-    let mut growth_table = String::from(
-        "| users (assigned here) | snapshot | bulk-insert floor | ratio | PIN login p50 / p99 | key login p50 / p99 | PIN p50 ÷ argon2id p50 |\n|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
-    for g in &growth {
-        growth_table.push_str(&format!(
-            "| {} ({}) | {} ms | {} ms | {:.2}× | {} / {} ms | {} / {} ms | {:.2}× |\n",
-            g.users,
-            g.users / data::TERMINAL_EVERY,
-            num(ms(g.snapshot)),
-            num(ms(g.floor)),
-            ms(g.snapshot) / ms(g.floor),
-            num(g.pin.p50),
-            num(g.pin.p99),
-            num(g.key.p50),
-            num(g.key.p99),
-            g.pin.p50 / g.argon2.p50
-        ));
-    }
-
-    let load_end = loadavg();
-    let main_table = report::table(&rows);
-    println!();
-    println!("## tillbench");
-    println!();
-    println!("{machine}");
-    println!("load average: {load_start} at start, {load_end} at end");
-    println!();
-    println!("{main_table}");
-    println!("### Growth");
-    println!();
-    println!("{growth_table}");
-    let json_path = target_dir.join("tillbench.json");
-    let doc = json!({
-        "quick": plan.quick,
-        "machine": machine,
-        "load_average": { "start": load_start, "end": load_end },
-        "seed": format!("{:#x}", data::SEED),
-        "argon2id": { "m_cost_kib": data::production_params().m_cost(), "t_cost": data::production_params().t_cost(), "p_cost": data::production_params().p_cost(), "eval_interleaved_100k": argon.json(), "eval_standalone": standalone.json() },
-        "results": rows.iter().map(Row::json).collect::<Vec<_>>(),
-        "growth": growth.iter().map(|g| json!({
-            "users": g.users,
-            "users_here": g.users / data::TERMINAL_EVERY,
-            "snapshot_ms": ms(g.snapshot),
-            "bulk_insert_floor_ms": ms(g.floor),
-            "pin_login": g.pin.json(),
-            "key_login": g.key.json(),
-            "argon2id_interleaved": g.argon2.json(),
-        })).collect::<Vec<_>>(),
-        "startup_empty_replica": empty_start.json(),
-        "idle_rss_empty_replica_kib": empty_rss,
-        "extra": extra,
-        "total_s": bench_start.elapsed().as_secs_f64(),
-    });
-    std::fs::write(&json_path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
-    println!("figures written to {}", json_path.display());
-    say(format!(
-        "done in {:.0} s",
-        bench_start.elapsed().as_secs_f64()
-    ));
-    if std::env::var_os("TILLBENCH_KEEP").is_some() {
-        println!("state directories kept in {}", root.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&root);
     }
 }
 
