@@ -88,7 +88,7 @@ impl Default for EnrolmentConfig {
         EnrolmentConfig {
             permission: "user.credentials.manage".into(),
             min_pin_len: 4,
-            capture_timeout: "30s".into(),
+            capture_timeout: "20s".into(),
         }
     }
 }
@@ -961,13 +961,28 @@ impl Config {
             "enrolment.capture_timeout",
             &self.enrolment.capture_timeout,
             false,
-            second,
+            Duration::from_millis(100),
         )?
-        .unwrap_or(Duration::from_secs(30));
+        .unwrap_or(Duration::from_secs(20));
+        // A capture must end (DEADLINE_EXCEEDED, audited) before the listener cuts the call off.
+        let margin = crate::enroll::capture_margin(login_limits.call_timeout);
+        let max_capture_timeout = login_limits.call_timeout.saturating_sub(margin);
+        if capture_timeout > max_capture_timeout {
+            return Err(invalid(
+                "enrolment.capture_timeout",
+                format!(
+                    "{:?} must be at least {} shorter than login_socket.call_timeout {:?}",
+                    self.enrolment.capture_timeout,
+                    humantime::format_duration(margin),
+                    self.login_socket.call_timeout
+                ),
+            ));
+        }
         let enrolment = crate::enroll::EnrolmentSettings {
             permission,
             min_pin_len: self.enrolment.min_pin_len,
             capture_timeout,
+            max_capture_timeout,
         };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
@@ -1035,7 +1050,8 @@ mod tests {
             .unwrap();
         assert_eq!(s.enrolment.permission, "user.credentials.manage");
         assert_eq!(s.enrolment.min_pin_len, 4);
-        assert_eq!(s.enrolment.capture_timeout, Duration::from_secs(30));
+        assert_eq!(s.enrolment.capture_timeout, Duration::from_secs(20));
+        assert_eq!(s.enrolment.max_capture_timeout, Duration::from_secs(28));
         let parse = |section: &str| {
             Config::parse(&format!(
                 "[terminal]\nsales_point_id = \"sp\"\n[enrolment]\n{section}"
@@ -1043,8 +1059,11 @@ mod tests {
             .unwrap()
             .validate()
         };
-        let s = parse("permission = \"keys.assign\"\nmin_pin_len = 6\ncapture_timeout = \"2m\"\n")
-            .unwrap();
+        let s = parse(
+            "permission = \"keys.assign\"\nmin_pin_len = 6\ncapture_timeout = \"2m\"\n\
+             [login_socket]\ncall_timeout = \"3m\"\n",
+        )
+        .unwrap();
         assert_eq!(
             (s.enrolment.permission.as_str(), s.enrolment.min_pin_len),
             ("keys.assign", 6)
@@ -1054,6 +1073,8 @@ mod tests {
             ("permission = \" \"\n", "enrolment.permission"),
             ("min_pin_len = 0\n", "enrolment.min_pin_len"),
             ("capture_timeout = \"soon\"\n", "enrolment.capture_timeout"),
+            // Not shorter than the default login_socket.call_timeout (30s) by the margin.
+            ("capture_timeout = \"29s\"\n", "enrolment.capture_timeout"),
         ] {
             let err = parse(bad).unwrap_err().to_string();
             assert!(err.starts_with(&format!("config key {key}")), "{err}");

@@ -26,6 +26,15 @@ pub struct EnrolmentSettings {
     pub permission: String,
     pub min_pin_len: usize,
     pub capture_timeout: Duration,
+    /// The longest capture a call may ask for: `login_socket.call_timeout` less
+    /// [`capture_margin`], so the capture ends before the listener cancels the call.
+    pub max_capture_timeout: Duration,
+}
+
+/// Time left between a capture's end and the call's timeout, for its audit row and answer:
+/// 2 s, or a quarter of a shorter call timeout.
+pub fn capture_margin(call_timeout: Duration) -> Duration {
+    (call_timeout / 4).min(Duration::from_secs(2))
 }
 
 /// Who approves an enrolment.
@@ -51,7 +60,7 @@ pub struct KeyEnrolment {
     pub user_id: String,
     pub approval: Approval,
     pub reader: ReaderChoice,
-    /// None: `enrolment.capture_timeout`.
+    /// None: `enrolment.capture_timeout`. Capped at `max_capture_timeout`.
     pub timeout: Option<Duration>,
     /// Where the call came from ("socket uid=…"), for the audit rows.
     pub source: String,
@@ -153,7 +162,9 @@ impl Enrolment {
         }
         let authorized_by = self.approve(&user_id, approval, &source).await?;
         let mut capture = self.captures.begin(reader.clone())?;
-        let timeout = timeout.unwrap_or(self.settings.capture_timeout);
+        let timeout = timeout
+            .unwrap_or(self.settings.capture_timeout)
+            .min(self.settings.max_capture_timeout);
         tracing::info!(%authorized_by, timeout = %humantime::format_duration(timeout), "key capture started: the next key on the reader is not a login");
         let mut ending = tokio::select! {
             got = &mut capture.outcome => got.map_or(Ending::Cancelled, Ending::Got),

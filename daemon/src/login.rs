@@ -22,7 +22,8 @@ use crate::model::{CredentialKind, Terminal};
 use crate::resolve::{Candidate, DenialReason, Resolution, may_log_in, resolve};
 use crate::session::{Session, SessionEvent, SessionManager, profile_change};
 use crate::store::{
-    AttemptRecorded, LocalStore, Replica, ReplicaState, Settlement, StoreError, UserProfile,
+    Admitted, AttemptRecorded, LocalStore, Replica, ReplicaState, Settlement, StoreError,
+    UserProfile,
 };
 
 const MAX_PIN_LEN: usize = 32;
@@ -197,6 +198,8 @@ struct Refused {
     locked_out: u64,
     malformed: u64,
     busy: u64,
+    no_replica: u64,
+    stale: u64,
     since: SystemTime,
     method: CredentialKind,
 }
@@ -206,11 +209,13 @@ enum RefusedFor {
     LockedOut,
     Malformed,
     Busy,
+    NoReplica,
+    Stale,
 }
 
 impl Refused {
     fn total(&self) -> u64 {
-        self.locked_out + self.malformed + self.busy
+        self.locked_out + self.malformed + self.busy + self.no_replica + self.stale
     }
 
     /// The summary row, one per source per lockout.
@@ -220,6 +225,8 @@ impl Refused {
             (self.locked_out, "while locked out"),
             (self.malformed, "as malformed"),
             (self.busy, "as too busy"),
+            (self.no_replica, "before the first snapshot"),
+            (self.stale, "as the replica was stale"),
         ] {
             if n > 0 {
                 parts.push(format!("{n} {what}"));
@@ -333,7 +340,7 @@ impl Authenticator {
         secret: Zeroizing<String>,
         source: &str,
     ) -> Result<Session, LoginError> {
-        let outcome = match self.admission(kind, &secret, source, &Purpose::Login).await {
+        let outcome = match self.admission(kind, &secret, source).await {
             Ok(admission) => self.login_admitted(admission, kind, secret, source).await,
             Err(e) => Err(e),
         };
@@ -351,10 +358,7 @@ impl Authenticator {
         secret: Zeroizing<String>,
         source: String,
     ) -> Result<Session, LoginError> {
-        let admission = match self
-            .admission(kind, &secret, &source, &Purpose::Login)
-            .await
-        {
+        let admission = match self.admission(kind, &secret, &source).await {
             Ok(admission) => admission,
             Err(e) => {
                 log_refusal("login", &e);
@@ -434,7 +438,7 @@ impl Authenticator {
         let admitted = if permission.is_empty() {
             Err(LoginError::BadInput("permission is empty"))
         } else {
-            self.admission(kind, &secret, &source, &purpose).await
+            self.admission(kind, &secret, &source).await
         };
         let admission = match admitted {
             Ok(admission) => admission,
@@ -473,7 +477,7 @@ impl Authenticator {
         let outcome = if permission.is_empty() {
             Err(LoginError::BadInput("permission is empty"))
         } else {
-            match self.admission(kind, &secret, source, &purpose).await {
+            match self.admission(kind, &secret, source).await {
                 Ok(admission) => {
                     self.authorize_admitted(admission, kind, secret, &purpose, source)
                         .await
@@ -606,43 +610,27 @@ impl Authenticator {
         kind: CredentialKind,
         secret: &str,
         source: &str,
-        purpose: &Purpose,
     ) -> Result<Admission, LoginError> {
         if let Err(e) = check_secret(kind, secret) {
             self.count_refused(source, kind, RefusedFor::Malformed);
             return Err(e);
         }
-        let refuse = |outcome, error: &LoginError| {
-            purpose
-                .record(kind, source, outcome)
-                .reason(error.to_string())
-        };
         let replica = self.replica.clone();
         let state = blocking(move || replica.state()).await??;
+        // Counted, not a row each: these last until central acts, and a flood must not fill
+        // the disk meanwhile.
         if state.cursor.needs_snapshot() {
-            let e = LoginError::NoReplica;
-            self.record(
-                refuse(AuditOutcome::NoReplica, &e),
-                Settlement::Keep,
-                source,
-            )
-            .await?;
-            return Err(e);
+            self.count_refused(source, kind, RefusedFor::NoReplica);
+            return Err(LoginError::NoReplica);
         }
         if let Some(max_age) = self.policy.max_replica_age
             && replica_too_old(state.last_sync_at, SystemTime::now(), max_age)
         {
-            let e = LoginError::Stale {
+            self.count_refused(source, kind, RefusedFor::Stale);
+            return Err(LoginError::Stale {
                 last_sync_at: state.last_sync_at,
                 max_age,
-            };
-            self.record(
-                refuse(AuditOutcome::ReplicaStale, &e),
-                Settlement::Keep,
-                source,
-            )
-            .await?;
-            return Err(e);
+            });
         }
         let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
         let budget = budget_of(kind);
@@ -673,31 +661,7 @@ impl Authenticator {
         purpose: &Purpose,
     ) -> Result<Verified, LoginError> {
         let Admission { permit, state } = admission;
-        let scope = scope_of(source);
-        let pending = self.take_refused(&scope);
-        let summary = pending.map(|p| p.record(&scope));
-        let wrote_summary = summary.is_some();
-        let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
-        let budget = budget_of(kind);
-        let now = crate::clock::now();
-        let admitted =
-            blocking(move || local.admit_attempt(budget, &owned, &policy, now, summary.as_ref()))
-                .await?;
-        let admitted = match self.written(admitted) {
-            Ok(Ok(admitted)) => admitted,
-            Ok(Err(refusal)) => {
-                self.restore_refused(pending.map(|p| (scope.clone(), p)).into_iter().collect());
-                self.count_refused(source, kind, RefusedFor::LockedOut);
-                return Err(locked_out(refusal));
-            }
-            Err(e) => {
-                self.restore_refused(pending.map(|p| (scope.clone(), p)).into_iter().collect());
-                return Err(e);
-            }
-        };
-        if wrote_summary {
-            audit::warn_if_over_cap(admitted.audit, self.policy.audit_max_rows);
-        }
+        let admitted = self.charge(kind, source).await?;
         let refuse = |outcome, error: &LoginError| {
             purpose
                 .record(kind, source, outcome)
@@ -738,6 +702,37 @@ impl Authenticator {
                 Err(e)
             }
         }
+    }
+
+    /// Charges an admitted attempt to its counters, in one transaction with the source's
+    /// pending summary row; refused (nothing written) if a lockout started meanwhile.
+    async fn charge(&self, kind: CredentialKind, source: &str) -> Result<Admitted, LoginError> {
+        let scope = scope_of(source);
+        let pending = self.take_refused(&scope);
+        let summary = pending.map(|p| p.record(&scope));
+        let wrote_summary = summary.is_some();
+        let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
+        let budget = budget_of(kind);
+        let now = crate::clock::now();
+        let admitted =
+            blocking(move || local.admit_attempt(budget, &owned, &policy, now, summary.as_ref()))
+                .await?;
+        let admitted = match self.written(admitted) {
+            Ok(Ok(admitted)) => admitted,
+            Ok(Err(refusal)) => {
+                self.restore_refused(pending.map(|p| (scope.clone(), p)).into_iter().collect());
+                self.count_refused(source, kind, RefusedFor::LockedOut);
+                return Err(locked_out(refusal));
+            }
+            Err(e) => {
+                self.restore_refused(pending.map(|p| (scope.clone(), p)).into_iter().collect());
+                return Err(e);
+            }
+        };
+        if wrote_summary {
+            audit::warn_if_over_cap(admitted.audit, self.policy.audit_max_rows);
+        }
+        Ok(admitted)
     }
 
     /// The resolved user's profile here, read again under the profile gate. A sync may have
@@ -825,6 +820,8 @@ impl Authenticator {
             locked_out: 0,
             malformed: 0,
             busy: 0,
+            no_replica: 0,
+            stale: 0,
             since: SystemTime::now(),
             method: kind,
         });
@@ -832,6 +829,49 @@ impl Authenticator {
             RefusedFor::LockedOut => entry.locked_out += 1,
             RefusedFor::Malformed => entry.malformed += 1,
             RefusedFor::Busy => entry.busy += 1,
+            RefusedFor::NoReplica => entry.no_replica += 1,
+            RefusedFor::Stale => entry.stale += 1,
+        }
+    }
+
+    /// Writes the summary rows of every source with refused attempts pending (each minute
+    /// while any are, and at shutdown), so a flood followed by silence is still audited.
+    pub async fn flush_refused(&self) -> Result<usize, LoginError> {
+        let pending = self.take_all_refused(None);
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<AuditRecord> = pending.iter().map(|(s, r)| r.record(s)).collect();
+        let local = self.local.clone();
+        let written = blocking(move || local.append_audit_rows(&rows)).await;
+        let written = match written {
+            Ok(written) => written,
+            Err(e) => {
+                self.restore_refused(pending);
+                return Err(e);
+            }
+        };
+        match self.written(written) {
+            Ok(stats) => {
+                audit::warn_if_over_cap(stats, self.policy.audit_max_rows);
+                Ok(pending.len())
+            }
+            Err(e) => {
+                self.restore_refused(pending);
+                Err(e)
+            }
+        }
+    }
+
+    /// Flushes pending refusal summaries every `period`, for as long as the daemon runs.
+    pub async fn run_refused_flush(self: Arc<Self>, period: Duration) {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if let Err(e) = self.flush_refused().await {
+                tracing::warn!(error = %e, "writing the refused-attempt summaries failed; kept for the next try");
+            }
         }
     }
 
@@ -864,11 +904,15 @@ impl Authenticator {
                 locked_out: 0,
                 malformed: 0,
                 busy: 0,
+                no_replica: 0,
+                stale: 0,
                 ..r
             });
             entry.locked_out += r.locked_out;
             entry.malformed += r.malformed;
             entry.busy += r.busy;
+            entry.no_replica += r.no_replica;
+            entry.stale += r.stale;
             entry.since = entry.since.min(r.since);
         }
     }
@@ -910,6 +954,23 @@ impl Authenticator {
     }
 }
 
+/// The scheme a new credential is hashed under: the highest of its own kind's, so a new PIN
+/// shares the salt of the other PINs (the in-use check and one argon2 run per login rely on
+/// it); the other kind's only when none of its kind exists yet.
+fn enrolment_scheme<S: Ord>(same_kind: Vec<S>, other_kind: Vec<S>) -> Option<S> {
+    same_kind
+        .into_iter()
+        .max()
+        .or_else(|| other_kind.into_iter().max())
+}
+
+fn other_kind(kind: CredentialKind) -> CredentialKind {
+    match kind {
+        CredentialKind::Pin => CredentialKind::Key,
+        CredentialKind::Key => CredentialKind::Pin,
+    }
+}
+
 /// A credential hashed for enrolment, not stored anywhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCredential {
@@ -932,18 +993,33 @@ impl Authenticator {
         secret: Zeroizing<String>,
         source: &str,
     ) -> Result<NewCredential, LoginError> {
-        check_secret(kind, &secret)?;
-        // The same fair per-source queue as logins.
-        let _permit = self
-            .hashing
-            .acquire(&scope_of(source))
-            .await
-            .map_err(LoginError::Busy)?;
+        // "A user holds this PIN" is what a right guess tells: a new PIN's lookup is admitted and
+        // charged like a login and never refunded, whatever it finds, so the guess budget G
+        // covers it. A key is only looked up when presented at a reader.
+        let _permit = match kind {
+            CredentialKind::Pin => {
+                let admission = self.admission(kind, &secret, source).await?;
+                let admitted = self.charge(kind, source).await?;
+                for (scope, delay) in &admitted.locked {
+                    tracing::warn!(%scope, delay = %humantime::format_duration(*delay), "too many PINs tested: entry from this source locked");
+                }
+                admission.permit
+            }
+            CredentialKind::Key => {
+                check_secret(kind, &secret)?;
+                // The same fair per-source queue as logins.
+                self.hashing
+                    .acquire(&scope_of(source))
+                    .await
+                    .map_err(LoginError::Busy)?
+            }
+        };
         let replica = self.replica.clone();
         let scheme = blocking(move || {
-            let mut schemes = replica.hash_schemes(CredentialKind::Pin)?;
-            schemes.extend(replica.hash_schemes(CredentialKind::Key)?);
-            Ok::<_, StoreError>(schemes.into_iter().max())
+            Ok::<_, StoreError>(enrolment_scheme(
+                replica.hash_schemes(kind)?,
+                replica.hash_schemes(other_kind(kind))?,
+            ))
         })
         .await??
         .ok_or(LoginError::NoAccountScheme)?;
@@ -980,7 +1056,7 @@ impl Authenticator {
             session_user_id: self.sessions.current().map(|s| s.user_id),
         };
         let kind = CredentialKind::Pin;
-        let admission = self.admission(kind, &pin, source, &purpose).await?;
+        let admission = self.admission(kind, &pin, source).await?;
         let verified = self.verify(admission, kind, pin, source, &purpose).await?;
         if verified.user_id != user_id {
             // Another user's PIN: a wrong PIN for this user; its charge stays.

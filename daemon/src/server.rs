@@ -39,6 +39,8 @@ use crate::tokens::TokenRegistry;
 
 /// How long in-flight calls may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often pending refused-attempt counts are written as summary rows.
+const REFUSED_FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -267,6 +269,7 @@ pub async fn serve(
     let mut login = tokio::spawn(login);
     let mut sync = tokio::spawn(sync);
     let idle_lock = tokio::spawn(core.sessions.clone().run_idle_lock());
+    let refused_flush = tokio::spawn(core.auth.clone().run_refused_flush(REFUSED_FLUSH_PERIOD));
     let input = crate::hardware::supervise(
         core.input.subscribe(),
         Arc::new(Dispatcher {
@@ -287,6 +290,7 @@ pub async fn serve(
     control.notifier.stopping();
     let _ = shutdown_tx.send(true);
     idle_lock.abort();
+    refused_flush.abort();
     let mut outcome = Ok(());
     if let Some((which, result)) = early {
         tracing::error!(
@@ -325,6 +329,9 @@ pub async fn serve(
         }
     }
     input.abort();
+    if let Err(e) = core.auth.flush_refused().await {
+        tracing::warn!(error = %e, "writing the refused-attempt summaries at shutdown failed");
+    }
     for (store, checkpoint) in [
         ("replica", core.replica.close_cleanly()),
         ("local", core.local.close_cleanly()),

@@ -288,8 +288,19 @@ pub fn snapshot(
     roles: Vec<Value>,
     users: Vec<Value>,
 ) -> tillgate_client::export::Snapshot {
+    snapshot_under(account(), epoch, revision, roles, users)
+}
+
+/// Like [`snapshot`], with the PINs hashed under `account`'s costs.
+pub fn snapshot_under(
+    account: Value,
+    epoch: u64,
+    revision: u64,
+    roles: Vec<Value>,
+    users: Vec<Value>,
+) -> tillgate_client::export::Snapshot {
     let export = json!({
-        "account": account(),
+        "account": account,
         "cursor": { "epoch": epoch, "revision": revision },
         "roles": roles,
         "users": users,

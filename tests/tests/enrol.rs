@@ -352,6 +352,78 @@ async fn a_pin_change_is_refused_when_in_use_and_answered_as_a_phc_otherwise() {
     }
 }
 
+/// A capture asked to wait longer than the login socket lets a call run is cut to fit, so it
+/// ends with its own DEADLINE_EXCEEDED (audited), not the listener's CANCELLED.
+#[tokio::test]
+async fn a_capture_longer_than_the_call_timeout_ends_before_it() {
+    let (daemon, _pty, _temp) =
+        till("[login_socket]\ncall_timeout = \"4s\"\n[enrolment]\ncapture_timeout = \"1s\"\n")
+            .await;
+    let mut client = daemon.client().await;
+    // Runs as the daemon's own uid: an admin uid.
+    assert_eq!(
+        code(client.enroll_key("newbie", None, "door reader", 600).await),
+        tonic::Code::DeadlineExceeded
+    );
+    let audit = client.audit_tail(1000).await.unwrap().events;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.kind == "key_capture" && e.outcome == "timed_out"),
+        "{audit:?}"
+    );
+}
+
+/// A new PIN's in-use check tells whether someone holds the PIN: each one is a guess charged to
+/// the terminal's budget and never refunded, found in use or not, so a cashier's open session
+/// cannot be used to test PINs for free.
+#[tokio::test]
+async fn every_new_pin_tested_by_a_pin_change_is_charged_like_a_wrong_login() {
+    const TERMINAL_MAX_FAILURES: usize = 3;
+    let (daemon, _pty, _temp) = till(&format!(
+        "[lockout]\nmax_failures = 100\nterminal_max_failures = {TERMINAL_MAX_FAILURES}\nterminal_refill = \"1000h\"\n"
+    ))
+    .await;
+    let mut client = daemon.client().await;
+    // A right PIN is refunded: the session costs nothing.
+    client.login_with_pin(KIM_PIN).await.unwrap();
+
+    let probes = ["111111", MANAGER_PIN, "222222"];
+    assert_eq!(probes.len(), TERMINAL_MAX_FAILURES);
+    for probe in probes {
+        let answer = client
+            .change_pin("kim", probe, probe, PinApproval::Session)
+            .await;
+        if probe == MANAGER_PIN {
+            assert_eq!(code(answer), tonic::Code::AlreadyExists);
+        } else {
+            answer.unwrap();
+        }
+    }
+    // The budget is spent: the next probe, and any PIN entry at this terminal, is refused.
+    assert_eq!(
+        code(
+            client
+                .change_pin("kim", "333333", "333333", PinApproval::Session)
+                .await
+        ),
+        tonic::Code::ResourceExhausted
+    );
+    match client.login_with_pin(MANAGER_PIN).await {
+        Err(ClientError::Rpc(status)) => {
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}")
+        }
+        other => panic!("PIN entry is still open: {other:?}"),
+    }
+    let lockouts = client.lockouts().await.unwrap();
+    assert!(
+        lockouts.iter().any(|l| l.source == "terminal"
+            && l.failures as usize == TERMINAL_MAX_FAILURES
+            && l.locked_until.is_some()),
+        "{lockouts:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_damaged_read_a_removal_an_unplug_or_a_cancelled_call_ends_the_capture_cleanly() {
     let temp = tempfile::tempdir().unwrap();

@@ -100,7 +100,7 @@ async fn a_call_past_its_timeout_completes_atomically_and_callers_gone_while_que
     let daemon = Daemon::start_with(
         "",
         "[hashing]\nmax_concurrent = 1\nmax_waiting_per_source = 16\n\
-         [login_socket]\ncall_timeout = \"1s\"\n\
+         [login_socket]\ncall_timeout = \"1s\"\n[enrolment]\ncapture_timeout = \"500ms\"\n\
          [lockout]\nmax_failures = 100\nterminal_max_failures = 100\n",
     );
     // One evaluation of these costs takes over a second.

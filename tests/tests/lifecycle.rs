@@ -479,3 +479,36 @@ async fn demo_mode_serves_the_built_in_account() {
         "{guide}"
     );
 }
+
+/// Logins before the first snapshot are refused without a row each (a flood cannot fill the
+/// disk); their count is one summary row, written at the latest when the daemon stops.
+#[tokio::test]
+async fn refusals_without_a_replica_are_one_summary_row_written_at_shutdown() {
+    let mut daemon = Daemon::start();
+    let mut client = daemon.client().await;
+    for _ in 0..30 {
+        let (c, _) = code(client.login_with_pin("1111").await);
+        assert_eq!(c, Code::Unavailable);
+    }
+    // Each refusal was answered after its (absent) write: nothing is written yet.
+    let events = client.audit_tail(1000).await.unwrap().events;
+    assert!(events.is_empty(), "{events:?}");
+    drop(client);
+    assert!(daemon.stop().await.success());
+
+    let restarted = Daemon::spawn(&daemon.dir);
+    let events = restarted
+        .client()
+        .await
+        .audit_tail(1000)
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].outcome, "refused");
+    assert!(
+        events[0].reason.contains("30 before the first snapshot"),
+        "{}",
+        events[0].reason
+    );
+}

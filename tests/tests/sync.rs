@@ -219,8 +219,16 @@ async fn aborted_snapshot_stream_leaves_the_replica_unchanged() {
     assert_eq!(c, Code::Aborted);
 
     // 2. The client goes away in the middle of the stream: giving up on the call resets the
-    // HTTP/2 stream (and dropping the client closes the connection), and hyper drops the call.
-    let refusals = || daemon.log_text().matches("replica unchanged").count();
+    // HTTP/2 stream (and dropping the client closes the connection): hyper ends the call's
+    // stream, or drops the call.
+    // The line logged once an unfinished stream's builder has ended and its slot is free
+    // (whether or not hyper has dropped the call by then).
+    let refusals = || {
+        daemon
+            .log_text()
+            .matches("snapshot stream ended before its final chunk")
+            .count()
+    };
     let before = refusals();
     let first = tillgate_client::snapshot_chunks(replacement.clone(), 1).remove(0);
     let stalled = futures::stream::iter(vec![first]).chain(futures::stream::pending());
@@ -571,7 +579,7 @@ async fn a_central_that_vanishes_without_closing_frees_the_snapshot_slot_after_k
 
     // Barrier: the unanswered ping closes the connection and frees the slot (sync.call_timeout
     // is 10 minutes: only the keepalive can end this call within the deadline).
-    let ended = "snapshot call ended before its stream did";
+    let ended = "snapshot stream ended before its final chunk; replica unchanged token=central-2";
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !daemon.log_text().contains(ended) {
         assert!(

@@ -4,6 +4,8 @@
 //! one state central sent (old or new, never a mix): its cursor is one that was sent, not behind
 //! the last one acknowledged, and its rows are those of that cursor. A login cut by a kill keeps
 //! its throttle charge (no free guess), and no more than that: amy's right PIN is never refused.
+//! amy's PIN is hashed at real costs, so most kills that cut a login land while it is hashed:
+//! the very instant a charge written late would be lost.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -22,6 +24,10 @@ const KILLS: usize = 100;
 const SNAPSHOT_USERS: usize = 300;
 /// Batches sent per round, each after the previous one was acknowledged.
 const BATCHES_PER_ROUND: u64 = 20;
+/// Argon2 costs of amy's PIN: tens of milliseconds, so the hash is a real part of a login's time
+/// (higher costs leave no login granted within a round).
+const AMY_M_COST_KIB: u32 = 32 * 1024;
+const AMY_T_COST: u32 = 2;
 
 type Cursor = (u64, u64);
 
@@ -88,6 +94,8 @@ fn terminal_charges(state: &Path) -> f64 {
 #[derive(Default)]
 struct Logins {
     granted: usize,
+    /// The last login was sent and never answered: the kill cut it.
+    cut_short: bool,
     /// RESOURCE_EXHAUSTED: the throttle (or the hashing queue) refused a right PIN, how often
     /// and why.
     throttled: usize,
@@ -210,7 +218,16 @@ async fn kill_9_at_random_instants_leaves_one_whole_state() {
         .map(|i| user(&format!("u{i:04}"), i as i64 + 1, None))
         .collect();
     staff[0] = user("amy", 1, Some("1111"));
-    let base = snapshot(1, 1, vec![role("cashier", &["sale.create"], &[])], staff);
+    let mut costly = account();
+    costly["m_cost_kib"] = serde_json::json!(AMY_M_COST_KIB);
+    costly["t_cost"] = serde_json::json!(AMY_T_COST);
+    let base = snapshot_under(
+        costly,
+        1,
+        1,
+        vec![role("cashier", &["sale.create"], &[])],
+        staff,
+    );
     let marker_user = snapshot(1, 1, vec![], vec![marker((0, 0))]).users.remove(0);
     let snapshot_users = SNAPSHOT_USERS as i64 + 1;
 
@@ -225,6 +242,9 @@ async fn kill_9_at_random_instants_leaves_one_whole_state() {
         .token;
     let mut cursor: Cursor = (0, 0);
     let (mut switched, mut acknowledged_batches, mut granted_logins) = (0, 0, 0);
+    // Logins cut by a kill, and those of them whose charge survived it.
+    let (mut cut_logins, mut cut_and_kept) = (0, 0);
+    let mut charges_before = 0.0;
     for round in 0..KILLS {
         let sync = daemon.sync(Some(&token)).await;
         // The snapshot: usually further on in this epoch, sometimes a new epoch.
@@ -269,7 +289,10 @@ async fn kill_9_at_random_instants_leaves_one_whole_state() {
                         }
                         // Before the first snapshot there is no amy; once killed, nothing answers.
                         Err(_) if client.status().await.is_ok() => {}
-                        Err(_) => return seen,
+                        Err(_) => {
+                            seen.cut_short = true;
+                            return seen;
+                        }
                     }
                 }
             })
@@ -296,6 +319,20 @@ async fn kill_9_at_random_instants_leaves_one_whole_state() {
             terminal_charges(&daemon.state_dir())
         );
         cursor = check_stores(&daemon.state_dir(), &central, round);
+        // Every other login succeeded and refunded its own charge: a kill adds at most the
+        // charge of the login it cut, and none when it cut none.
+        let charges_after = terminal_charges(&daemon.state_dir());
+        let kept = (charges_after - charges_before).round() as i64;
+        assert!(
+            kept <= i64::from(seen.cut_short),
+            "round {round}: {kept} charges kept by a kill that cut {} login",
+            u8::from(seen.cut_short)
+        );
+        if seen.cut_short {
+            cut_logins += 1;
+            cut_and_kept += kept;
+        }
+        charges_before = charges_after;
 
         daemon = Daemon::spawn(dir);
         let mut sync = daemon.sync(Some(&token)).await;
@@ -320,16 +357,24 @@ async fn kill_9_at_random_instants_leaves_one_whole_state() {
         assert_eq!(pin_user(&mut client, "1111").await, "amy");
     }
     daemon.stop().await;
-    // A success refunds its own charge: what is left are logins cut between charge and refund,
-    // at most one per kill.
+    // A success refunds its own charge: what is left are logins cut between charge and refund.
     let kept = terminal_charges(&daemon.state_dir());
     assert!(
-        kept <= KILLS as f64,
-        "{kept} charges kept after {KILLS} kills"
+        (kept - charges_before).abs() < 0.5,
+        "{kept} charges at the end, {charges_before} after the last kill"
+    );
+    // A cut login keeps no charge only when the kill came before its charge was written or after
+    // its refund, a small part of a login's time next to the hash: a charge written after the
+    // hash (a free guess per crash) or lost by a crash keeps almost none (measured: 2 of 100 with
+    // the hash moved before the charge, 82-84 of 100 as it is).
+    assert!(
+        cut_logins >= KILLS as i64 / 2 && cut_and_kept * 2 >= cut_logins,
+        "of {cut_logins} logins cut by a kill only {cut_and_kept} kept their charge"
     );
     eprintln!(
         "{KILLS} kills in {:.1} s: {switched} snapshots, {acknowledged_batches} batches and \
-         {granted_logins} logins acknowledged; {kept} logins cut by a kill kept their charge",
+         {granted_logins} logins acknowledged; {cut_and_kept} of {cut_logins} logins cut by a \
+         kill kept their charge",
         started.elapsed().as_secs_f64()
     );
 }

@@ -78,7 +78,7 @@ impl SyncService {
 
 type Built = (
     Result<crate::store::ReadySnapshot, SnapshotError>,
-    tokio::sync::OwnedSemaphorePermit,
+    Option<tokio::sync::OwnedSemaphorePermit>,
 );
 
 /// The blocking task that builds a snapshot's side file, holding the one-snapshot slot.
@@ -116,9 +116,18 @@ impl Drop for SideFileBuilder {
         let token = std::mem::take(&mut self.token);
         runtime.spawn(async move {
             // The permit comes back with the result: dropping it frees the slot before the log.
-            let freed_memory = matches!(task.await, Ok((Err(_), _)));
-            tracing::warn!(token = %token, "snapshot call ended before its stream did (central reset the stream or went away, or call_timeout passed); replica unchanged");
-            if freed_memory {
+            // An unfinished stream was logged by the builder already.
+            let outcome = task.await;
+            let (unfinished, failed) = match &outcome {
+                Ok((Err(SnapshotError::Incomplete { .. }), _)) => (true, true),
+                Ok((built, _)) => (false, built.is_err()),
+                Err(_) => (false, true),
+            };
+            drop(outcome);
+            if !unfinished {
+                tracing::warn!(token = %token, "snapshot call ended before it was answered (central reset the stream or went away, or call_timeout passed); replica unchanged");
+            }
+            if failed {
                 tokio::task::spawn_blocking(crate::memory::release_free_memory);
             }
         });
@@ -207,6 +216,7 @@ impl Sync for SyncService {
         let (sender, mut receiver) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
         let max_schemes = self.max_schemes;
+        let builder_token = token.clone();
         let builder = tokio::task::spawn_blocking(move || {
             let ingest = Ingest {
                 key: &key,
@@ -218,7 +228,14 @@ impl Sync for SyncService {
                 ingest,
                 max_schemes,
             );
-            (built, permit)
+            // Logged here, once the slot is free: if the client went away (hyper reports a reset
+            // stream as its end), this call's handler may be gone already.
+            if let Err(SnapshotError::Incomplete { chunks }) = &built {
+                drop(permit);
+                tracing::warn!(token = %builder_token, chunks, "snapshot stream ended before its final chunk; replica unchanged");
+                return (built, None);
+            }
+            (built, Some(permit))
         });
         let mut builder = SideFileBuilder {
             token: token.clone(),
@@ -274,8 +291,8 @@ impl Sync for SyncService {
         }
         let ready = match built {
             Ok(ready) => ready,
-            Err(SnapshotError::Incomplete { chunks }) => {
-                tracing::warn!(token = %token, chunks, "snapshot stream ended without its final chunk; replica unchanged");
+            // Logged by the builder, which may outlive this handler.
+            Err(SnapshotError::Incomplete { .. }) => {
                 return Err(Status::aborted(
                     "snapshot stream ended without a chunk marked final; replica unchanged",
                 ));

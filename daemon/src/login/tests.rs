@@ -471,7 +471,26 @@ async fn a_stale_replica_refuses_logins() {
         "{e}"
     );
     assert!(e.to_string().contains("replica.max_age is 1s"), "{e}");
-    assert_eq!(outcomes(&old), vec!["replica_stale"]);
+    // Refusals while stale are counted, not a row each: a flood cannot fill the disk.
+    for _ in 0..49 {
+        assert!(matches!(
+            old.auth
+                .login(CredentialKind::Pin, pin("1111"), SOCKET)
+                .await,
+            Err(LoginError::Stale { .. })
+        ));
+    }
+    assert!(outcomes(&old).is_empty(), "{:?}", outcomes(&old));
+    // The pending count is written as one summary row (each minute, and at shutdown).
+    assert_eq!(old.auth.flush_refused().await.unwrap(), 1);
+    assert_eq!(old.auth.flush_refused().await.unwrap(), 0);
+    let rows = audit(&old);
+    assert_eq!(outcomes(&old), vec!["refused"]);
+    let reason = rows[0].record.reason.clone();
+    assert!(
+        reason.starts_with("50 attempts refused") && reason.contains("50 as the replica was stale"),
+        "{reason}"
+    );
     // A sync (here an idempotent replay, central's heartbeat) makes it fresh again.
     old.replica.touch_last_sync().unwrap();
     old.auth
@@ -582,4 +601,63 @@ async fn locked_session_resumes_for_its_user_and_sync_changes_reach_it() {
         (EventKind::Logout, "user deleted")
     );
     assert!(f.auth.sessions().current().is_none());
+}
+
+#[tokio::test]
+async fn a_new_credential_is_hashed_under_the_scheme_of_its_own_kind() {
+    let f = fixture(policy());
+    // Keys under a scheme that sorts above the PINs' one (another salt).
+    let key_scheme = HashScheme {
+        salt: b"key-salt-sorts-higher".to_vec(),
+        ..scheme()
+    };
+    assert!(key_scheme > scheme());
+    let mut manager = user(&f.key, "manager", 1, "9999", "manager");
+    manager.credentials[1] = StoredCredential {
+        kind: CredentialKind::Key,
+        digest: f.key.rekey(&argon2id(b"KEY-manager", &key_scheme).unwrap()),
+        scheme: key_scheme.clone(),
+    };
+    f.replica
+        .apply_snapshot(
+            Cursor {
+                epoch: 2,
+                revision: 1,
+            },
+            ValidSnapshot {
+                users: vec![manager],
+                roles: vec![role("manager", &["sale"])],
+            },
+        )
+        .unwrap();
+    let phc_under = |scheme: &HashScheme, secret: &str| {
+        crate::credential::phc_string(scheme, &argon2id(secret.as_bytes(), scheme).unwrap())
+    };
+
+    let new_pin = f
+        .auth
+        .hash_new_credential(CredentialKind::Pin, pin("24681357"), SOCKET)
+        .await
+        .unwrap();
+    assert_eq!(new_pin.phc, phc_under(&scheme(), "24681357"));
+    let new_key = f
+        .auth
+        .hash_new_credential(CredentialKind::Key, pin("KEY-new"), SOCKET)
+        .await
+        .unwrap();
+    assert_eq!(new_key.phc, phc_under(&key_scheme, "KEY-new"));
+    // The in-use check finds the manager's PIN under the PINs' scheme.
+    let in_use = f
+        .auth
+        .hash_new_credential(CredentialKind::Pin, pin("9999"), SOCKET)
+        .await
+        .unwrap();
+    assert_eq!(in_use.holders, vec!["manager".to_owned()]);
+}
+
+#[test]
+fn a_kind_without_credentials_borrows_the_other_kinds_scheme() {
+    assert_eq!(enrolment_scheme(vec![1, 3], vec![9]), Some(3));
+    assert_eq!(enrolment_scheme(Vec::new(), vec![2, 9]), Some(9));
+    assert_eq!(enrolment_scheme::<u8>(Vec::new(), Vec::new()), None);
 }

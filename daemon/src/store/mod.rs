@@ -61,6 +61,8 @@ pub enum StoreError {
     BadMeta { key: &'static str, value: String },
     #[error("database lock poisoned by an earlier panic")]
     Poisoned,
+    #[error("{store} database already closed for shutdown: no more writes")]
+    Closed { store: &'static str },
     #[error("snapshot side file {path}: {source}")]
     SideFile {
         path: PathBuf,

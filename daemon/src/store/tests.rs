@@ -236,3 +236,16 @@ fn an_unreadable_old_replica_costs_only_the_copy() {
     let (_replica, outcome) = open_replica(&p);
     assert!(matches!(outcome, OpenOutcome::Quarantined { .. }));
 }
+
+#[test]
+fn the_local_store_takes_no_write_after_its_clean_close() {
+    let p = paths();
+    let (local, _) = open_local(&p);
+    local.close_cleanly().unwrap();
+    let refused = local.delete_token("central").unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Closed { store: "local" }),
+        "{refused:?}"
+    );
+    assert!(local.tokens().unwrap().is_empty());
+}

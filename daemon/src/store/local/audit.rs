@@ -172,6 +172,19 @@ impl LocalStore {
         Ok(stats)
     }
 
+    /// Appends rows that belong to no attempt (the summaries of refused attempts), in one
+    /// transaction.
+    pub fn append_audit_rows(&self, records: &[AuditRecord]) -> Result<AuditStats, StoreError> {
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for record in records {
+            insert_audit(&tx, record)?;
+        }
+        let stats = audit_stats(&tx)?;
+        tx.commit()?;
+        Ok(stats)
+    }
+
     pub fn audit_stats(&self) -> Result<AuditStats, StoreError> {
         Ok(audit_stats(&*self.reader()?)?)
     }

@@ -40,6 +40,9 @@ pub struct LocalStore {
     path: PathBuf,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    /// Set by [`Self::close_cleanly`]: no write may follow the closed-cleanly marker (a detached
+    /// login or a sync still running at shutdown fails instead, like at a crash).
+    closed: std::sync::atomic::AtomicBool,
     identity: Identity,
 }
 
@@ -73,6 +76,7 @@ impl LocalStore {
                 writer: Mutex::new(connections.writer),
                 reader: Mutex::new(connections.reader),
                 identity,
+                closed: std::sync::atomic::AtomicBool::new(false),
             },
             outcome,
         ))
@@ -87,17 +91,25 @@ impl LocalStore {
     }
 
     fn writer(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        self.writer.lock().map_err(|_| StoreError::Poisoned)
+        let conn = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Closed { store: STORE });
+        }
+        Ok(conn)
     }
 
     fn reader(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
         self.reader.lock().map_err(|_| StoreError::Poisoned)
     }
 
-    /// At shutdown: marks the file closed cleanly (the next start skips `quick_check`) and folds
-    /// the WAL into it.
+    /// At shutdown: marks the file closed cleanly (the next start skips `quick_check`), folds
+    /// the WAL into it and refuses every later write, so the mark stays true.
     pub fn close_cleanly(&self) -> Result<(), StoreError> {
-        sqlite::close_cleanly(&mut *self.writer()?)
+        let mut conn = self.writer()?;
+        sqlite::close_cleanly(&mut conn)?;
+        // Under the writer lock: every write that took it earlier is done, every later one fails.
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 }
 

@@ -138,27 +138,38 @@ impl Replica {
                 ),
             )));
         }
-        drop(std::mem::replace(
-            &mut *reader,
-            Connection::open_in_memory()?,
-        ));
-        drop(std::mem::replace(
-            &mut *writer,
-            Connection::open_in_memory()?,
-        ));
-        std::fs::rename(&ready.path, &self.path).map_err(io(&ready.path))?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
-        *writer = open_connection(&self.path, false)?;
-        *reader = open_connection(&self.path, false)?;
+        // In-memory stand-ins hold the locks' places while the file is switched; they are
+        // opened first so nothing can fail between closing the first old connection and the second.
+        let (stand_in_writer, stand_in_reader) =
+            (Connection::open_in_memory()?, Connection::open_in_memory()?);
+        drop(std::mem::replace(&mut *reader, stand_in_reader));
+        drop(std::mem::replace(&mut *writer, stand_in_writer));
+        let switched = self.rename_into_place(&ready.path);
+        // Whatever happened, reopen the file now at the replica's path (the old one if the rename
+        // failed, the new one if only the directory sync did): never leave the stand-ins serving.
+        let reopened = open_connection(&self.path, false).and_then(|new_writer| {
+            *writer = new_writer;
+            *reader = open_connection(&self.path, false)?;
+            Ok(())
+        });
+        switched?;
+        reopened?;
         Ok(ApplySummary {
             cursor: ready.target,
             applied: true,
             users: ready.users,
             roles: ready.roles,
         })
+    }
+
+    /// Renames the side file over the replica and syncs the directory so the rename survives a
+    /// power cut.
+    fn rename_into_place(&self, side_file: &Path) -> Result<(), ApplyError> {
+        std::fs::rename(side_file, &self.path).map_err(io(side_file))?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))
     }
 
     fn key_fingerprint(&self) -> Result<String, StoreError> {
@@ -225,6 +236,16 @@ impl SnapshotFile {
         let users: i64 = conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?;
         let roles: i64 = conn.query_row("SELECT COUNT(*) FROM roles", [], |row| row.get(0))?;
         conn.execute_batch("COMMIT")?;
+        // The replica is opened in WAL mode: switch now, while the side file is still scratch, so
+        // reopening it after the rename needs no write (which could fail on a nearly-full disk).
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(ApplyError::Store(StoreError::Sqlite(
+                rusqlite::Error::InvalidParameterName(format!(
+                    "the snapshot side file stayed in journal_mode {mode}, WAL required"
+                )),
+            )));
+        }
         if let Some(conn) = self.conn.take() {
             conn.close().map_err(|(_, e)| ApplyError::from(e))?;
         }

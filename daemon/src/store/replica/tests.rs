@@ -626,6 +626,66 @@ fn a_snapshot_built_beside_the_replica_is_switched_in_and_read_at_once() {
 }
 
 #[test]
+fn a_finished_side_file_is_already_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    let mut file = replica.begin_snapshot(cursor(1, 7)).unwrap();
+    file.insert(&chunk(vec![user("c", 3, 3)], vec![cashier()]))
+        .unwrap();
+    let ready = file.finish().unwrap();
+    // Header bytes 18/19 are the read/write format versions: 2 = WAL. Reopening a file still in
+    // rollback mode after the rename would have to write page 1 first.
+    let header = std::fs::read(incoming_path(replica.path())).unwrap();
+    assert_eq!((header[18], header[19]), (2, 2));
+    drop(ready);
+}
+
+#[test]
+fn a_failed_switch_leaves_the_old_replica_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    let mut file = replica.begin_snapshot(cursor(1, 7)).unwrap();
+    file.insert(&chunk(vec![user("c", 3, 3)], vec![cashier()]))
+        .unwrap();
+    let ready = file.finish().unwrap();
+    // The rename fails: its source is gone.
+    std::fs::remove_file(incoming_path(replica.path())).unwrap();
+    let failed = replica.install_snapshot(ready).unwrap_err();
+    assert!(
+        matches!(failed, ApplyError::Store(StoreError::SideFile { .. })),
+        "{failed:?}"
+    );
+    // Reads, writes, a later snapshot and the clean close all work on the old file.
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+    assert!(replica.user_profile("a", &terminal()).unwrap().is_some());
+    replica
+        .apply_changes(&batch(cursor(1, 5), 6), |_| Ok(no_changes()))
+        .unwrap();
+    let file = replica.begin_snapshot(cursor(1, 8)).unwrap();
+    replica.install_snapshot(file.finish().unwrap()).unwrap();
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 8));
+    replica.close_cleanly().unwrap();
+}
+
+#[test]
+fn no_write_follows_the_clean_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    replica.close_cleanly().unwrap();
+    let refused = replica
+        .apply_changes(&batch(cursor(1, 5), 6), |_| Ok(no_changes()))
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("closed for shutdown"),
+        "{refused}"
+    );
+    // Reads still answer until the process exits.
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+    drop(replica);
+    assert_eq!(open(&dir).state().unwrap().cursor, cursor(1, 5));
+}
+
+#[test]
 fn an_unfinished_snapshot_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let replica = seeded(&dir);
