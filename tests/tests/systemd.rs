@@ -579,6 +579,8 @@ async fn journal_stream_on_stderr_goes_to_journald_or_falls_back_to_stderr() {
         );
         command
     });
+    // Barrier: the daemon serves, so its start-up lines are all in the log.
+    assert!(daemon.client().await.status().await.is_ok());
     let log = daemon.log_text();
     assert!(!log.contains("journald"), "{log}");
     assert!(log.contains("listening"), "{log}");
