@@ -136,7 +136,7 @@ pub fn type_human(device: &mut VirtualDevice, digits: &str) -> Result<(), String
     Ok(())
 }
 
-const DIGITS: [(char, KeyCode); 10] = [
+pub const DIGITS: [(char, KeyCode); 10] = [
     ('1', KeyCode::KEY_1),
     ('2', KeyCode::KEY_2),
     ('3', KeyCode::KEY_3),
@@ -149,7 +149,7 @@ const DIGITS: [(char, KeyCode); 10] = [
     ('0', KeyCode::KEY_0),
 ];
 
-const LETTERS: [(char, KeyCode); 26] = [
+pub const LETTERS: [(char, KeyCode); 26] = [
     ('a', KeyCode::KEY_A),
     ('b', KeyCode::KEY_B),
     ('c', KeyCode::KEY_C),
@@ -179,7 +179,7 @@ const LETTERS: [(char, KeyCode); 26] = [
 ];
 
 /// Keypad digits 0 to 9, indexed by digit.
-const KEYPAD: [KeyCode; 10] = [
+pub const KEYPAD: [KeyCode; 10] = [
     KeyCode::KEY_KP0,
     KeyCode::KEY_KP1,
     KeyCode::KEY_KP2,
@@ -193,7 +193,7 @@ const KEYPAD: [KeyCode; 10] = [
 ];
 
 /// The US-position key for a character, and whether it needs shift.
-fn char_key(c: char) -> Result<(KeyCode, bool), String> {
+pub fn char_key(c: char) -> Result<(KeyCode, bool), String> {
     let lower = c.to_ascii_lowercase();
     DIGITS
         .iter()

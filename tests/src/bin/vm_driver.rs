@@ -28,6 +28,7 @@ use serde_json::json;
 use tillgate_client::export::SnapshotExport;
 use tillgate_client::proto::{LoginMethod, SessionEvent, SessionEventKind};
 use tillgate_client::{TillClient, TillSyncClient};
+use tillgate_tests::keyboard::{DIGITS, KEYPAD, LETTERS, char_key};
 use tonic::Streaming;
 
 const MARKER: &str = "TILLGATE-VM-RESULT:";
@@ -576,73 +577,6 @@ async fn type_human(device: &mut VirtualDevice, digits: &str) -> Res<()> {
         tokio::time::sleep(Duration::from_millis(70)).await;
     }
     Ok(())
-}
-
-const DIGITS: [(char, KeyCode); 10] = [
-    ('1', KeyCode::KEY_1),
-    ('2', KeyCode::KEY_2),
-    ('3', KeyCode::KEY_3),
-    ('4', KeyCode::KEY_4),
-    ('5', KeyCode::KEY_5),
-    ('6', KeyCode::KEY_6),
-    ('7', KeyCode::KEY_7),
-    ('8', KeyCode::KEY_8),
-    ('9', KeyCode::KEY_9),
-    ('0', KeyCode::KEY_0),
-];
-
-const LETTERS: [(char, KeyCode); 26] = [
-    ('a', KeyCode::KEY_A),
-    ('b', KeyCode::KEY_B),
-    ('c', KeyCode::KEY_C),
-    ('d', KeyCode::KEY_D),
-    ('e', KeyCode::KEY_E),
-    ('f', KeyCode::KEY_F),
-    ('g', KeyCode::KEY_G),
-    ('h', KeyCode::KEY_H),
-    ('i', KeyCode::KEY_I),
-    ('j', KeyCode::KEY_J),
-    ('k', KeyCode::KEY_K),
-    ('l', KeyCode::KEY_L),
-    ('m', KeyCode::KEY_M),
-    ('n', KeyCode::KEY_N),
-    ('o', KeyCode::KEY_O),
-    ('p', KeyCode::KEY_P),
-    ('q', KeyCode::KEY_Q),
-    ('r', KeyCode::KEY_R),
-    ('s', KeyCode::KEY_S),
-    ('t', KeyCode::KEY_T),
-    ('u', KeyCode::KEY_U),
-    ('v', KeyCode::KEY_V),
-    ('w', KeyCode::KEY_W),
-    ('x', KeyCode::KEY_X),
-    ('y', KeyCode::KEY_Y),
-    ('z', KeyCode::KEY_Z),
-];
-
-/// Keypad digits 0 to 9, indexed by digit.
-const KEYPAD: [KeyCode; 10] = [
-    KeyCode::KEY_KP0,
-    KeyCode::KEY_KP1,
-    KeyCode::KEY_KP2,
-    KeyCode::KEY_KP3,
-    KeyCode::KEY_KP4,
-    KeyCode::KEY_KP5,
-    KeyCode::KEY_KP6,
-    KeyCode::KEY_KP7,
-    KeyCode::KEY_KP8,
-    KeyCode::KEY_KP9,
-];
-
-/// The US-position key for a character, and whether it needs shift.
-fn char_key(c: char) -> Res<(KeyCode, bool)> {
-    let lower = c.to_ascii_lowercase();
-    DIGITS
-        .iter()
-        .chain(LETTERS.iter())
-        .find(|(k, _)| *k == lower)
-        .map(|(_, code)| (*code, c.is_ascii_uppercase()))
-        .ok_or_else(|| format!("no key types {c:?}"))
 }
 
 fn start_daemon() -> Res<Child> {
