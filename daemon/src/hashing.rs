@@ -24,6 +24,7 @@ pub struct HashingQueue {
 
 #[derive(Debug)]
 struct Inner {
+    capacity: usize,
     max_waiting: usize,
     state: Mutex<State>,
 }
@@ -51,6 +52,7 @@ impl HashingQueue {
     pub fn new(capacity: usize, max_waiting_per_source: usize) -> Self {
         HashingQueue {
             inner: Arc::new(Inner {
+                capacity,
                 max_waiting: max_waiting_per_source,
                 state: Mutex::new(State {
                     free: capacity,
@@ -92,6 +94,12 @@ impl HashingQueue {
         // The queue never drops a sender without sending, so this only fails if the queue itself
         // is gone — then there is nothing to wait for either.
         receiver.await.map_err(|_| QueueFull { waiting: 0 })
+    }
+
+    /// True while any permit is out (a login, authorization or enrolment is hashing): background
+    /// work steps aside meanwhile (see `priority::StepAside`).
+    pub fn busy(&self) -> bool {
+        lock(&self.inner.state).free < self.inner.capacity
     }
 
     /// Attempts waiting, all sources together.

@@ -576,6 +576,11 @@ impl Authenticator {
         Ok(cleared)
     }
 
+    /// True while a login, authorization or enrolment is hashing (background work steps aside).
+    pub fn hashing_busy(&self) -> bool {
+        self.hashing.busy()
+    }
+
     /// After a sync changed the replica: ends the current session if its user was deleted,
     /// deactivated or lost access here, or publishes its new permissions if they changed.
     pub async fn replica_changed(&self) -> Result<Option<SessionEvent>, LoginError> {

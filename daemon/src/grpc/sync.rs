@@ -17,6 +17,7 @@ use crate::hardware::DeviceRegistry;
 use crate::history::{BatchDigest, BatchHeader};
 use crate::login::{Authenticator, replica_too_old};
 use crate::model::Terminal;
+use crate::priority::StepAside;
 use crate::snapshot::{self, SnapshotError};
 use crate::store::{ApplyError, ApplySummary, LocalStore, Replica};
 use crate::validate::{Ingest, ValidationError, validate_changes};
@@ -216,6 +217,7 @@ impl Sync for SyncService {
         let (sender, mut receiver) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
         let (replica, key, limits) = (self.replica.clone(), self.key.clone(), self.limits);
         let max_schemes = self.max_schemes;
+        let auth = self.auth.clone();
         let builder_token = token.clone();
         let builder = tokio::task::spawn_blocking(move || {
             let ingest = Ingest {
@@ -223,12 +225,15 @@ impl Sync for SyncService {
                 limits: &limits,
             };
             // At background priority: seconds of CPU that must not delay a login's argon2.
+            // Stepping aside while a login hashes: a login overlaps at most one step of the build.
+            let pace = StepAside::new(move || auth.hashing_busy());
             let built = crate::priority::run_in_background("snapshot-build", || {
                 snapshot::build(
                     std::iter::from_fn(|| receiver.blocking_recv()),
                     &replica,
                     ingest,
                     max_schemes,
+                    &pace,
                 )
             })
             .unwrap_or_else(|e| Err(SnapshotError::Thread(e)));
@@ -311,9 +316,16 @@ impl Sync for SyncService {
             }
         };
         let replica = self.replica.clone();
+        let auth = self.auth.clone();
         let summary = self
             .apply("snapshot", token, move || {
                 let installed = replica.install_snapshot(ready);
+                let pace = StepAside::new(move || auth.hashing_busy());
+                if let Err(e) = replica.discard_retired(&|| {
+                    pace.step();
+                }) {
+                    tracing::warn!(error = %e, "could not remove the replaced replica file; it is removed at the next start");
+                }
                 drop(permit);
                 crate::memory::release_free_memory();
                 installed

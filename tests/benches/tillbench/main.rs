@@ -569,7 +569,11 @@ async fn run(plan: Plan) {
                 "ms",
             )
             .floor(ms(floor_time), "rusqlite bulk insert, one transaction")
-            .note("not a target; central's periodic re-send"),
+            .note(format!(
+                "not a target; central's periodic re-send, timed while PIN logins ran back to back \
+                 ({} of them): the build steps aside for every login",
+                during.n
+            )),
         );
 
         // One-user deltas, acknowledged after commit (fsync).

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use super::write::{ApplyError, ApplySummary, insert_role, insert_user};
 use super::{Replica, read_state, schema};
 use crate::history::check_snapshot;
-use crate::model::Cursor;
+use crate::model::{Cursor, RoleRecord, UserRecord};
 use crate::snapshot::ValidChunk;
 use crate::store::StoreError;
 use crate::store::sqlite::{open_connection, set_meta, unix_millis};
@@ -29,16 +29,30 @@ pub fn incoming_path(replica: &Path) -> PathBuf {
     PathBuf::from(format!("{}.incoming", replica.display()))
 }
 
-/// Removes a side file left by an aborted snapshot or a crash.
+/// A second link to the replica file being replaced, so the switch's rename frees nothing:
+/// freeing a 100k replica's blocks takes ~30 ms on ext4, and the switch holds the logins' locks.
+/// The link is removed afterwards, gradually ([`Replica::discard_retired`]).
+fn retired_path(replica: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.retired", replica.display()))
+}
+
+/// Bytes of the retired file freed per step (a few milliseconds of the kernel's time each).
+const RETIRE_STEP_BYTES: u64 = 8 << 20;
+
+/// Removes a side file left by an aborted snapshot or a crash, and a retired replica's link.
 pub fn discard_incoming(replica: &Path) -> Result<(), std::io::Error> {
     let incoming = incoming_path(replica);
     for suffix in ["", "-journal", "-wal", "-shm"] {
-        match std::fs::remove_file(format!("{}{suffix}", incoming.display())) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        remove_if_there(Path::new(&format!("{}{suffix}", incoming.display())))?;
     }
-    Ok(())
+    remove_if_there(&retired_path(replica))
+}
+
+fn remove_if_there(path: &Path) -> Result<(), std::io::Error> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// A snapshot being written into the side file. Dropped before [`SnapshotFile::finish`], the
@@ -127,6 +141,7 @@ impl Replica {
         let mut writer = self.writer()?;
         check_snapshot(read_state(&writer)?.cursor, ready.target)?;
         let mut reader = self.reader()?;
+        let held = std::time::Instant::now();
         // The old file's WAL must not be replayed onto the new file: fold it in and empty it
         // before the old connections close (closing the last one removes it).
         let busy: i64 =
@@ -144,7 +159,9 @@ impl Replica {
             (Connection::open_in_memory()?, Connection::open_in_memory()?);
         drop(std::mem::replace(&mut *reader, stand_in_reader));
         drop(std::mem::replace(&mut *writer, stand_in_writer));
+        let checkpointed = held.elapsed();
         let switched = self.rename_into_place(&ready.path);
+        let renamed = held.elapsed();
         // Whatever happened, reopen the file now at the replica's path (the old one if the rename
         // failed, the new one if only the directory sync did): never leave the stand-ins serving.
         let reopened = open_connection(&self.path, false).and_then(|new_writer| {
@@ -154,6 +171,13 @@ impl Replica {
         });
         switched?;
         reopened?;
+        // How long logins waited for the replica: the one pause a snapshot costs them.
+        tracing::info!(
+            held_ms = held.elapsed().as_secs_f64() * 1e3,
+            checkpoint_ms = checkpointed.as_secs_f64() * 1e3,
+            rename_and_sync_ms = (renamed - checkpointed).as_secs_f64() * 1e3,
+            "replica switched to the snapshot file"
+        );
         Ok(ApplySummary {
             cursor: ready.target,
             applied: true,
@@ -165,11 +189,42 @@ impl Replica {
     /// Renames the side file over the replica and syncs the directory so the rename survives a
     /// power cut.
     fn rename_into_place(&self, side_file: &Path) -> Result<(), ApplyError> {
+        // Keep the old file linked (see `retired_path`); without the link the rename still
+        // works, only slower.
+        let retired = retired_path(&self.path);
+        remove_if_there(&retired).map_err(io(&retired))?;
+        if let Err(e) = std::fs::hard_link(&self.path, &retired) {
+            tracing::debug!(error = %e, "could not keep a link to the replaced replica; the switch frees it at once");
+        }
         std::fs::rename(side_file, &self.path).map_err(io(side_file))?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io(dir))
+    }
+
+    /// Removes the replaced replica file after a switch, a slice at a time from its end with
+    /// `between_steps` before each (logins go first), so no single step holds the disk or a
+    /// core for long. Nothing reads it: it is garbage, also after a crash (removed at start).
+    pub fn discard_retired(&self, between_steps: &dyn Fn()) -> Result<(), StoreError> {
+        let retired = retired_path(&self.path);
+        let side_file = |source| StoreError::SideFile {
+            path: retired.clone(),
+            source,
+        };
+        let file = match std::fs::OpenOptions::new().write(true).open(&retired) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(side_file(e)),
+        };
+        let mut len = file.metadata().map_err(side_file)?.len();
+        while len > 0 {
+            between_steps();
+            len = len.saturating_sub(RETIRE_STEP_BYTES);
+            file.set_len(len).map_err(side_file)?;
+        }
+        drop(file);
+        remove_if_there(&retired).map_err(side_file)
     }
 
     fn key_fingerprint(&self) -> Result<String, StoreError> {
@@ -200,22 +255,40 @@ impl SnapshotFile {
 
     /// Writes one validated chunk.
     pub fn insert(&mut self, chunk: &ValidChunk) -> Result<(), ApplyError> {
+        self.insert_roles(&chunk.roles)?;
+        self.insert_users(&chunk.users)
+    }
+
+    pub fn insert_roles(&mut self, roles: &[RoleRecord]) -> Result<(), ApplyError> {
         let conn = self.conn()?;
-        for role in &chunk.roles {
+        for role in roles {
             insert_role(conn, role)?;
         }
-        for user in &chunk.users {
+        Ok(())
+    }
+
+    pub fn insert_users(&mut self, users: &[UserRecord]) -> Result<(), ApplyError> {
+        let conn = self.conn()?;
+        for user in users {
             insert_user(conn, user)?;
         }
         Ok(())
     }
 
     /// Builds the indexes, records the cursor, commits, closes and syncs the side file.
-    pub fn finish(mut self) -> Result<ReadySnapshot, ApplyError> {
+    pub fn finish(self) -> Result<ReadySnapshot, ApplyError> {
+        self.finish_pacing(&|| {})
+    }
+
+    /// [`SnapshotFile::finish`], calling `between_steps` before each of its long steps (one
+    /// index build each, the reference check, the sync) so the caller can let logins go first.
+    pub fn finish_pacing(mut self, between_steps: &dyn Fn()) -> Result<ReadySnapshot, ApplyError> {
         let conn = self.conn()?;
         for (_, sql) in &self.indexes {
+            between_steps();
             conn.execute_batch(sql)?;
         }
+        between_steps();
         // The validator resolves references across chunks; the file checks them once more, so
         // a dangling one can never be switched in.
         let dangling: Option<(String, String)> = conn
@@ -249,6 +322,7 @@ impl SnapshotFile {
         if let Some(conn) = self.conn.take() {
             conn.close().map_err(|(_, e)| ApplyError::from(e))?;
         }
+        between_steps();
         std::fs::File::open(&self.path)
             .and_then(|f| f.sync_all())
             .map_err(io(&self.path))?;

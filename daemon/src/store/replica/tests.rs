@@ -668,6 +668,33 @@ fn a_failed_switch_leaves_the_old_replica_serving() {
 }
 
 #[test]
+fn the_replaced_file_stays_linked_through_the_switch_and_is_freed_in_steps_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    let path = dir.path().join("replica.db");
+    let retired = dir.path().join("replica.db.retired");
+    let old_inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+    let file = replica.begin_snapshot(cursor(1, 8)).unwrap();
+    replica.install_snapshot(file.finish().unwrap()).unwrap();
+    // The rename freed nothing: the old file is still there under the second link.
+    let kept = std::fs::metadata(&retired).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&kept), old_inode);
+    assert!(kept.len() > 0);
+    let steps = std::cell::Cell::new(0);
+    replica
+        .discard_retired(&|| steps.set(steps.get() + 1))
+        .unwrap();
+    assert!(steps.get() >= 1);
+    assert!(!retired.exists());
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 8));
+    // A link left by a crash between the switch and the removal is garbage at the next start.
+    std::fs::hard_link(&path, &retired).unwrap();
+    crate::store::discard_incoming(&path).unwrap();
+    assert!(!retired.exists());
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 8));
+}
+
+#[test]
 fn no_write_follows_the_clean_close() {
     let dir = tempfile::tempdir().unwrap();
     let replica = seeded(&dir);
