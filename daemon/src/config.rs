@@ -329,7 +329,8 @@ pub struct LoginSocketConfig {
     /// that waits its turn, up to `max_call_wait`, else RESOURCE_EXHAUSTED at once.
     pub calls_per_second: u32,
     pub call_burst: u32,
-    pub max_call_wait: String,
+    /// Default: 2s, or half of call_timeout if that is shorter.
+    pub max_call_wait: Option<String>,
     /// HTTP/2 keepalive, as `sync.keepalive`: a POS app that vanished without closing its
     /// connection (its Watch streams included) is found out by an unanswered ping.
     pub keepalive: String,
@@ -351,7 +352,7 @@ impl Default for LoginSocketConfig {
             max_connections_per_uid: None,
             calls_per_second: 50,
             call_burst: 100,
-            max_call_wait: "2s".into(),
+            max_call_wait: None,
             keepalive: "30s".into(),
         }
     }
@@ -1042,18 +1043,18 @@ impl Config {
                 return Err(invalid(key, format!("{value} is outside 1..=1000000")));
             }
         }
-        let max_call_wait = required_duration(
-            "login_socket.max_call_wait",
-            &self.login_socket.max_call_wait,
-            Duration::ZERO,
-        )?;
+        let max_call_wait = match &self.login_socket.max_call_wait {
+            Some(text) => required_duration("login_socket.max_call_wait", text, Duration::ZERO)?,
+            None => Duration::from_secs(2).min(login_limits.call_timeout / 2),
+        };
         // A wait the call timeout cuts short would end as CANCELLED instead of the clear refusal.
         if max_call_wait >= login_limits.call_timeout {
             return Err(invalid(
                 "login_socket.max_call_wait",
                 format!(
-                    "{:?} must be shorter than login_socket.call_timeout {:?}",
-                    self.login_socket.max_call_wait, self.login_socket.call_timeout
+                    "{} must be shorter than login_socket.call_timeout {:?}",
+                    humantime::format_duration(max_call_wait),
+                    self.login_socket.call_timeout
                 ),
             ));
         }
@@ -1272,6 +1273,12 @@ mod tests {
         assert_eq!(s.login_call_rate.burst, 7);
         assert_eq!(s.login_call_rate.max_wait, Duration::ZERO);
         assert_eq!(s.login_keepalive, None);
+        // A short call timeout shortens the default wait with it.
+        let s = settings(
+            "[login_socket]\ncall_timeout = \"2s\"\n[enrolment]\ncapture_timeout = \"1s\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.login_call_rate.max_wait, Duration::from_secs(1));
         for (extra, message) in [
             (
                 "[login_socket]\nmax_connections_per_uid = 65\n",
@@ -1295,7 +1302,7 @@ mod tests {
             ),
             (
                 "[login_socket]\nmax_call_wait = \"30s\"\n",
-                "config key login_socket.max_call_wait: \"30s\" must be shorter than login_socket.call_timeout \"30s\"",
+                "config key login_socket.max_call_wait: 30s must be shorter than login_socket.call_timeout \"30s\"",
             ),
             (
                 "[sync]\nauth_timeout = \"10ms\"\n",

@@ -108,9 +108,22 @@ impl<K: Hash + Eq + Clone + Display> ConnectionCap<K> {
         }
     }
 
-    /// The stream with its slots, or None (the stream is dropped, which closes it) when the
-    /// peer has its share open or every slot is taken.
+    /// The stream with its slots, or None (the stream is dropped, which closes it) when every
+    /// slot is taken or the peer has its share open. The listener's cap is checked first: when
+    /// both are reached, "the listener is full" is the news.
     pub fn admit<S>(&self, stream: S, peer: K) -> Option<Counted<S, K>> {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if worth_logging(refused) {
+                tracing::warn!(
+                    listener = self.listener,
+                    max_connections = self.max,
+                    refused,
+                    "connection closed: the listener's max_connections are open"
+                );
+            }
+            return None;
+        };
         if !self.peers.try_take(&peer) {
             let refused = self.refused_per_peer.fetch_add(1, Ordering::Relaxed) + 1;
             if worth_logging(refused) {
@@ -125,29 +138,14 @@ impl<K: Hash + Eq + Clone + Display> ConnectionCap<K> {
             }
             return None;
         }
-        let peer_slot = PeerSlot {
-            peers: self.peers.clone(),
-            peer,
-        };
-        match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => Some(Counted {
-                inner: stream,
-                _slot: slot,
-                _peer: peer_slot,
-            }),
-            Err(_) => {
-                let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-                if worth_logging(refused) {
-                    tracing::warn!(
-                        listener = self.listener,
-                        max_connections = self.max,
-                        refused,
-                        "connection closed: the listener's max_connections are open"
-                    );
-                }
-                None
-            }
-        }
+        Some(Counted {
+            inner: stream,
+            _slot: slot,
+            _peer: PeerSlot {
+                peers: self.peers.clone(),
+                peer,
+            },
+        })
     }
 
     /// Connections open now.
@@ -411,13 +409,17 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_refused_by_the_global_cap_gives_its_peer_share_back() {
-        let cap = ConnectionCap::new("test", 1, "test.per_peer", 1);
+    fn a_connection_refused_for_its_peer_takes_no_listener_slot() {
+        let cap = ConnectionCap::new("test", 2, "test.per_peer", 1);
         let first = cap.admit((), "10.0.0.1").unwrap();
-        assert!(cap.admit((), "10.0.0.2").is_none());
-        assert_eq!(cap.peers.open(&"10.0.0.2"), 0);
+        assert!(cap.admit((), "10.0.0.1").is_none());
+        assert_eq!(cap.open(), 1);
+        let _second = cap.admit((), "10.0.0.2").unwrap();
+        // Full: refused for the listener, so the peer's count is untouched.
+        assert!(cap.admit((), "10.0.0.3").is_none());
+        assert_eq!(cap.peers.open(&"10.0.0.3"), 0);
         drop(first);
-        assert!(cap.admit((), "10.0.0.2").is_some());
+        assert!(cap.admit((), "10.0.0.3").is_some());
     }
 
     #[test]
