@@ -12,8 +12,8 @@ use hyper_util::rt::TokioIo;
 use tillgate_client::proto as pb;
 use tillgate_client::{TillClient, TillSyncClient};
 use tillgate_tests::*;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -327,4 +327,41 @@ async fn another_uids_call_goes_past_calls_waiting_for_their_turn() {
     for call in calls {
         call.abort();
     }
+}
+
+#[tokio::test]
+async fn a_pos_peer_that_stops_answering_pings_is_closed_after_the_keepalive() {
+    let daemon = Daemon::start_with("", "[login_socket]\nkeepalive = \"1s\"\n");
+    // A raw HTTP/2 client: the preface and empty SETTINGS, then silence — it answers nothing,
+    // as a POS app on a frozen machine would.
+    let mut peer = UnixStream::connect(&daemon.socket).await.unwrap();
+    peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    // Frames until the daemon closes the connection: one of them must be its PING, so the
+    // close is the keepalive's doing.
+    let mut frame_types = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let mut header = [0u8; 9];
+            if peer.read_exact(&mut header).await.is_err() {
+                break;
+            }
+            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            frame_types.push(header[3]);
+            let mut payload = vec![0u8; length];
+            if peer.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "still open after {PATIENCE:?}: {frame_types:?}"
+    );
+    const PING: u8 = 0x6;
+    assert!(frame_types.contains(&PING), "{frame_types:?}");
+    // The daemon still serves everyone else.
+    daemon.client().await.status().await.unwrap();
 }
