@@ -323,6 +323,17 @@ pub struct LoginSocketConfig {
     pub max_calls: usize,
     /// The longest a call may take (a stream's first answer); then it ends with CANCELLED.
     pub call_timeout: String,
+    /// Connections one uid may have open at once (default: 16, or max_connections if lower).
+    pub max_connections_per_uid: Option<usize>,
+    /// Calls a second one uid may make, sustained, after a burst of `call_burst`; a call over
+    /// that waits its turn, up to `max_call_wait`, else RESOURCE_EXHAUSTED at once.
+    pub calls_per_second: u32,
+    pub call_burst: u32,
+    /// Default: 2s, or half of call_timeout if that is shorter.
+    pub max_call_wait: Option<String>,
+    /// HTTP/2 keepalive, as `sync.keepalive`: a POS app that vanished without closing its
+    /// connection (its Watch streams included) is found out by an unanswered ping.
+    pub keepalive: String,
 }
 
 impl Default for LoginSocketConfig {
@@ -338,6 +349,11 @@ impl Default for LoginSocketConfig {
             max_connections: 64,
             max_calls: 128,
             call_timeout: "30s".into(),
+            max_connections_per_uid: None,
+            calls_per_second: 50,
+            call_burst: 100,
+            max_call_wait: None,
+            keepalive: "30s".into(),
         }
     }
 }
@@ -360,6 +376,11 @@ pub struct SyncConfig {
     /// closes it if the ping is not answered within as long again: a central that vanished
     /// without closing (power cut, network gone) frees its calls, and the snapshot slot, then.
     pub keepalive: String,
+    /// Connections one IP address may have open at once (default: 4, or max_connections if lower).
+    pub max_connections_per_peer: Option<usize>,
+    /// A connection that has not made a call with a valid token this long after it was
+    /// accepted is closed (an idle peer, a stalled TLS handshake, health checks only).
+    pub auth_timeout: String,
 }
 
 impl Default for SyncConfig {
@@ -372,6 +393,8 @@ impl Default for SyncConfig {
             max_calls: 32,
             call_timeout: "10m".into(),
             keepalive: "30s".into(),
+            max_connections_per_peer: None,
+            auth_timeout: "10s".into(),
         }
     }
 }
@@ -556,6 +579,25 @@ fn duration(
     Ok(Some(value))
 }
 
+/// A per-peer connection cap: at least 1 and at most the listener's cap; unset, `default` (or
+/// the listener's cap, when that is lower).
+fn per_peer(
+    key: &'static str,
+    value: Option<usize>,
+    default: usize,
+    max_connections: usize,
+) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default.min(max_connections)),
+        Some(0) => Err(invalid(key, "must be at least 1")),
+        Some(n) if n > max_connections => Err(invalid(
+            key,
+            format!("{n} is more than the listener's max_connections ({max_connections})"),
+        )),
+        Some(n) => Ok(n),
+    }
+}
+
 fn required_duration(
     key: &'static str,
     text: &str,
@@ -577,6 +619,8 @@ pub struct LiveSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerLimits {
     pub max_connections: usize,
+    /// Per uid on the login socket, per IP address on the sync listener.
+    pub max_connections_per_peer: usize,
     pub max_calls: usize,
     pub call_timeout: Duration,
 }
@@ -606,6 +650,12 @@ pub struct Settings {
     pub sync_limits: ListenerLimits,
     /// HTTP/2 keepalive of the sync listener (ping interval and answer timeout); None: off.
     pub sync_keepalive: Option<Duration>,
+    /// `sync.auth_timeout`: how long a sync connection may go without a call with a valid token.
+    pub sync_auth_timeout: Duration,
+    /// The login socket's per-uid call budget.
+    pub login_call_rate: crate::call_rate::CallRate,
+    /// HTTP/2 keepalive of the login socket; None: off.
+    pub login_keepalive: Option<Duration>,
     pub policy: PolicySettings,
     pub session: SessionPolicy,
     pub log_format: LogFormat,
@@ -700,6 +750,18 @@ impl Settings {
         check(
             "sync.keepalive",
             self.sync_keepalive != other.sync_keepalive,
+        );
+        check(
+            "sync.auth_timeout",
+            self.sync_auth_timeout != other.sync_auth_timeout,
+        );
+        check(
+            "login_socket.calls_per_second, call_burst, max_call_wait",
+            self.login_call_rate != other.login_call_rate,
+        );
+        check(
+            "login_socket.keepalive",
+            self.login_keepalive != other.login_keepalive,
         );
         check("log.format", self.log_format != other.log_format);
         check("lockout.*", self.policy.lockout != other.policy.lockout);
@@ -928,6 +990,12 @@ impl Config {
         }
         let login_limits = ListenerLimits {
             max_connections: self.login_socket.max_connections,
+            max_connections_per_peer: per_peer(
+                "login_socket.max_connections_per_uid",
+                self.login_socket.max_connections_per_uid,
+                16,
+                self.login_socket.max_connections,
+            )?,
             max_calls: self.login_socket.max_calls,
             call_timeout: required_duration(
                 "login_socket.call_timeout",
@@ -937,10 +1005,64 @@ impl Config {
         };
         let sync_limits = ListenerLimits {
             max_connections: self.sync.max_connections,
+            max_connections_per_peer: per_peer(
+                "sync.max_connections_per_peer",
+                self.sync.max_connections_per_peer,
+                4,
+                self.sync.max_connections,
+            )?,
             max_calls: self.sync.max_calls,
             call_timeout: required_duration("sync.call_timeout", &self.sync.call_timeout, second)?,
         };
         let sync_keepalive = duration("sync.keepalive", &self.sync.keepalive, true, second)?;
+        let sync_auth_timeout = required_duration(
+            "sync.auth_timeout",
+            &self.sync.auth_timeout,
+            Duration::from_millis(100),
+        )?;
+        if sync_auth_timeout > Duration::from_secs(600) {
+            return Err(invalid(
+                "sync.auth_timeout",
+                format!("{:?} is over 10m", self.sync.auth_timeout),
+            ));
+        }
+        let login_keepalive = duration(
+            "login_socket.keepalive",
+            &self.login_socket.keepalive,
+            true,
+            second,
+        )?;
+        for (key, value) in [
+            (
+                "login_socket.calls_per_second",
+                self.login_socket.calls_per_second,
+            ),
+            ("login_socket.call_burst", self.login_socket.call_burst),
+        ] {
+            if !(1..=1_000_000).contains(&value) {
+                return Err(invalid(key, format!("{value} is outside 1..=1000000")));
+            }
+        }
+        let max_call_wait = match &self.login_socket.max_call_wait {
+            Some(text) => required_duration("login_socket.max_call_wait", text, Duration::ZERO)?,
+            None => Duration::from_secs(2).min(login_limits.call_timeout / 2),
+        };
+        // A wait the call timeout cuts short would end as CANCELLED instead of the clear refusal.
+        if max_call_wait >= login_limits.call_timeout {
+            return Err(invalid(
+                "login_socket.max_call_wait",
+                format!(
+                    "{} must be shorter than login_socket.call_timeout {:?}",
+                    humantime::format_duration(max_call_wait),
+                    self.login_socket.call_timeout
+                ),
+            ));
+        }
+        let login_call_rate = crate::call_rate::CallRate {
+            per_second: self.login_socket.calls_per_second,
+            burst: self.login_socket.call_burst,
+            max_wait: max_call_wait,
+        };
         let idle_lock = duration("session.idle_lock", &self.session.idle_lock, true, second)?;
         let max_replica_age = duration("replica.max_age", &self.replica.max_age, true, second)?;
         if self.audit.max_rows == 0 {
@@ -1009,6 +1131,9 @@ impl Config {
             login_limits,
             sync_limits,
             sync_keepalive,
+            sync_auth_timeout,
+            login_call_rate,
+            login_keepalive,
             cost_limits: CostLimits {
                 max_m_cost_kib: self.hashing.max_m_cost_kib,
                 max_t_cost: self.hashing.max_t_cost,
@@ -1104,15 +1229,93 @@ mod tests {
             s.login_limits,
             ListenerLimits {
                 max_connections: 64,
+                max_connections_per_peer: 16,
                 max_calls: 128,
                 call_timeout: Duration::from_secs(30)
             }
         );
+        assert_eq!(s.sync_limits.max_connections_per_peer, 4);
+        assert_eq!(s.sync_auth_timeout, Duration::from_secs(10));
+        assert_eq!(
+            s.login_call_rate,
+            crate::call_rate::CallRate {
+                per_second: 50,
+                burst: 100,
+                max_wait: Duration::from_secs(2)
+            }
+        );
+        assert_eq!(s.login_keepalive, Some(Duration::from_secs(30)));
         assert_eq!(s.policy.max_replica_age, None);
         assert_eq!(s.policy.audit_max_rows, 100_000);
         assert_eq!(s.session.idle_lock, Some(Duration::from_secs(300)));
         assert_eq!(s.session.on_key_removal, KeyRemoval::Logout);
         assert_eq!(s.live.log_level, "info");
+    }
+
+    #[test]
+    fn per_peer_caps_default_below_the_listener_cap_and_may_not_exceed_it() {
+        let base = "[terminal]\nsales_point_id = \"a\"\n";
+        let settings = |extra: &str| Config::parse(&format!("{base}{extra}")).unwrap().validate();
+        // A lowered listener cap lowers the default share with it.
+        let s =
+            settings("[login_socket]\nmax_connections = 2\n[sync]\nmax_connections = 1\n").unwrap();
+        assert_eq!(s.login_limits.max_connections_per_peer, 2);
+        assert_eq!(s.sync_limits.max_connections_per_peer, 1);
+        let s = settings(
+            "[login_socket]\nmax_connections_per_uid = 3\ncalls_per_second = 5\ncall_burst = 7\n\
+             max_call_wait = \"0s\"\nkeepalive = \"off\"\n\
+             [sync]\nmax_connections_per_peer = 16\nauth_timeout = \"1s\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.login_limits.max_connections_per_peer, 3);
+        assert_eq!(s.sync_limits.max_connections_per_peer, 16);
+        assert_eq!(s.sync_auth_timeout, Duration::from_secs(1));
+        assert_eq!(s.login_call_rate.burst, 7);
+        assert_eq!(s.login_call_rate.max_wait, Duration::ZERO);
+        assert_eq!(s.login_keepalive, None);
+        // A short call timeout shortens the default wait with it.
+        let s = settings(
+            "[login_socket]\ncall_timeout = \"2s\"\n[enrolment]\ncapture_timeout = \"1s\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.login_call_rate.max_wait, Duration::from_secs(1));
+        for (extra, message) in [
+            (
+                "[login_socket]\nmax_connections_per_uid = 65\n",
+                "config key login_socket.max_connections_per_uid: 65 is more than the listener's max_connections (64)",
+            ),
+            (
+                "[sync]\nmax_connections = 8\nmax_connections_per_peer = 9\n",
+                "config key sync.max_connections_per_peer: 9 is more than the listener's max_connections (8)",
+            ),
+            (
+                "[sync]\nmax_connections_per_peer = 0\n",
+                "config key sync.max_connections_per_peer: must be at least 1",
+            ),
+            (
+                "[login_socket]\ncalls_per_second = 0\n",
+                "config key login_socket.calls_per_second: 0 is outside 1..=1000000",
+            ),
+            (
+                "[login_socket]\ncall_burst = 0\n",
+                "config key login_socket.call_burst: 0 is outside 1..=1000000",
+            ),
+            (
+                "[login_socket]\nmax_call_wait = \"30s\"\n",
+                "config key login_socket.max_call_wait: 30s must be shorter than login_socket.call_timeout \"30s\"",
+            ),
+            (
+                "[sync]\nauth_timeout = \"10ms\"\n",
+                "config key sync.auth_timeout:",
+            ),
+            (
+                "[sync]\nauth_timeout = \"1h\"\n",
+                "config key sync.auth_timeout: \"1h\" is over 10m",
+            ),
+        ] {
+            let error = settings(extra).unwrap_err().to_string();
+            assert!(error.starts_with(message), "{extra}: {error}");
+        }
     }
 
     #[test]

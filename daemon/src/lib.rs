@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod audit;
+pub mod call_rate;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -23,12 +23,13 @@ use crate::credential::{KeyFileError, TerminalKey};
 use crate::grpc::access::{AccessLayer, AccessPolicy};
 use crate::grpc::admin::AdminService;
 use crate::grpc::auth::BearerCheck;
+use crate::grpc::call_rate::{CallRateLayer, UidRates};
 use crate::grpc::devices::DevicesService;
 use crate::grpc::limits::over_limit_is_resource_exhausted;
 use crate::grpc::login::{ListenerInfo, LoginService};
 use crate::grpc::sync::SyncService;
 use crate::hardware::{DeviceRegistry, Dispatcher};
-use crate::listener::ConnectionCap;
+use crate::listener::{AuthDeadlines, ConnectionCap};
 use crate::login::Authenticator;
 use crate::reload::Reloader;
 use crate::session::SessionManager;
@@ -507,26 +508,39 @@ fn login_server(
         allow_gids: settings.allow_gids.clone(),
     };
     let reflection = reflection(LOGIN_SOCKET_SERVICES);
+    let rates = CallRateLayer(UidRates::new(settings.login_call_rate));
+    let keepalive = settings.login_keepalive;
     async move {
         let (v1, v1alpha) = reflection?;
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<LoginServer<LoginService>>().await;
         health.set_serving::<AdminServer<AdminService>>().await;
         health.set_serving::<DevicesServer<DevicesService>>().await;
-        let cap = ConnectionCap::new("login socket", limits.max_connections);
+        let cap = ConnectionCap::new(
+            "login socket",
+            limits.max_connections,
+            "login_socket.max_connections_per_uid",
+            limits.max_connections_per_peer,
+        );
         let incoming =
             UnixListenerStream::new(listener).filter_map(move |accepted| match accepted {
                 Ok(stream) => policy
                     .admit(stream)
-                    .and_then(|stream| cap.admit(stream))
+                    .and_then(|(stream, uid)| cap.admit(stream, uid))
                     .map(Ok::<_, std::io::Error>),
                 Err(e) => {
                     tracing::warn!(error = %e, "login socket accept failed");
                     None
                 }
             });
+        // A dead POS peer's connection (and its Watch streams) is found out by an unanswered ping.
+        // The call rate comes before the calls-in-progress cap: calls waiting for their uid's
+        // turn hold no slot, so another uid's calls go past them.
         bounded(Server::builder(), limits)
+            .http2_keepalive_interval(keepalive)
+            .http2_keepalive_timeout(keepalive)
             .layer(MapResponseLayer::new(over_limit_is_resource_exhausted))
+            .layer(rates)
             .layer(GlobalConcurrencyLimitLayer::new(limits.max_calls))
             .layer(access)
             .add_service(health_service)
@@ -600,6 +614,7 @@ fn sync_server(
             })?;
     }
     let reflection = reflection(SYNC_SERVICES);
+    let auth_timeout = settings.sync_auth_timeout;
     Ok(async move {
         let (v1, v1alpha) = reflection?;
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -607,10 +622,28 @@ fn sync_server(
         let service = SyncServer::new(sync)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-        let cap = ConnectionCap::new("sync listener", limits.max_connections);
+        let cap = ConnectionCap::new(
+            "sync listener",
+            limits.max_connections,
+            "sync.max_connections_per_peer",
+            limits.max_connections_per_peer,
+        );
+        // Closed unless a call with a valid token comes within auth_timeout (the bearer check
+        // marks the connection): below TLS, so a stalled handshake is covered too.
+        let deadlines = AuthDeadlines::new(auth_timeout);
         let incoming =
             TcpListenerStream::new(listener).filter_map(move |accepted| match accepted {
-                Ok(stream) => cap.admit(stream).map(Ok),
+                Ok(stream) => {
+                    let ip = match stream.peer_addr() {
+                        Ok(addr) => addr.ip(),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "sync peer gone before it was admitted");
+                            return None;
+                        }
+                    };
+                    cap.admit(stream, ip)
+                        .map(|stream| Ok(deadlines.start(stream)))
+                }
                 Err(e) => Some(Err(e)),
             });
         builder
@@ -631,7 +664,7 @@ fn sync_server(
     })
 }
 
-/// The per-call time limit and the HTTP/2 stream cap of a listener. (The connection cap is
+/// The per-call time limit and the HTTP/2 stream cap of a listener. (The connection caps are
 /// [`ConnectionCap`] on the accepted streams, the calls-in-progress cap a global concurrency
 /// limit layer.)
 fn bounded(builder: Server, limits: ListenerLimits) -> Server {
@@ -650,7 +683,8 @@ struct PeerPolicy {
 }
 
 impl PeerPolicy {
-    fn admit(&self, stream: tokio::net::UnixStream) -> Option<tokio::net::UnixStream> {
+    /// The stream and its peer's uid, if the peer is allowed in.
+    fn admit(&self, stream: tokio::net::UnixStream) -> Option<(tokio::net::UnixStream, u32)> {
         let cred = match stream.peer_cred() {
             Ok(cred) => cred,
             Err(e) => {
@@ -669,7 +703,7 @@ impl PeerPolicy {
                 pid,
                 "login socket peer connected"
             );
-            Some(stream)
+            Some((stream, cred.uid()))
         } else {
             tracing::warn!(
                 uid = cred.uid(),

@@ -2,25 +2,39 @@
 
 use std::sync::Arc;
 
+use tonic::transport::server::TlsConnectInfo;
 use tonic::{Request, Status};
 
+use crate::listener::SyncPeer;
 use crate::tokens::TokenRegistry;
 
 /// The name of the token a sync call was authenticated with (a request extension).
 #[derive(Debug, Clone)]
 pub struct TokenName(pub String);
 
-/// Rejects calls without a valid `authorization: Bearer <token>`. Failures are logged with the
-/// peer address, never with what was presented.
+/// Rejects calls without a valid `authorization: Bearer <token>`, and marks the connection of a
+/// call with a valid one as authenticated (so `sync.auth_timeout` no longer closes it). Failures
+/// are logged with the peer address, never with what was presented.
 #[derive(Debug, Clone)]
 pub struct BearerCheck {
     pub tokens: Arc<TokenRegistry>,
 }
 
+/// The sync connection a call came on, with or without TLS.
+fn sync_peer<T>(request: &Request<T>) -> Option<&SyncPeer> {
+    let extensions = request.extensions();
+    extensions.get::<SyncPeer>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<SyncPeer>>()
+            .map(|tls| tls.get_ref())
+    })
+}
+
 impl tonic::service::Interceptor for BearerCheck {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let peer = request
-            .remote_addr()
+        let connection = sync_peer(&request);
+        let peer = connection
+            .and_then(|c| c.tcp.remote_addr())
             .map(|a| a.to_string())
             .unwrap_or_else(|| "unknown".into());
         let Some(value) = request.metadata().get("authorization") else {
@@ -37,6 +51,9 @@ impl tonic::service::Interceptor for BearerCheck {
             tracing::warn!(%peer, "sync call rejected: invalid token");
             return Err(Status::unauthenticated("invalid sync token"));
         };
+        if let Some(connection) = connection {
+            connection.authenticated.set();
+        }
         tracing::debug!(%peer, token = %name, "sync call authenticated");
         request.extensions_mut().insert(TokenName(name));
         Ok(request)

@@ -3,6 +3,7 @@
 pub mod access;
 pub mod admin;
 pub mod auth;
+pub mod call_rate;
 pub mod devices;
 pub mod limits;
 pub mod login;

@@ -18,6 +18,8 @@ use crate::report::{Row, Stats, Target, num};
 
 /// Concurrent clients on the login socket.
 pub const CLIENTS: usize = 64;
+/// `login_socket.max_connections_per_uid`'s default: the connections the flooding uid may hold.
+const CONNECTIONS: usize = 16;
 /// Users in the replica (targets exist at every size from 1k).
 const USERS: usize = 1_000;
 /// What the issue allows above idle + hashing cap while flooded.
@@ -281,10 +283,15 @@ async fn flood(
     wrong_pins: Vec<String>,
     duration: Duration,
 ) -> (Outcomes, u64) {
-    let mut clients = Vec::with_capacity(CLIENTS);
-    for _ in 0..CLIENTS {
-        clients.push(TillClient::connect(&socket).await.unwrap());
+    // One uid holds at most login_socket.max_connections_per_uid connections (16 by default,
+    // more are closed at accept): the flooders share them, each on streams of its own.
+    let mut connections = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        connections.push(TillClient::connect(&socket).await.unwrap());
     }
+    let clients: Vec<TillClient> = (0..CLIENTS)
+        .map(|c| connections[c % CONNECTIONS].clone())
+        .collect();
     let deadline = Instant::now() + duration;
     let tasks = clients.into_iter().enumerate().map(|(c, mut client)| {
         let pins = wrong_pins.clone();

@@ -38,6 +38,8 @@ use crate::report::{Row, Stats, Target, ms, num};
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 const FULL: usize = 100_000;
 const CONCURRENT_LOGINS: usize = 64;
+/// `login_socket.max_connections_per_uid`'s default: the connections the bench's one uid may hold.
+const CONNECTIONS_PER_UID: usize = 16;
 /// `hashing.max_concurrent`'s default, which the benchmark config keeps.
 const HASHING_CAP: u64 = 2;
 
@@ -679,10 +681,15 @@ async fn run(plan: Plan) {
             if r + 1 == plan.restarts {
                 let idle_now = d.memory().0;
                 d.reset_peak();
-                let mut clients = Vec::new();
-                for _ in 0..CONCURRENT_LOGINS {
-                    clients.push(d.client().await);
+                // One uid may hold login_socket.max_connections_per_uid (16) connections: the
+                // 64 calls share them as HTTP/2 streams, all in flight at once.
+                let mut connections = Vec::new();
+                for _ in 0..CONNECTIONS_PER_UID {
+                    connections.push(d.client().await);
                 }
+                let clients: Vec<TillClient> = (0..CONCURRENT_LOGINS)
+                    .map(|i| connections[i % CONNECTIONS_PER_UID].clone())
+                    .collect();
                 let start = Instant::now();
                 let logins = clients.into_iter().enumerate().map(|(i, mut c)| {
                     let pin = targets.pin_users[i % targets.pin_users.len()].pin.clone();
