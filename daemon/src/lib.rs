@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod cli;
 pub mod clock;
+pub mod coalesce;
 pub mod config;
 pub mod credential;
 pub mod demo;
