@@ -306,3 +306,75 @@ fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_
     assert_eq!(outcomes(&store).len(), 6);
     assert_eq!(store.pending_summaries().unwrap()[0].1.total(), 1);
 }
+
+#[test]
+fn the_lockout_cache_refuses_exactly_while_the_store_would() {
+    use crate::lockout::cache::LockedScopes;
+    use crate::lockout::{Budget, LockoutPolicy, Now};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let policy = LockoutPolicy {
+        max_failures: 2,
+        terminal_max_failures: 3,
+        terminal_refill: std::time::Duration::from_secs(60),
+        ..LockoutPolicy::default()
+    };
+    let at = |mono_ms: u64| Now {
+        boot: 3,
+        mono_ms,
+        wall_ms: 1_700_000_000_000 + mono_ms,
+    };
+    let mut cache = LockedScopes::default();
+    // Two sources: the first is locked by its own counter, then the terminal budget fills.
+    let (a, b) = ("socket uid=5 gid=5 pid=5", "device pad");
+    for (source, ms) in [(a, 0), (a, 10), (b, 20)] {
+        store
+            .admit_attempt(Budget::Pin, source, &policy, at(ms))
+            .unwrap()
+            .unwrap();
+    }
+    for source in [a, b] {
+        let refusal = store
+            .refusal(Budget::Pin, source, &policy, at(30))
+            .unwrap()
+            .unwrap();
+        cache.remember(&refusal, &policy, at(30));
+    }
+    // Step through the lockouts on the simulated clock: whenever the cache refuses, so does the
+    // store, with at least as long to wait; and the store refuses longer than the cache only
+    // within one drain step of the terminal budget (a minute / 1000, plus a millisecond).
+    let mut refused_from_memory = 0;
+    for ms in (30..200_000).step_by(10) {
+        for source in [a, b] {
+            let cached = cache.refusal(&policy.scopes(Budget::Pin, source), at(ms));
+            let stored = store.refusal(Budget::Pin, source, &policy, at(ms)).unwrap();
+            match (&cached, &stored) {
+                (Some(cached), Some(stored)) => {
+                    assert!(
+                        stored.retry_after >= cached.retry_after,
+                        "{stored:?} {cached:?}"
+                    );
+                    refused_from_memory += 1;
+                }
+                (Some(cached), None) => panic!("the cache refused {cached:?} at {ms} ms"),
+                (None, Some(stored)) => assert!(
+                    stored.retry_after <= std::time::Duration::from_millis(61),
+                    "the store refuses for {stored:?} more at {ms} ms"
+                ),
+                (None, None) => {}
+            }
+        }
+    }
+    assert!(refused_from_memory > 10_000, "{refused_from_memory}");
+    assert!(
+        cache
+            .refusal(&policy.scopes(Budget::Pin, b), at(199_999))
+            .is_none()
+    );
+    assert!(
+        store
+            .refusal(Budget::Pin, b, &policy, at(199_999))
+            .unwrap()
+            .is_none()
+    );
+}
