@@ -681,3 +681,57 @@ fn a_kind_without_credentials_borrows_the_other_kinds_scheme() {
     assert_eq!(enrolment_scheme(Vec::new(), vec![2, 9]), Some(9));
     assert_eq!(enrolment_scheme::<u8>(Vec::new(), Vec::new()), None);
 }
+
+#[tokio::test]
+async fn a_locked_source_is_refused_from_memory_until_an_unlock_forgets_it() {
+    let f = fixture(policy());
+    for _ in 0..3 {
+        let e = f.auth.login(CredentialKind::Pin, pin("0000"), SOCKET).await;
+        assert!(matches!(e, Err(LoginError::NoMatch)), "{e:?}");
+    }
+    // The store answers the first refusal; the memory keeps it.
+    let e = f.auth.login(CredentialKind::Pin, pin("1111"), SOCKET).await;
+    assert!(matches!(e, Err(LoginError::LockedOut { .. })), "{e:?}");
+    // With the counters unreadable, the locked source is still refused (no SQLite read), while
+    // another source, which needs the store, fails.
+    let side = rusqlite::Connection::open(f.local.path()).unwrap();
+    side.execute_batch("ALTER TABLE lockouts RENAME TO lockouts_away")
+        .unwrap();
+    for _ in 0..20 {
+        let e = f
+            .auth
+            .login(CredentialKind::Pin, pin("1111"), OTHER_PID)
+            .await;
+        assert!(
+            matches!(
+                e,
+                Err(LoginError::LockedOut {
+                    terminal_wide: false,
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+    }
+    let e = f
+        .auth
+        .login(CredentialKind::Pin, pin("1111"), OTHER_UID)
+        .await;
+    assert!(matches!(e, Err(LoginError::Store(_))), "{e:?}");
+    side.execute_batch("ALTER TABLE lockouts_away RENAME TO lockouts")
+        .unwrap();
+    // An unlock takes effect at once: the memory forgets the scope with the store.
+    f.auth
+        .clear_lockouts(
+            Some("socket uid=1000".to_owned()),
+            "socket uid=0 gid=0 pid=1",
+        )
+        .await
+        .unwrap();
+    let session = f
+        .auth
+        .login(CredentialKind::Pin, pin("1111"), SOCKET)
+        .await
+        .unwrap();
+    assert_eq!(session.user_id, "cashier");
+}
