@@ -96,8 +96,12 @@ pub enum AuditOutcome {
     /// Enrolment: a new PIN refused because a user of the account already has it.
     PinInUse,
     /// One row for many attempts refused without a row each (locked out, malformed, too busy),
-    /// with the count in the reason.
+    /// with the count in the reason. Written by releases before coalescing; still read.
     Refused,
+    /// One row for the attempts of one source and budget without a row of their own: hashed
+    /// failures after the first of a streak, and refusals (see `coalesce.rs`); the counts per
+    /// outcome and kind, and the first and last time, in the reason.
+    Coalesced,
 }
 
 impl AuditOutcome {
@@ -123,6 +127,7 @@ impl AuditOutcome {
             AuditOutcome::Enrolled => "enrolled",
             AuditOutcome::PinInUse => "pin_in_use",
             AuditOutcome::Refused => "refused",
+            AuditOutcome::Coalesced => "coalesced",
         }
     }
 
@@ -149,6 +154,7 @@ impl AuditOutcome {
             Enrolled,
             PinInUse,
             Refused,
+            Coalesced,
         ]
         .into_iter()
         .find(|o| o.as_str() == text)
@@ -319,6 +325,7 @@ mod tests {
             "enrolled",
             "pin_in_use",
             "refused",
+            "coalesced",
         ] {
             assert_eq!(AuditOutcome::parse(text).unwrap().as_str(), text);
         }

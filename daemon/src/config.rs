@@ -526,11 +526,17 @@ impl Default for SessionConfig {
 pub struct AuditConfig {
     /// Unacknowledged audit rows beyond which the outbox reports a loud status (rows are kept).
     pub max_rows: u64,
+    /// How often the coalesced attempts of a source are written as its summary row while any
+    /// are pending (see `coalesce.rs`).
+    pub summary_interval: String,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        AuditConfig { max_rows: 100_000 }
+        AuditConfig {
+            max_rows: 100_000,
+            summary_interval: "60s".into(),
+        }
     }
 }
 
@@ -776,6 +782,10 @@ impl Settings {
         check(
             "audit.max_rows",
             self.policy.audit_max_rows != other.policy.audit_max_rows,
+        );
+        check(
+            "audit.summary_interval",
+            self.policy.audit_summary_interval != other.policy.audit_summary_interval,
         );
         check(
             "replica.max_age",
@@ -1065,6 +1075,11 @@ impl Config {
         };
         let idle_lock = duration("session.idle_lock", &self.session.idle_lock, true, second)?;
         let max_replica_age = duration("replica.max_age", &self.replica.max_age, true, second)?;
+        let audit_summary_interval = required_duration(
+            "audit.summary_interval",
+            &self.audit.summary_interval,
+            Duration::from_millis(100),
+        )?;
         if self.audit.max_rows == 0 {
             return Err(invalid("audit.max_rows", "must be at least 1"));
         }
@@ -1144,6 +1159,7 @@ impl Config {
                 lockout,
                 max_replica_age,
                 audit_max_rows: self.audit.max_rows,
+                audit_summary_interval,
             },
             session: SessionPolicy {
                 idle_lock,

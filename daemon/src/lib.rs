@@ -9,6 +9,7 @@ pub mod audit;
 pub mod call_rate;
 pub mod cli;
 pub mod clock;
+pub mod coalesce;
 pub mod config;
 pub mod credential;
 pub mod demo;

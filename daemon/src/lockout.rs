@@ -43,6 +43,8 @@
 
 use std::time::Duration;
 
+pub mod cache;
+
 /// The scope of the terminal-wide PIN budget.
 pub const TERMINAL_SCOPE: &str = "terminal";
 
@@ -142,6 +144,23 @@ pub fn scope_of(source: &str) -> String {
         return format!("device {name}");
     }
     source.to_owned()
+}
+
+/// The budget an attempt with a credential of `kind` draws on.
+pub fn budget_of(kind: crate::model::CredentialKind) -> Budget {
+    match kind {
+        crate::model::CredentialKind::Pin => Budget::Pin,
+        crate::model::CredentialKind::Key => Budget::Key,
+    }
+}
+
+/// The scope of a source's own counter for `budget` (its PIN scope or its key scope): the
+/// first of [`LockoutPolicy::scopes`].
+pub fn source_scope(budget: Budget, source: &str) -> String {
+    match budget {
+        Budget::Pin => scope_of(source),
+        Budget::Key => key_scope_of(source),
+    }
 }
 
 /// The key-budget scope of an input source.

@@ -15,9 +15,11 @@ use zeroize::Zeroizing;
 use argon2::Block;
 
 use crate::audit::{self, AuditKind, AuditOutcome, AuditRecord, ReadFault};
+use crate::coalesce::{Pending, RefusedFor};
 use crate::credential::{HashError, TerminalKey, argon2id_in};
 use crate::hashing::{HashingPermit, HashingQueue, QueueFull};
-use crate::lockout::{Budget, LockoutPolicy, Refusal, scope_of};
+use crate::lockout::cache::LockedScopes;
+use crate::lockout::{LockoutPolicy, Refusal, budget_of, scope_of, source_scope};
 use crate::model::{CredentialKind, Terminal};
 use crate::resolve::{Candidate, DenialReason, Resolution, may_log_in, resolve};
 use crate::session::{Session, SessionEvent, SessionManager, profile_change};
@@ -115,6 +117,8 @@ pub struct PolicySettings {
     pub max_replica_age: Option<Duration>,
     /// `audit.max_rows`: beyond it the outbox status is loud (rows are kept).
     pub audit_max_rows: u64,
+    /// `audit.summary_interval`: how often pending summary rows are written.
+    pub audit_summary_interval: Duration,
 }
 
 impl Default for PolicySettings {
@@ -123,6 +127,7 @@ impl Default for PolicySettings {
             lockout: LockoutPolicy::default(),
             max_replica_age: None,
             audit_max_rows: 100_000,
+            audit_summary_interval: Duration::from_secs(60),
         }
     }
 }
@@ -184,70 +189,16 @@ pub struct Authenticator {
     /// Serializes "read the user's profile, then change the session" between logins and the
     /// re-evaluation after a sync, so a login cannot install permissions a sync just replaced.
     profile_gate: tokio::sync::Mutex<()>,
-    /// Attempts refused without a row of their own (locked out, malformed, too busy), per
-    /// source scope, until one summary row carries the count. Kept in memory so that a flood of
-    /// refusals writes nothing; a crash loses only these counts, never a decision.
-    refused: Mutex<HashMap<String, Refused>>,
+    /// Attempts refused without a row of their own (locked out, malformed, too busy, no
+    /// replica, stale), per budget scope, until the scope's summary row carries the counts (see
+    /// `coalesce.rs`). Kept in memory so that a flood of refusals writes nothing; a crash loses
+    /// only these counts, never a decision nor a hashed failure.
+    refused: Mutex<HashMap<String, Pending>>,
+    /// Lockouts the store answered, so a locked source's further attempts are refused without
+    /// SQLite or the blocking pool. Never looser than the store: see `lockout/cache.rs`.
+    locked: Mutex<LockedScopes>,
     /// Set while writes fail because the state directory is full.
     disk_full: AtomicBool,
-}
-
-/// Refusals from one source since its last audit row.
-#[derive(Debug, Clone, Copy)]
-struct Refused {
-    locked_out: u64,
-    malformed: u64,
-    busy: u64,
-    no_replica: u64,
-    stale: u64,
-    since: SystemTime,
-    method: CredentialKind,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum RefusedFor {
-    LockedOut,
-    Malformed,
-    Busy,
-    NoReplica,
-    Stale,
-}
-
-impl Refused {
-    fn total(&self) -> u64 {
-        self.locked_out + self.malformed + self.busy + self.no_replica + self.stale
-    }
-
-    /// The summary row, one per source per lockout.
-    fn record(&self, scope: &str) -> AuditRecord {
-        let mut parts = Vec::new();
-        for (n, what) in [
-            (self.locked_out, "while locked out"),
-            (self.malformed, "as malformed"),
-            (self.busy, "as too busy"),
-            (self.no_replica, "before the first snapshot"),
-            (self.stale, "as the replica was stale"),
-        ] {
-            if n > 0 {
-                parts.push(format!("{n} {what}"));
-            }
-        }
-        AuditRecord::new(
-            AuditKind::Login,
-            Some(self.method),
-            scope,
-            AuditOutcome::Refused,
-        )
-        .reason(format!(
-            "{} refused without a row of their own since {}: {}",
-            match self.total() {
-                1 => "1 attempt".to_owned(),
-                n => format!("{n} attempts"),
-            },
-            humantime::format_rfc3339_seconds(self.since),
-            parts.join(", ")
-        ))
-    }
 }
 
 /// A credential that resolved to a user (the hashing permit is still held).
@@ -271,13 +222,6 @@ impl std::fmt::Debug for HashMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let free = self.0.lock().map(|free| free.len()).unwrap_or(0);
         write!(f, "HashMemory({free} free buffers)")
-    }
-}
-
-fn budget_of(kind: CredentialKind) -> Budget {
-    match kind {
-        CredentialKind::Pin => Budget::Pin,
-        CredentialKind::Key => Budget::Key,
     }
 }
 
@@ -309,6 +253,7 @@ impl Authenticator {
             policy,
             profile_gate: tokio::sync::Mutex::new(()),
             refused: Mutex::new(HashMap::new()),
+            locked: Mutex::new(LockedScopes::default()),
             disk_full: AtomicBool::new(false),
         }
     }
@@ -560,10 +505,9 @@ impl Authenticator {
             AuditOutcome::Cleared,
         );
         let pending = self.take_all_refused(scope.as_deref());
-        let rows: Vec<AuditRecord> = pending.iter().map(|(s, r)| r.record(s)).collect();
-        let local = self.local.clone();
+        let (local, memory, wanted) = (self.local.clone(), pending.clone(), scope.clone());
         let cleared =
-            blocking(move || local.clear_lockouts(scope.as_deref(), &record, &rows)).await?;
+            blocking(move || local.clear_lockouts(wanted.as_deref(), &record, &memory)).await?;
         let (cleared, stats) = match self.written(cleared) {
             Ok(done) => done,
             Err(e) => {
@@ -571,6 +515,13 @@ impl Authenticator {
                 return Err(e);
             }
         };
+        // The store no longer refuses these scopes: neither may the memory.
+        if let Ok(mut locked) = self.locked.lock() {
+            match scope {
+                Some(scope) => locked.forget(&[scope]),
+                None => locked.forget_all(),
+            }
+        }
         audit::warn_if_over_cap(stats, self.policy.audit_max_rows);
         tracing::info!(cleared = %cleared.join(", "), "lockouts cleared");
         Ok(cleared)
@@ -620,8 +571,14 @@ impl Authenticator {
             self.count_refused(source, kind, RefusedFor::Malformed);
             return Err(e);
         }
-        let replica = self.replica.clone();
-        let state = blocking(move || replica.state()).await??;
+        // From memory unless a sync wrote since the last read.
+        let state = match self.replica.cached_state() {
+            Some(state) => state,
+            None => {
+                let replica = self.replica.clone();
+                blocking(move || replica.state()).await??
+            }
+        };
         // Counted, not a row each: these last until central acts, and a flood must not fill
         // the disk meanwhile.
         if state.cursor.needs_snapshot() {
@@ -637,11 +594,23 @@ impl Authenticator {
                 max_age,
             });
         }
-        let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
         let budget = budget_of(kind);
         let now = crate::clock::now();
+        // A lockout the store answered before: refused without SQLite or the blocking pool.
+        let scopes = self.policy.lockout.scopes(budget, source);
+        let remembered = self
+            .locked
+            .lock()
+            .ok()
+            .and_then(|locked| locked.refusal(&scopes, now));
+        if let Some(refusal) = remembered {
+            self.count_refused(source, kind, RefusedFor::LockedOut);
+            return Err(locked_out(refusal));
+        }
+        let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
         let locked = blocking(move || local.refusal(budget, &owned, &policy, now)).await??;
         if let Some(refusal) = locked {
+            self.remember_lockout(&refusal, now);
             self.count_refused(source, kind, RefusedFor::LockedOut);
             return Err(locked_out(refusal));
         }
@@ -709,35 +678,27 @@ impl Authenticator {
         }
     }
 
-    /// Charges an admitted attempt to its counters, in one transaction with the source's
-    /// pending summary row; refused (nothing written) if a lockout started meanwhile.
+    /// Charges an admitted attempt to its counters; refused (nothing written) if a lockout
+    /// started meanwhile.
     async fn charge(&self, kind: CredentialKind, source: &str) -> Result<Admitted, LoginError> {
-        let scope = scope_of(source);
-        let pending = self.take_refused(&scope);
-        let summary = pending.map(|p| p.record(&scope));
-        let wrote_summary = summary.is_some();
         let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
         let budget = budget_of(kind);
         let now = crate::clock::now();
-        let admitted =
-            blocking(move || local.admit_attempt(budget, &owned, &policy, now, summary.as_ref()))
-                .await?;
-        let admitted = match self.written(admitted) {
-            Ok(Ok(admitted)) => admitted,
-            Ok(Err(refusal)) => {
-                self.restore_refused(pending.map(|p| (scope.clone(), p)).into_iter().collect());
+        let admitted = blocking(move || local.admit_attempt(budget, &owned, &policy, now)).await?;
+        match self.written(admitted)? {
+            Ok(admitted) => Ok(admitted),
+            Err(refusal) => {
+                self.remember_lockout(&refusal, now);
                 self.count_refused(source, kind, RefusedFor::LockedOut);
-                return Err(locked_out(refusal));
+                Err(locked_out(refusal))
             }
-            Err(e) => {
-                self.restore_refused(pending.map(|p| (scope.clone(), p)).into_iter().collect());
-                return Err(e);
-            }
-        };
-        if wrote_summary {
-            audit::warn_if_over_cap(admitted.audit, self.policy.audit_max_rows);
         }
-        Ok(admitted)
+    }
+
+    fn remember_lockout(&self, refusal: &Refusal, now: crate::lockout::Now) {
+        if let Ok(mut locked) = self.locked.lock() {
+            locked.remember(refusal, &self.policy.lockout, now);
+        }
     }
 
     /// The resolved user's profile here, read again under the profile gate. A sync may have
@@ -779,19 +740,43 @@ impl Authenticator {
         }
     }
 
-    /// Writes an audit row and settles the attempt's charges in one transaction.
+    /// Writes an audit row (or counts a hashed failure for its source's summary) and settles
+    /// the attempt's charges in one transaction. A success ends its source's failure streak:
+    /// the summary row goes with it, the source's refusal counts folded in.
     async fn record(
         &self,
         record: AuditRecord,
         settlement: Settlement,
         source: &str,
     ) -> Result<AttemptRecorded, LoginError> {
-        let (local, policy, source) = (self.local.clone(), self.policy.lockout, source.to_owned());
+        let refunded = match settlement {
+            Settlement::Refund(budget) => Some(budget),
+            Settlement::Keep => None,
+        };
+        let pending = refunded.and_then(|budget| {
+            let scope = source_scope(budget, source);
+            self.take_refused(&scope).map(|p| (scope, p))
+        });
+        let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
+        let memory = pending.as_ref().map(|(_, p)| p.clone());
         let now = crate::clock::now();
-        let recorded =
-            blocking(move || local.record_attempt(&record, settlement, &source, &policy, now))
-                .await?;
-        let recorded = self.written(recorded)?;
+        let recorded = blocking(move || {
+            local.record_attempt(&record, settlement, &owned, &policy, now, memory.as_ref())
+        })
+        .await;
+        let recorded = match recorded.and_then(|r| self.written(r)) {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                self.restore_refused(pending.into_iter().collect());
+                return Err(e);
+            }
+        };
+        if let Some(budget) = refunded
+            && let Ok(mut locked) = self.locked.lock()
+        {
+            // A refund ends the source's lockout and gives the terminal its charge back.
+            locked.forget(&policy.scopes(budget, source));
+        }
         audit::warn_if_over_cap(recorded.audit, self.policy.audit_max_rows);
         Ok(recorded)
     }
@@ -821,45 +806,26 @@ impl Authenticator {
         let Ok(mut refused) = self.refused.lock() else {
             return;
         };
-        let entry = refused.entry(scope_of(source)).or_insert(Refused {
-            locked_out: 0,
-            malformed: 0,
-            busy: 0,
-            no_replica: 0,
-            stale: 0,
-            since: SystemTime::now(),
-            method: kind,
-        });
-        match why {
-            RefusedFor::LockedOut => entry.locked_out += 1,
-            RefusedFor::Malformed => entry.malformed += 1,
-            RefusedFor::Busy => entry.busy += 1,
-            RefusedFor::NoReplica => entry.no_replica += 1,
-            RefusedFor::Stale => entry.stale += 1,
-        }
+        let now = SystemTime::now();
+        refused
+            .entry(source_scope(budget_of(kind), source))
+            .or_insert_with(|| Pending::new(kind, now))
+            .count(why.label(), now);
     }
 
-    /// Writes the summary rows of every source with refused attempts pending (each minute
-    /// while any are, and at shutdown), so a flood followed by silence is still audited.
-    pub async fn flush_refused(&self) -> Result<usize, LoginError> {
+    /// Writes the summary row of every scope with coalesced failures or refusals pending
+    /// (each `audit.summary_interval` while any are, and at shutdown and start), so a flood
+    /// followed by silence is still audited. Returns the rows written.
+    pub async fn flush_summaries(&self) -> Result<usize, LoginError> {
         let pending = self.take_all_refused(None);
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        let rows: Vec<AuditRecord> = pending.iter().map(|(s, r)| r.record(s)).collect();
-        let local = self.local.clone();
-        let written = blocking(move || local.append_audit_rows(&rows)).await;
-        let written = match written {
-            Ok(written) => written,
-            Err(e) => {
-                self.restore_refused(pending);
-                return Err(e);
-            }
-        };
-        match self.written(written) {
-            Ok(stats) => {
-                audit::warn_if_over_cap(stats, self.policy.audit_max_rows);
-                Ok(pending.len())
+        let (local, memory) = (self.local.clone(), pending.clone());
+        let written = blocking(move || local.flush_summaries(&memory)).await;
+        match written.and_then(|w| self.written(w)) {
+            Ok((rows, stats)) => {
+                if rows > 0 {
+                    audit::warn_if_over_cap(stats, self.policy.audit_max_rows);
+                }
+                Ok(rows)
             }
             Err(e) => {
                 self.restore_refused(pending);
@@ -868,23 +834,23 @@ impl Authenticator {
         }
     }
 
-    /// Flushes pending refusal summaries every `period`, for as long as the daemon runs.
-    pub async fn run_refused_flush(self: Arc<Self>, period: Duration) {
+    /// Flushes pending summaries every `period`, for as long as the daemon runs.
+    pub async fn run_summary_flush(self: Arc<Self>, period: Duration) {
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            if let Err(e) = self.flush_refused().await {
-                tracing::warn!(error = %e, "writing the refused-attempt summaries failed; kept for the next try");
+            if let Err(e) = self.flush_summaries().await {
+                tracing::warn!(error = %e, "writing the audit summary rows failed; kept for the next try");
             }
         }
     }
 
-    fn take_refused(&self, scope: &str) -> Option<Refused> {
+    fn take_refused(&self, scope: &str) -> Option<Pending> {
         self.refused.lock().ok()?.remove(scope)
     }
 
-    fn take_all_refused(&self, scope: Option<&str>) -> Vec<(String, Refused)> {
+    fn take_all_refused(&self, scope: Option<&str>) -> Vec<(String, Pending)> {
         let Ok(mut refused) = self.refused.lock() else {
             return Vec::new();
         };
@@ -900,25 +866,17 @@ impl Authenticator {
     }
 
     /// Puts counts back whose summary row could not be written.
-    fn restore_refused(&self, pending: Vec<(String, Refused)>) {
+    fn restore_refused(&self, pending: Vec<(String, Pending)>) {
         let Ok(mut refused) = self.refused.lock() else {
             return;
         };
-        for (scope, r) in pending {
-            let entry = refused.entry(scope).or_insert(Refused {
-                locked_out: 0,
-                malformed: 0,
-                busy: 0,
-                no_replica: 0,
-                stale: 0,
-                ..r
-            });
-            entry.locked_out += r.locked_out;
-            entry.malformed += r.malformed;
-            entry.busy += r.busy;
-            entry.no_replica += r.no_replica;
-            entry.stale += r.stale;
-            entry.since = entry.since.min(r.since);
+        for (scope, p) in pending {
+            match refused.get_mut(&scope) {
+                Some(entry) => entry.merge(&p),
+                None => {
+                    refused.insert(scope, p);
+                }
+            }
         }
     }
 

@@ -40,8 +40,6 @@ use crate::tokens::TokenRegistry;
 
 /// How long in-flight calls may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-/// How often pending refused-attempt counts are written as summary rows.
-const REFUSED_FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -152,6 +150,15 @@ impl Core {
             Err(e) => {
                 tracing::error!(error = %e, "could not carry lockout counters over to this boot")
             }
+        }
+        // Hashed failures a crash left coalesced but not yet summed up in a row.
+        match local.flush_summaries(&[]) {
+            Ok((0, _)) => {}
+            Ok((rows, _)) => tracing::info!(
+                rows,
+                "audit summary rows written for failures coalesced before the last stop"
+            ),
+            Err(e) => tracing::error!(error = %e, "could not write the pending audit summary rows"),
         }
         let stats = local.audit_stats()?;
         if stats.backlog > settings.policy.audit_max_rows {
@@ -274,7 +281,11 @@ pub async fn serve(
     let mut login = tokio::spawn(login);
     let mut sync = tokio::spawn(sync);
     let idle_lock = tokio::spawn(core.sessions.clone().run_idle_lock());
-    let refused_flush = tokio::spawn(core.auth.clone().run_refused_flush(REFUSED_FLUSH_PERIOD));
+    let summary_flush = tokio::spawn(
+        core.auth
+            .clone()
+            .run_summary_flush(settings.policy.audit_summary_interval),
+    );
     let input = crate::hardware::supervise(
         core.input.subscribe(),
         Arc::new(Dispatcher {
@@ -295,7 +306,7 @@ pub async fn serve(
     control.notifier.stopping();
     let _ = shutdown_tx.send(true);
     idle_lock.abort();
-    refused_flush.abort();
+    summary_flush.abort();
     let mut outcome = Ok(());
     if let Some((which, result)) = early {
         tracing::error!(
@@ -334,8 +345,8 @@ pub async fn serve(
         }
     }
     input.abort();
-    if let Err(e) = core.auth.flush_refused().await {
-        tracing::warn!(error = %e, "writing the refused-attempt summaries at shutdown failed");
+    if let Err(e) = core.auth.flush_summaries().await {
+        tracing::warn!(error = %e, "writing the audit summary rows at shutdown failed");
     }
     for (store, checkpoint) in [
         ("replica", core.replica.close_cleanly()),

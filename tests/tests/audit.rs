@@ -71,7 +71,7 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
         first.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![1, 2]
     );
-    assert_eq!((first.backlog, first.last_seq), (7, 7));
+    assert_eq!((first.backlog, first.last_seq), (6, 6));
     let rest = sync.pull_audit(2, 0).await.unwrap().events;
     let all: Vec<pb::AuditEvent> = first.events.into_iter().chain(rest).collect();
     let summary: Vec<_> = all
@@ -82,8 +82,8 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
                 e.method,
                 e.outcome.as_str(),
                 e.user_id.as_str(),
-                // A "refused" row's reason carries a time: checked on its own below.
-                if e.outcome == "refused" {
+                // A "coalesced" row's reason carries times: checked on its own below.
+                if e.outcome == "coalesced" {
                     ""
                 } else {
                     e.reason.as_str()
@@ -103,7 +103,7 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
                 "",
                 "no user matches this credential"
             ),
-            ("login", pin, "denied", "dora", "user inactive"),
+            // The first failure of a key streak has its own row too (another budget).
             (
                 "login",
                 key,
@@ -111,18 +111,21 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
                 "",
                 "no user matches this credential"
             ),
-            // The empty PIN has no row of its own: it is summed up when the source is next
-            // admitted (the key login), under the source's lockout scope.
-            ("login", pin, "refused", "", ""),
             ("login", key, "accepted", "amy", ""),
+            // Dora's PIN (the second failure of the PIN streak) and the empty PIN have no row
+            // of their own: they are summed up when the streak ends (max's PIN, a success from
+            // the source), under the source's lockout scope.
+            ("login", pin, "coalesced", "", ""),
             ("authorize", pin, "granted", "max", ""),
         ]
     );
     assert!(
         all[4]
             .reason
-            .starts_with("1 attempt refused without a row of their own since ")
-            && all[4].reason.ends_with(": 1 as malformed"),
+            .starts_with("2 attempts without a row of their own from ")
+            && all[4]
+                .reason
+                .ends_with(": login.denied=1, refused.malformed=1"),
         "{}",
         all[4].reason
     );
@@ -135,22 +138,22 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
         assert!(event.at.is_some());
         assert_eq!(event.uuid.len(), 36, "{event:?}");
     }
-    assert_eq!(all[6].session_user_id, "amy");
-    assert_eq!(all[6].permission, "refund.create");
+    assert_eq!(all[5].session_user_id, "amy");
+    assert_eq!(all[5].permission, "refund.create");
     let mut uuids: Vec<_> = all.iter().map(|e| e.uuid.clone()).collect();
     uuids.sort();
     uuids.dedup();
-    assert_eq!(uuids.len(), 7);
+    assert_eq!(uuids.len(), 6);
 
     // Acknowledged rows are deleted, the rest stay; re-acknowledging is harmless; acknowledging
     // what was never written is refused.
     let ack = sync.ack_audit(3).await.unwrap();
-    assert_eq!((ack.deleted, ack.backlog), (3, 4));
+    assert_eq!((ack.deleted, ack.backlog), (3, 3));
     assert_eq!(sync.ack_audit(2).await.unwrap().deleted, 0);
     let beyond = status(sync.ack_audit(99).await);
     assert_eq!(beyond.code(), Code::InvalidArgument);
     assert!(
-        beyond.message().contains("the last audit row written is 7"),
+        beyond.message().contains("the last audit row written is 6"),
         "{}",
         beyond.message()
     );
@@ -169,13 +172,13 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
     daemon.stop().await;
     let daemon = Daemon::spawn(&daemon.dir);
     let mut sync = daemon.sync(Some(&token_of(&daemon).await)).await;
-    assert_eq!(sync.pull_audit(0, 100).await.unwrap().events.len(), 4);
-    assert_eq!(sync.ack_audit(7).await.unwrap().backlog, 0);
+    assert_eq!(sync.pull_audit(0, 100).await.unwrap().events.len(), 3);
+    assert_eq!(sync.ack_audit(6).await.unwrap().backlog, 0);
     daemon.client().await.login_with_pin(AMY_PIN).await.unwrap();
     let next = sync.pull_audit(0, 100).await.unwrap();
     assert_eq!(
         next.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        vec![8]
+        vec![7]
     );
 
     // tillctl audit shows the tail.
@@ -186,7 +189,7 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
         "{out}"
     );
     assert!(
-        out.contains("#8 ") && out.contains(" login pin accepted ["),
+        out.contains("#7 ") && out.contains(" login pin accepted ["),
         "{out}"
     );
 }
@@ -260,7 +263,9 @@ async fn no_pin_or_key_id_is_ever_written_to_the_database() {
     let _ = client
         .authorize(Credential::Pin(AMY_PIN), "refund.create")
         .await;
-    assert_eq!(client.audit_tail(100).await.unwrap().events.len(), 7);
+    // Two successes, the first failure of each budget, the PIN streak's summary (Dora's PIN)
+    // with the success that ended it; the wrong key's authorization waits in the key summary.
+    assert_eq!(client.audit_tail(100).await.unwrap().events.len(), 6);
     // Search the database, its WAL and everything else in the state directory, before and
     // after the shutdown checkpoint.
     let state_dir = daemon.state_dir();

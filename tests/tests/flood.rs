@@ -75,24 +75,183 @@ async fn attempts_beyond_the_per_source_bound_are_refused_at_once_without_a_row_
             .all(|(_, m)| m.contains("attempts from this source are already waiting for hashing")),
         "{busy:?}"
     );
-    // Each login wrote its row; the refusals are summed up in one row, written with the
-    // source's next admitted attempt.
+    // Each login wrote its row; the refusals have none of their own: they are counted in the
+    // source's summary row, written with the source's next success (or at the latest each
+    // audit.summary_interval and at shutdown, hence the stop).
+    let mut daemon = daemon;
+    daemon.stop().await;
+    let daemon = Daemon::spawn(&daemon.dir);
     let mut client = daemon.client().await;
     let rows = client.audit_tail(100).await.unwrap().events;
     assert_eq!(rows.iter().filter(|r| r.outcome == "accepted").count(), ok);
-    let summed: usize = rows
+    let summaries: Vec<_> = rows.iter().filter(|r| r.outcome == "coalesced").collect();
+    let summed: u64 = summaries
         .iter()
-        .filter(|r| r.outcome == "refused")
-        .map(|r| {
-            let (_, tail) = r.reason.rsplit_once(": ").unwrap();
-            tail.strip_suffix(" as too busy")
-                .unwrap()
-                .parse::<usize>()
-                .unwrap()
+        .map(|r| counts(&r.reason)["refused.busy"])
+        .sum();
+    assert_eq!(summed, busy.len() as u64, "{rows:?}");
+    assert_eq!(rows.len(), ok + summaries.len(), "{rows:?}");
+}
+
+/// The counts of a `coalesced` row: "… from <t1> to <t2>: login.no_match=3, refused.busy=9".
+fn counts(reason: &str) -> std::collections::BTreeMap<String, u64> {
+    let (_, tail) = reason.rsplit_once(": ").unwrap();
+    tail.split(", ")
+        .map(|pair| {
+            let (label, n) = pair.split_once('=').unwrap();
+            (label.to_owned(), n.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Every attempt of a source as the audit accounts for it: 1 per row of its own, plus the
+/// counts of its summary rows.
+fn accounted(rows: &[pb::AuditEvent]) -> u64 {
+    rows.iter()
+        .map(|r| match r.outcome.as_str() {
+            "coalesced" => counts(&r.reason).values().sum(),
+            _ => 1,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_flood_of_wrong_credentials_writes_a_bounded_number_of_rows_that_account_for_every_attempt()
+ {
+    // No summary flush during the test: only the first failure of each streak has a row, the
+    // rest is written at shutdown.
+    let mut daemon = Daemon::start_with(
+        "",
+        "[hashing]\nmax_concurrent = 1\nmax_waiting_per_source = 4\n\
+         [audit]\nsummary_interval = \"1h\"\n",
+    );
+    daemon.push_snapshot(slow_snapshot()).await;
+    const CLIENTS: usize = 16;
+    const EACH: usize = 12;
+    let calls: Vec<_> = clients(&daemon, CLIENTS)
+        .await
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            tokio::spawn(async move {
+                let mut codes = Vec::new();
+                for j in 0..EACH {
+                    let answer = if (i + j) % 3 == 0 {
+                        answer(c.login_with_key("NO-SUCH-KEY").await)
+                    } else {
+                        answer(c.login_with_pin("0000").await)
+                    };
+                    codes.push(answer.0);
+                }
+                codes
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for call in calls {
+        codes.extend(call.await.unwrap());
+    }
+    let attempts = (CLIENTS * EACH) as u64;
+    assert_eq!(codes.len() as u64, attempts);
+    assert!(!codes.contains(&Code::Ok), "{codes:?}");
+    let hashed = codes
+        .iter()
+        .filter(|c| **c == Code::Unauthenticated)
+        .count();
+    assert!(hashed >= 2, "both budgets hashed some: {codes:?}");
+    // Today's daemon would have written one no_match row per hashed attempt (at least 5 per
+    // budget before the lockout) and a summary row with each of them.
+    let mut client = daemon.client().await;
+    let before = client.audit_tail(1000).await.unwrap().events;
+    assert!(
+        before.iter().all(|r| r.outcome == "no_match")
+            && before
+                .iter()
+                .filter(|r| r.method == pb::LoginMethod::Pin as i32)
+                .count()
+                <= 1
+            && before
+                .iter()
+                .filter(|r| r.method == pb::LoginMethod::Key as i32)
+                .count()
+                <= 1,
+        "only the first failure of each budget's streak has a row: {before:?}"
+    );
+    assert!(before.len() <= 2, "{before:?}");
+    drop(client);
+    daemon.stop().await;
+    let daemon = Daemon::spawn(&daemon.dir);
+    let rows = daemon.client().await.audit_tail(1000).await.unwrap().events;
+    // ≤ 2 rows per budget (the first failure, the summary) for all these attempts, and
+    // together they account for every one of them.
+    assert!(rows.len() <= 4, "{rows:?}");
+    assert_eq!(accounted(&rows), attempts, "{rows:?}");
+    let hashed_in_rows: u64 = rows
+        .iter()
+        .map(|r| match r.outcome.as_str() {
+            "coalesced" => counts(&r.reason)
+                .iter()
+                .filter(|(label, _)| label.starts_with("login."))
+                .map(|(_, n)| n)
+                .sum(),
+            "no_match" => 1,
+            _ => 0,
         })
         .sum();
-    assert_eq!(summed, busy.len(), "{rows:?}");
-    assert_eq!(rows.len(), ok + 1, "one summary row: {rows:?}");
+    assert_eq!(hashed_in_rows, hashed as u64, "{rows:?}");
+}
+
+#[tokio::test]
+async fn coalesced_failures_survive_a_kill_9_in_the_middle_of_a_streak() {
+    // No lockout gets in the way: every wrong PIN is hashed and answered.
+    let mut daemon = Daemon::start_with(
+        "",
+        "[lockout]
+max_failures = 100
+terminal_max_failures = 100
+         [audit]
+summary_interval = \"1h\"
+",
+    );
+    daemon.push_snapshot(slow_snapshot()).await;
+    let mut client = daemon.client().await;
+    for _ in 0..6 {
+        assert_eq!(
+            answer(client.login_with_pin("0000").await).0,
+            Code::Unauthenticated
+        );
+    }
+    let rows = client.audit_tail(100).await.unwrap().events;
+    assert_eq!(rows.len(), 1, "only the first has a row: {rows:?}");
+    drop(client);
+    // Every answered failure was counted in its own transaction: a kill loses none.
+    assert!(!daemon.kill().success());
+    let daemon = Daemon::spawn(&daemon.dir);
+    let mut client = daemon.client().await;
+    let rows = client.audit_tail(100).await.unwrap().events;
+    assert_eq!(
+        rows.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(),
+        vec!["no_match", "coalesced"],
+        "the start-up wrote the summary the kill left: {rows:?}"
+    );
+    assert_eq!(
+        counts(&rows[1].reason).into_iter().collect::<Vec<_>>(),
+        vec![("login.no_match".to_owned(), 5)]
+    );
+    assert_eq!(rows[1].source, my_socket_source());
+    assert!(
+        daemon
+            .log_text()
+            .contains("audit summary rows written for failures coalesced before the last stop"),
+        "{}",
+        daemon.log_text()
+    );
+    // The streak goes on after the restart: the next failure is counted, not a row.
+    assert_eq!(
+        answer(client.login_with_pin("0000").await).0,
+        Code::Unauthenticated
+    );
+    assert_eq!(client.audit_tail(100).await.unwrap().events.len(), 2);
 }
 
 #[tokio::test]

@@ -505,9 +505,9 @@ async fn refusals_without_a_replica_are_one_summary_row_written_at_shutdown() {
         .unwrap()
         .events;
     assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0].outcome, "refused");
+    assert_eq!(events[0].outcome, "coalesced");
     assert!(
-        events[0].reason.contains("30 before the first snapshot"),
+        events[0].reason.ends_with(": refused.no_replica=30"),
         "{}",
         events[0].reason
     );

@@ -111,6 +111,8 @@ async fn lockout_refuses_pin_entry_with_retry_info_survives_a_restart_and_tillct
         status(client.login_with_pin("2222").await).code(),
         Code::ResourceExhausted
     );
+    // That last refusal came from the daemon's memory of the lockout (no store read); the
+    // unlock must clear that too, at once: the very next PIN is admitted.
     let (ok, out, err) = run_tillctl(&daemon, &["unlock", &source], "", &[]);
     assert!(
         ok && out.trim() == format!("cleared {source}"),

@@ -195,14 +195,27 @@ async fn wrong_pins_lock_pin_entry_per_uid_but_not_keys() {
         .await
         .unwrap();
     assert_eq!(session.user_id, "manager");
+    // The first wrong PIN has its row; the two after it and the two refusals are counted for
+    // the source's summary. A key login is another budget: it ends no PIN streak.
+    assert_eq!(outcomes(&f), vec!["no_match", "accepted", "accepted"]);
+    assert_eq!(f.auth.flush_summaries().await.unwrap(), 1);
+    let rows = audit(&f);
+    let summary = &rows[3].record;
     assert_eq!(
-        outcomes(&f),
+        (summary.outcome, summary.source.as_str()),
+        (AuditOutcome::Coalesced, "socket uid=1000")
+    );
+    assert_eq!(
+        crate::coalesce::parse_counts(&summary.reason)
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
         vec![
-            "no_match", "no_match", "no_match", "accepted",
-            // The two refusals were counted, not written: one summary row when the source was
-            // next admitted (the key login), before that attempt's own row.
-            "refused", "accepted"
-        ]
+            ("login.no_match".to_owned(), 2),
+            ("refused.locked_out".to_owned(), 2)
+        ],
+        "{}",
+        summary.reason
     );
     // Every row is in the outbox with a distinct uuid and increasing seq.
     let rows = audit(&f);
@@ -290,16 +303,29 @@ async fn success_resets_the_source_but_not_the_terminal_budget() {
         .unwrap();
     assert_eq!(clear.record.kind, AuditKind::LockoutCleared);
     assert!(clear.record.reason.contains(TERMINAL_SCOPE));
+    // Summary rows: the first when the source's success ended its streak (its second wrong
+    // PIN), then, with the clear, one per scope with anything pending: a coalesced wrong PIN of
+    // SOCKET and the two lockout refusals.
     let summaries: Vec<_> = last
         .iter()
-        .filter(|r| r.record.outcome == AuditOutcome::Refused)
-        .map(|r| (r.record.source.as_str(), r.record.reason.as_str()))
+        .filter(|r| r.record.outcome == AuditOutcome::Coalesced)
+        .map(|r| {
+            let counts = crate::coalesce::parse_counts(&r.record.reason).unwrap();
+            (
+                r.record.source.as_str(),
+                counts.into_iter().collect::<Vec<_>>(),
+            )
+        })
         .collect();
-    assert_eq!(summaries.len(), 2, "{summaries:?}");
-    assert!(
-        summaries
-            .iter()
-            .all(|(_, reason)| reason.starts_with("1 attempt refused"))
+    let one = |label: &str| vec![(label.to_owned(), 1)];
+    assert_eq!(
+        summaries,
+        vec![
+            ("socket uid=1000", one("login.no_match")),
+            ("socket uid=1000", one("login.no_match")),
+            ("socket uid=2000", one("refused.locked_out")),
+            ("socket uid=3", one("refused.locked_out")),
+        ]
     );
 }
 
@@ -354,10 +380,10 @@ async fn denied_pins_count_as_failures_and_malformed_ones_are_coalesced() {
             .collect::<Vec<_>>(),
         vec![("socket uid=1000", 3), (TERMINAL_SCOPE, 3)]
     );
-    // Rows: 3 denied, 3 bad reads, and the malformed ones coalesced into the summary row
-    // written when the source was next admitted.
+    // Rows: the first denied PIN and the 3 bad reads; the 2 later denied PINs, the malformed
+    // ones and the lockout refusal are counted for the source's summary.
     let rows = audit(&f);
-    assert_eq!(rows.len(), 8);
+    assert_eq!(rows.len(), 4);
     let denied = &rows[0].record;
     assert_eq!(
         (denied.outcome, denied.user_id.as_deref()),
@@ -371,40 +397,34 @@ async fn denied_pins_count_as_failures_and_malformed_ones_are_coalesced() {
     );
     assert_eq!(bad.reason, "CRC mismatch");
     assert_eq!(bad.source, "device front (/dev/hidraw0)");
-    let summary = &rows[2].record;
-    assert_eq!(
-        (summary.outcome, summary.source.as_str()),
-        (AuditOutcome::Refused, "socket uid=1000")
-    );
-    assert!(
-        summary
-            .reason
-            .starts_with("1 attempt refused without a row of their own since")
-    );
-    assert!(
-        summary.reason.ends_with(": 1 as malformed"),
-        "{}",
-        summary.reason
-    );
-    // A key login from the source writes the next summary, with its count.
+    // A valid key from the source ends its key streak, not its PIN streak.
     f.auth
         .login(CredentialKind::Key, pin("KEY-cashier"), SOCKET)
         .await
         .unwrap();
+    assert_eq!(audit(&f)[4].record.outcome, AuditOutcome::Accepted);
+    // The summary row (each audit.summary_interval, and at shutdown) says what it covers.
+    assert_eq!(f.auth.flush_summaries().await.unwrap(), 1);
     let rows = audit(&f);
-    let summary = &rows[8].record;
-    assert_eq!(summary.outcome, AuditOutcome::Refused);
+    let summary = &rows[5].record;
+    assert_eq!(
+        (summary.outcome, summary.source.as_str()),
+        (AuditOutcome::Coalesced, "socket uid=1000")
+    );
     assert!(
         summary
             .reason
-            .starts_with("2 attempts refused without a row of their own since")
-            && summary
-                .reason
-                .ends_with(": 1 while locked out, 1 as malformed"),
+            .starts_with("6 attempts without a row of their own from "),
         "{}",
         summary.reason
     );
-    assert_eq!(rows[9].record.outcome, AuditOutcome::Accepted);
+    assert!(
+        summary
+            .reason
+            .ends_with(": login.denied=2, refused.locked_out=1, refused.malformed=3"),
+        "{}",
+        summary.reason
+    );
 }
 
 #[tokio::test]
@@ -482,13 +502,13 @@ async fn a_stale_replica_refuses_logins() {
     }
     assert!(outcomes(&old).is_empty(), "{:?}", outcomes(&old));
     // The pending count is written as one summary row (each minute, and at shutdown).
-    assert_eq!(old.auth.flush_refused().await.unwrap(), 1);
-    assert_eq!(old.auth.flush_refused().await.unwrap(), 0);
+    assert_eq!(old.auth.flush_summaries().await.unwrap(), 1);
+    assert_eq!(old.auth.flush_summaries().await.unwrap(), 0);
     let rows = audit(&old);
-    assert_eq!(outcomes(&old), vec!["refused"]);
+    assert_eq!(outcomes(&old), vec!["coalesced"]);
     let reason = rows[0].record.reason.clone();
     assert!(
-        reason.starts_with("50 attempts refused") && reason.contains("50 as the replica was stale"),
+        reason.starts_with("50 attempts without a row") && reason.ends_with(": refused.stale=50"),
         "{reason}"
     );
     // A sync (here an idempotent replay, central's heartbeat) makes it fresh again.
@@ -660,4 +680,58 @@ fn a_kind_without_credentials_borrows_the_other_kinds_scheme() {
     assert_eq!(enrolment_scheme(vec![1, 3], vec![9]), Some(3));
     assert_eq!(enrolment_scheme(Vec::new(), vec![2, 9]), Some(9));
     assert_eq!(enrolment_scheme::<u8>(Vec::new(), Vec::new()), None);
+}
+
+#[tokio::test]
+async fn a_locked_source_is_refused_from_memory_until_an_unlock_forgets_it() {
+    let f = fixture(policy());
+    for _ in 0..3 {
+        let e = f.auth.login(CredentialKind::Pin, pin("0000"), SOCKET).await;
+        assert!(matches!(e, Err(LoginError::NoMatch)), "{e:?}");
+    }
+    // The store answers the first refusal; the memory keeps it.
+    let e = f.auth.login(CredentialKind::Pin, pin("1111"), SOCKET).await;
+    assert!(matches!(e, Err(LoginError::LockedOut { .. })), "{e:?}");
+    // With the counters unreadable, the locked source is still refused (no SQLite read), while
+    // another source, which needs the store, fails.
+    let side = rusqlite::Connection::open(f.local.path()).unwrap();
+    side.execute_batch("ALTER TABLE lockouts RENAME TO lockouts_away")
+        .unwrap();
+    for _ in 0..20 {
+        let e = f
+            .auth
+            .login(CredentialKind::Pin, pin("1111"), OTHER_PID)
+            .await;
+        assert!(
+            matches!(
+                e,
+                Err(LoginError::LockedOut {
+                    terminal_wide: false,
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+    }
+    let e = f
+        .auth
+        .login(CredentialKind::Pin, pin("1111"), OTHER_UID)
+        .await;
+    assert!(matches!(e, Err(LoginError::Store(_))), "{e:?}");
+    side.execute_batch("ALTER TABLE lockouts_away RENAME TO lockouts")
+        .unwrap();
+    // An unlock takes effect at once: the memory forgets the scope with the store.
+    f.auth
+        .clear_lockouts(
+            Some("socket uid=1000".to_owned()),
+            "socket uid=0 gid=0 pid=1",
+        )
+        .await
+        .unwrap();
+    let session = f
+        .auth
+        .login(CredentialKind::Pin, pin("1111"), SOCKET)
+        .await
+        .unwrap();
+    assert_eq!(session.user_id, "cashier");
 }

@@ -5,9 +5,13 @@
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::audit::{audit_stats, insert_audit};
+use super::summary::{end_streak, record_failure, write_summaries};
 use super::{LocalStore, StoreError};
 use crate::audit::{AuditRecord, AuditStats};
-use crate::lockout::{Budget, Counter, LockoutPolicy, Now, Refusal, admit};
+use crate::coalesce::{Pending, is_hashed_failure};
+use crate::lockout::{
+    Budget, Counter, LockoutPolicy, Now, Refusal, admit, budget_of, source_scope,
+};
 
 /// What the outcome of an admitted attempt does to the charges made when it was admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +31,6 @@ pub struct AttemptRecorded {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
     pub locked: Vec<(String, std::time::Duration)>,
-    pub audit: AuditStats,
 }
 
 const COLUMNS: &str = "failures, level_milli, boot, updated_ms, locked_until_ms";
@@ -114,15 +117,14 @@ impl LocalStore {
         Ok(admit(policy, &mut counters, now).err())
     }
 
-    /// Admits an attempt and charges it to its scopes, in one transaction with `pending` (the
-    /// summary row of attempts refused before it); or refuses it, writing nothing.
+    /// Admits an attempt and charges it to its scopes, in one transaction; or refuses it,
+    /// writing nothing.
     pub fn admit_attempt(
         &self,
         budget: Budget,
         source: &str,
         policy: &LockoutPolicy,
         now: Now,
-        pending: Option<&AuditRecord>,
     ) -> Result<Result<Admitted, Refusal>, StoreError> {
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -137,15 +139,14 @@ impl LocalStore {
                 locked.push((scope.clone(), delay));
             }
         }
-        if let Some(record) = pending {
-            insert_audit(&tx, record)?;
-        }
-        let audit = audit_stats(&tx)?;
         tx.commit()?;
-        Ok(Ok(Admitted { locked, audit }))
+        Ok(Ok(Admitted { locked }))
     }
 
-    /// Writes the audit row of an attempt and settles its charges, in one transaction.
+    /// Writes the audit row of an attempt and settles its charges, in one transaction. A hashed
+    /// failure after the first of its source's streak is counted for the summary row instead
+    /// of a row of its own; a success ends its source's streak and writes that summary, with
+    /// `refused` (the source's in-memory refusal counts) folded in.
     pub fn record_attempt(
         &self,
         record: &AuditRecord,
@@ -153,6 +154,7 @@ impl LocalStore {
         source: &str,
         policy: &LockoutPolicy,
         now: Now,
+        refused: Option<&Pending>,
     ) -> Result<AttemptRecorded, StoreError> {
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -162,8 +164,15 @@ impl LocalStore {
                 counter.refund(policy, &scope, now);
                 store(&tx, &scope, &counter)?;
             }
+            end_streak(&tx, &source_scope(budget, source), refused)?;
         }
-        insert_audit(&tx, record)?;
+        match record.method {
+            Some(method) if settlement == Settlement::Keep && is_hashed_failure(record) => {
+                let scope = source_scope(budget_of(method), source);
+                record_failure(&tx, &scope, method, record)?;
+            }
+            _ => insert_audit(&tx, record)?,
+        }
         let audit = audit_stats(&tx)?;
         tx.commit()?;
         Ok(AttemptRecorded { audit })
@@ -202,13 +211,14 @@ impl LocalStore {
             .collect())
     }
 
-    /// Clears the counters of `scope` (all when None) and audits it with `also` (summary rows of
-    /// refused attempts), in one transaction. Returns the scopes that had a counter.
+    /// Clears the counters of `scope` (all when None) and audits it, with the pending summary
+    /// rows of the same scopes (`refused`: their in-memory refusal counts), in one
+    /// transaction. Returns the scopes that had a counter.
     pub fn clear_lockouts(
         &self,
         scope: Option<&str>,
         record: &AuditRecord,
-        also: &[AuditRecord],
+        refused: &[(String, Pending)],
     ) -> Result<(Vec<String>, AuditStats), StoreError> {
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -221,9 +231,7 @@ impl LocalStore {
             Some(scope) => tx.execute("DELETE FROM lockouts WHERE scope = ?1", [scope])?,
             None => tx.execute("DELETE FROM lockouts", [])?,
         };
-        for row in also {
-            insert_audit(&tx, row)?;
-        }
+        write_summaries(&tx, scope, refused)?;
         let mut record = record.clone();
         if record.reason.is_empty() {
             record.reason = if cleared.is_empty() {

@@ -6,6 +6,7 @@ mod audit;
 mod legacy;
 mod lockout;
 mod schema;
+mod summary;
 mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -148,9 +149,17 @@ fn create_or_migrate(
 ) -> Result<Result<(), Damage>, StoreError> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     sqlite::migrate(&tx, STORE, path, schema::MIGRATIONS)?;
-    if let Err(damage) =
-        sqlite::probe_tables(&tx, &["meta", "sync_tokens", "audit_events", "lockouts"])?
-    {
+    if let Err(damage) = sqlite::probe_tables(
+        &tx,
+        &[
+            "meta",
+            "sync_tokens",
+            "audit_events",
+            "lockouts",
+            "failure_streaks",
+            "coalesced_failures",
+        ],
+    )? {
         return Ok(Err(damage));
     }
     sqlite::clear_closed_cleanly(&tx)?;

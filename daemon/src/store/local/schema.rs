@@ -67,4 +67,21 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE audit_events ADD COLUMN phc TEXT;
     ALTER TABLE audit_events ADD COLUMN authorizer TEXT;
     "#,
+    // 4: audit coalescing (see `coalesce.rs`). A streak row per budget scope whose first hashed
+    // failure since its last success has its own row; the later ones are counted per label
+    // ("login.no_match") in the transaction that records them, until their summary row.
+    r#"
+    CREATE TABLE failure_streaks (
+        scope    TEXT PRIMARY KEY,
+        method   INTEGER NOT NULL CHECK (method IN (1, 2)),
+        first_ms INTEGER,
+        last_ms  INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE coalesced_failures (
+        scope TEXT NOT NULL,
+        label TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (scope, label)
+    ) WITHOUT ROWID;
+    "#,
 ];

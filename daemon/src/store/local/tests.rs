@@ -87,15 +87,10 @@ fn counters_change_only_together_with_their_audit_row() {
         mono_ms: 1000,
         wall_ms: 1_700_000_000_000,
     };
-    let summary = attempt(source, AuditOutcome::LockedOut);
-    let admitted = replica
-        .admit_attempt(Budget::Pin, source, &policy, now, Some(&summary))
+    replica
+        .admit_attempt(Budget::Pin, source, &policy, now)
         .unwrap()
         .unwrap();
-    assert_eq!(
-        admitted.audit.backlog, 1,
-        "the summary row came with the charge"
-    );
     let failures = |r: &LocalStore| {
         r.lockout_counters(&policy, now)
             .unwrap()
@@ -105,7 +100,7 @@ fn counters_change_only_together_with_their_audit_row() {
     };
     let expected = vec![("socket uid=5".to_owned(), 1), ("terminal".to_owned(), 1)];
     assert_eq!(failures(&replica), expected);
-    // Make the audit insert fail: the charge in the same transaction rolls back.
+    // Make the audit insert fail: the refund in the same transaction rolls back.
     replica
         .writer()
         .unwrap()
@@ -113,17 +108,13 @@ fn counters_change_only_together_with_their_audit_row() {
         .unwrap();
     assert!(
         replica
-            .admit_attempt(Budget::Pin, source, &policy, now, Some(&summary))
-            .is_err()
-    );
-    assert!(
-        replica
             .record_attempt(
                 &attempt(source, AuditOutcome::Accepted),
                 Settlement::Refund(Budget::Pin),
                 source,
                 &policy,
-                now
+                now,
+                None,
             )
             .is_err()
     );
@@ -144,6 +135,7 @@ fn counters_change_only_together_with_their_audit_row() {
             source,
             &policy,
             now,
+            None,
         )
         .unwrap();
     assert_eq!(failures(&replica), vec![]);
@@ -163,7 +155,7 @@ fn a_reboot_rebases_counters_onto_the_new_clock() {
     };
     for _ in 0..5 {
         replica
-            .admit_attempt(Budget::Pin, source, &policy, before, None)
+            .admit_attempt(Budget::Pin, source, &policy, before)
             .unwrap()
             .unwrap();
     }
@@ -211,4 +203,178 @@ fn an_acknowledgement_for_another_stream_deletes_nothing() {
     // The id belongs to the file: a reopen keeps it.
     drop(store);
     assert_eq!(open(&dir).identity().stream_id, stream);
+}
+
+#[test]
+fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_its_summary() {
+    use crate::audit::{AuditKind, AuditOutcome, AuditRecord};
+    use crate::coalesce::{Pending, RefusedFor, parse_counts};
+    use crate::lockout::{Budget, LockoutPolicy, Now};
+    use crate::model::CredentialKind;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let policy = LockoutPolicy::default();
+    let source = "socket uid=5 gid=5 pid=5";
+    let now = Now {
+        boot: 7,
+        mono_ms: 1000,
+        wall_ms: 1_700_000_000_000,
+    };
+    let failure = |kind, outcome| {
+        AuditRecord::new(kind, Some(CredentialKind::Pin), source, outcome).reason("wrong")
+    };
+    let record = |store: &LocalStore, r: &AuditRecord, settlement, refused: Option<&Pending>| {
+        store
+            .record_attempt(r, settlement, source, &policy, now, refused)
+            .unwrap()
+    };
+    let outcomes = |store: &LocalStore| {
+        store
+            .audit_tail(100)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.record.outcome.as_str())
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..3 {
+        record(
+            &store,
+            &failure(AuditKind::Login, AuditOutcome::NoMatch),
+            Settlement::Keep,
+            None,
+        );
+    }
+    record(
+        &store,
+        &failure(AuditKind::Authorize, AuditOutcome::Denied),
+        Settlement::Keep,
+        None,
+    );
+    // A wrong key of the same source is another budget: its own streak, its own first row.
+    let mut key = failure(AuditKind::Login, AuditOutcome::NoMatch);
+    key.method = Some(CredentialKind::Key);
+    record(&store, &key, Settlement::Keep, None);
+    record(&store, &key, Settlement::Keep, None);
+    assert_eq!(outcomes(&store), vec!["no_match", "no_match"]);
+    // A crash now: the coalesced counts are on disk.
+    drop(store);
+    let store = open(&dir);
+    let pending = store.pending_summaries().unwrap();
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    assert_eq!(pending[0].0, "socket uid=5");
+    assert_eq!(pending[0].1.total(), 3);
+    assert_eq!(pending[1].0, "socket uid=5 (keys)");
+    // A success ends the PIN streak: one summary row, the in-memory refusals folded in.
+    let mut refused = Pending::new(CredentialKind::Pin, std::time::SystemTime::now());
+    refused.count(RefusedFor::Busy.label(), std::time::SystemTime::now());
+    record(
+        &store,
+        &failure(AuditKind::Login, AuditOutcome::Accepted),
+        Settlement::Refund(Budget::Pin),
+        Some(&refused),
+    );
+    let rows = store.audit_tail(100).unwrap();
+    assert_eq!(
+        outcomes(&store),
+        vec!["no_match", "no_match", "coalesced", "accepted"]
+    );
+    let summary = &rows[2].record;
+    assert_eq!(summary.source, "socket uid=5");
+    assert_eq!(summary.method, Some(CredentialKind::Pin));
+    let counts = parse_counts(&summary.reason).unwrap();
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("authorize.denied".to_owned(), 1),
+            ("login.no_match".to_owned(), 2),
+            ("refused.busy".to_owned(), 1)
+        ]
+    );
+    // The next PIN failure opens a new streak: a row of its own.
+    record(
+        &store,
+        &failure(AuditKind::Login, AuditOutcome::NoMatch),
+        Settlement::Keep,
+        None,
+    );
+    assert_eq!(outcomes(&store).len(), 5);
+    // The periodic flush writes what is left (the key streak's one coalesced failure) and
+    // keeps that streak open: its next failure is counted, not a row.
+    assert_eq!(store.flush_summaries(&[]).unwrap().0, 1);
+    assert_eq!(store.flush_summaries(&[]).unwrap().0, 0);
+    record(&store, &key, Settlement::Keep, None);
+    assert_eq!(outcomes(&store).len(), 6);
+    assert_eq!(store.pending_summaries().unwrap()[0].1.total(), 1);
+}
+
+#[test]
+fn the_lockout_cache_refuses_exactly_while_the_store_would() {
+    use crate::lockout::cache::LockedScopes;
+    use crate::lockout::{Budget, LockoutPolicy, Now};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let policy = LockoutPolicy {
+        max_failures: 2,
+        terminal_max_failures: 3,
+        terminal_refill: std::time::Duration::from_secs(60),
+        ..LockoutPolicy::default()
+    };
+    let at = |mono_ms: u64| Now {
+        boot: 3,
+        mono_ms,
+        wall_ms: 1_700_000_000_000 + mono_ms,
+    };
+    let mut cache = LockedScopes::default();
+    // Two sources: the first is locked by its own counter, then the terminal budget fills.
+    let (a, b) = ("socket uid=5 gid=5 pid=5", "device pad");
+    for (source, ms) in [(a, 0), (a, 10), (b, 20)] {
+        store
+            .admit_attempt(Budget::Pin, source, &policy, at(ms))
+            .unwrap()
+            .unwrap();
+    }
+    for source in [a, b] {
+        let refusal = store
+            .refusal(Budget::Pin, source, &policy, at(30))
+            .unwrap()
+            .unwrap();
+        cache.remember(&refusal, &policy, at(30));
+    }
+    // Step through the lockouts on the simulated clock: whenever the cache refuses, so does the
+    // store, with at least as long to wait; and the store refuses longer than the cache only
+    // within one drain step of the terminal budget (a minute / 1000, plus a millisecond).
+    let mut refused_from_memory = 0;
+    for ms in (30..200_000).step_by(10) {
+        for source in [a, b] {
+            let cached = cache.refusal(&policy.scopes(Budget::Pin, source), at(ms));
+            let stored = store.refusal(Budget::Pin, source, &policy, at(ms)).unwrap();
+            match (&cached, &stored) {
+                (Some(cached), Some(stored)) => {
+                    assert!(
+                        stored.retry_after >= cached.retry_after,
+                        "{stored:?} {cached:?}"
+                    );
+                    refused_from_memory += 1;
+                }
+                (Some(cached), None) => panic!("the cache refused {cached:?} at {ms} ms"),
+                (None, Some(stored)) => assert!(
+                    stored.retry_after <= std::time::Duration::from_millis(61),
+                    "the store refuses for {stored:?} more at {ms} ms"
+                ),
+                (None, None) => {}
+            }
+        }
+    }
+    assert!(refused_from_memory > 10_000, "{refused_from_memory}");
+    assert!(
+        cache
+            .refusal(&policy.scopes(Budget::Pin, b), at(199_999))
+            .is_none()
+    );
+    assert!(
+        store
+            .refusal(Budget::Pin, b, &policy, at(199_999))
+            .unwrap()
+            .is_none()
+    );
 }

@@ -42,8 +42,11 @@ pub struct Replica {
     /// Distinct hash schemes per credential kind; `None` after a write until the next login
     /// reads them again (a scan of the credentials table, so not done per attempt).
     schemes: RwLock<Option<Vec<(CredentialKind, HashScheme)>>>,
+    /// Cursor and last sync time, so that admitting a login reads no SQLite; `None` after a
+    /// write until the next read.
+    state: RwLock<Option<ReplicaState>>,
     /// Bumped by every invalidation, so a load that read the old data cannot store it after
-    /// a write invalidated the cache in the meantime.
+    /// a write invalidated the caches in the meantime.
     schemes_generation: std::sync::atomic::AtomicU64,
 }
 
@@ -77,6 +80,7 @@ impl Replica {
                 writer: Mutex::new(connections.writer),
                 reader: Mutex::new(connections.reader),
                 schemes: RwLock::new(None),
+                state: RwLock::new(None),
                 schemes_generation: std::sync::atomic::AtomicU64::new(0),
                 closed: std::sync::atomic::AtomicBool::new(false),
             },
@@ -84,11 +88,17 @@ impl Replica {
         ))
     }
 
-    fn invalidate_schemes(&self) {
+    /// After every write (a snapshot switch, a delta, a heartbeat): the cached schemes and
+    /// state are read again. The generation is bumped first, so a load that read the old data
+    /// cannot store it afterwards.
+    fn invalidate_caches(&self) {
         if let Ok(mut schemes) = self.schemes.write() {
             self.schemes_generation
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             *schemes = None;
+        }
+        if let Ok(mut state) = self.state.write() {
+            *state = None;
         }
     }
 
@@ -108,9 +118,29 @@ impl Replica {
         self.reader.lock().map_err(|_| StoreError::Poisoned)
     }
 
+    /// Cursor and last sync time: from memory when no write happened since the last read.
     pub fn state(&self) -> Result<ReplicaState, StoreError> {
-        let conn = self.reader()?;
-        read_state(&conn)
+        if let Some(state) = self.cached_state() {
+            return Ok(state);
+        }
+        let generation = self
+            .schemes_generation
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let state = read_state(&*self.reader()?)?;
+        if let Ok(mut cached) = self.state.write()
+            && self
+                .schemes_generation
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == generation
+        {
+            *cached = Some(state);
+        }
+        Ok(state)
+    }
+
+    /// The state as last read, unless a write happened since (no I/O).
+    pub fn cached_state(&self) -> Option<ReplicaState> {
+        self.state.read().ok().and_then(|state| *state)
     }
 
     /// Sets the last sync time alone (tests of `replica.max_age`).
@@ -124,6 +154,8 @@ impl Replica {
             &sqlite::unix_millis(SystemTime::now()).to_string(),
         )?;
         tx.commit()?;
+        drop(conn);
+        self.invalidate_caches();
         Ok(())
     }
 

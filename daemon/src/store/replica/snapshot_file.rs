@@ -133,7 +133,7 @@ impl Replica {
     /// and reopens. Logins wait only for this switch.
     pub fn install_snapshot(&self, ready: ReadySnapshot) -> Result<ApplySummary, ApplyError> {
         let summary = self.switch_to(&ready);
-        self.invalidate_schemes();
+        self.invalidate_caches();
         summary
     }
 

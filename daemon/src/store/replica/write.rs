@@ -80,7 +80,7 @@ impl Replica {
         validate: impl FnOnce(&dyn Fn(&str) -> bool) -> Result<ValidChanges, ValidationError>,
     ) -> Result<ApplySummary, ApplyError> {
         let summary = self.write_changes(batch, max_schemes, validate);
-        self.invalidate_schemes();
+        self.invalidate_caches();
         summary
     }
 
