@@ -4,6 +4,10 @@
 //! 1. creates a key reader and a PIN pad with uinput,
 //! 2. starts `tillgated` with input rules for both, pushes a snapshot and watches the session,
 //! 3. types a key id on the reader and a PIN on the pad and checks the LOGIN events,
+//!    and meanwhile types on a third reader whose grab another descriptor holds (as the POS app
+//!    or a stray `evtest --grab` would): the daemon lists it as waiting to grab and does not
+//!    read it, the holder gets the keystrokes; once the holder lets go the daemon grabs it
+//!    within its backoff, drops what was typed before its grab, and the next key logs in,
 //! 4. checks that the grabbed reader's keystrokes never reach a second, non-grabbing reader,
 //! 5. unplugs and re-creates the reader and checks that the daemon lets go of the old node and
 //!    attaches (and grabs) the new one,
@@ -41,6 +45,15 @@ const PIN_USER: &str = "u-pin";
 const SLOW_KEY: &str = "05C0FFEE77";
 const NEW_KEY: &str = "06DEADBEEF";
 const SLOW_USER: &str = "u-slow";
+/// A key reader another descriptor has grabbed before the daemon starts.
+const CONTESTED: &str = "tillgate-test-contested";
+const CONTESTED_KEY: &str = "07A5A5A5A5";
+const CONTESTED_USER: &str = "u-contested";
+/// What `tillctl devices` shows for a reader another process holds.
+const WAITING: &str = "waiting to grab: held by another process (EBUSY)";
+/// The daemon retries a held grab at most this far apart (`hardware::grab::RETRY_MAX`); it may
+/// also wait up to 2 s for keys to be released first. Generous for TCG on a busy host.
+const GRAB_WITHIN: Duration = Duration::from_secs(10);
 /// argon2id m_cost (KiB) and t_cost of the slow user's key: about 3 s per evaluation in this
 /// guest under TCG (64 MiB takes ~1 s a pass there).
 const SLOW_COSTS: (u32, u32) = (64 * 1024, 3);
@@ -133,6 +146,23 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
         ));
     }
 
+    // Another program holds this reader's grab before the daemon starts.
+    let mut contested = create_device(CONTESTED)?;
+    let contested_node = dev_node(&mut contested).await?;
+    let mut holder =
+        Device::open(&contested_node).context(format_args!("open {}", contested_node.display()))?;
+    holder
+        .grab()
+        .context(format_args!("grab {}", contested_node.display()))?;
+    holder.set_nonblocking(true).context(format_args!(
+        "make {} non-blocking",
+        contested_node.display()
+    ))?;
+    say(format_args!(
+        "{CONTESTED} is {}, grabbed by another descriptor",
+        contested_node.display()
+    ));
+
     let daemon = start_daemon()?;
     let pid = daemon.id();
     let socket = Path::new(WORK_DIR).join("run").join("login.sock");
@@ -171,7 +201,16 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
     say("the daemon holds the grab on the key reader");
     wait_for_log(daemon_slot, PINPAD).await?;
 
-    let login = present_key(&mut reader, &mut events, KEY_ID, KEY_USER, None, None).await?;
+    let login = present_key(
+        &mut reader,
+        &mut events,
+        KEY_ID,
+        KEY_USER,
+        None,
+        None,
+        READER,
+    )
+    .await?;
     say(format_args!("key login: {}", describe(&login)));
     let leaked = key_events(&mut spy)?;
     if leaked != 0 {
@@ -183,8 +222,30 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
     }
     say("a second reader of the grabbed node received no key events");
 
+    // The contested reader: listed as waiting, not read; what is typed on it goes to its holder.
+    let mut client_devices = client.clone();
+    wait_device(&mut client_devices, CONTESTED, |d| {
+        !d.attached && !d.grabbed && d.error == WAITING
+    })
+    .await?;
+    say(format_args!("tillgated lists {CONTESTED} as {WAITING:?}"));
+    type_clean_burst(&mut contested, CONTESTED_KEY).await?;
+    let held_keys = key_events(&mut holder)?;
+    let burst_keys = burst_key_events(CONTESTED_KEY)?;
+    if held_keys < burst_keys {
+        return Err(format!(
+            "the process holding {CONTESTED} received {held_keys} key events of a {burst_keys}-event \
+             burst"
+        ));
+    }
+    say(format_args!(
+        "a key id typed on {CONTESTED} went to its holder ({held_keys} key events)"
+    ));
+
     // 2. The PIN pad, typed at human speed, switches the session to the PIN user. PIN pads are
     // grabbed by default, so a second reader of the pad (a focused text field) sees no digit.
+    // That this is the next session event also shows the contested reader's key id logged
+    // nobody in.
     let mut pad_spy = open_spy(&pinpad_node)?;
     wait_grabbed(&mut pinpad, &mut pad_spy, "grab the PIN pad").await?;
     type_human(&mut pinpad, PIN).await?;
@@ -202,6 +263,94 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
         return Err(format!(
             "a second reader of the PIN pad (grabbed by default) saw {pad_keys} key events of \
              the PIN"
+        ));
+    }
+
+    // The holder lets go. A key id typed at once reaches the daemon's descriptor before the
+    // daemon's next grab attempt (it retries seconds apart by now): that input also reached the
+    // holder and must not log anyone in. Then the daemon grabs the reader within its backoff.
+    holder
+        .ungrab()
+        .context(format_args!("release {}", contested_node.display()))?;
+    let released = Instant::now();
+    type_clean_burst(&mut contested, KEY_ID).await?;
+    let before_grab = key_events(&mut holder)?;
+    let key_id_keys = burst_key_events(KEY_ID)?;
+    let grabbed_at = wait_grabbed(
+        &mut contested,
+        &mut holder,
+        "grab the contested reader once its holder let go",
+    )
+    .await?;
+    let grab_after = grabbed_at - released;
+    if grab_after > GRAB_WITHIN {
+        return Err(format!(
+            "tillgated grabbed {CONTESTED} {} ms after its holder let go, more than {} s",
+            grab_after.as_millis(),
+            GRAB_WITHIN.as_secs()
+        ));
+    }
+    let mut previous = PIN_USER;
+    if before_grab == 0 {
+        // The daemon's retry came first, so the key id was its own input: a login.
+        say("the daemon grabbed the contested reader before the key id was typed; it logs in");
+        expect_login(
+            &mut events,
+            KEY_USER,
+            LoginMethod::Key,
+            CONTESTED,
+            Some(PIN_USER),
+        )
+        .await?;
+        previous = KEY_USER;
+    } else if before_grab >= key_id_keys {
+        say(format_args!(
+            "a key id typed after the holder let go and before the daemon's grab reached the \
+             holder ({before_grab} key events); the daemon must drop it"
+        ));
+    } else {
+        say("the daemon grabbed the contested reader in mid-burst; that partial id logs nobody in");
+    }
+    say(format_args!(
+        "tillgated grabbed {CONTESTED} {} ms after its holder let go",
+        grab_after.as_millis()
+    ));
+    wait_device(&mut client_devices, CONTESTED, |d| {
+        d.attached && d.grabbed && d.error.is_empty()
+    })
+    .await?;
+    let attached_line = std::fs::read_to_string(log_path())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(CONTESTED) && l.contains("input device attached"))
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    if attached_line.len() != 1 || !attached_line[0].contains("grabbed=true") {
+        return Err(format!(
+            "want one \"input device attached\" line with grabbed=true for {CONTESTED}, got \
+             {attached_line:?}"
+        ));
+    }
+    // The next session event is this login: the key id typed before the grab logged nobody in.
+    let login = present_key(
+        &mut contested,
+        &mut events,
+        CONTESTED_KEY,
+        CONTESTED_USER,
+        Some(previous),
+        None,
+        CONTESTED,
+    )
+    .await?;
+    say(format_args!(
+        "key login on the contested reader once grabbed: {}",
+        describe(&login)
+    ));
+    let leaked = key_events(&mut holder)?;
+    if leaked != 0 {
+        return Err(format!(
+            "after the daemon's grab the former holder of {CONTESTED} still received {leaked} \
+             key events"
         ));
     }
 
@@ -249,8 +398,9 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
         &mut events,
         KEY_ID,
         KEY_USER,
-        Some(PIN_USER),
+        Some(CONTESTED_USER),
         None,
+        READER,
     )
     .await?;
     say(format_args!(
@@ -337,6 +487,7 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
         KEY_USER,
         Some(SLOW_USER),
         Some(Duration::from_secs(3600)),
+        READER,
     )
     .await?;
     say(format_args!(
@@ -435,6 +586,39 @@ fn tap(device: &mut VirtualDevice, code: KeyCode) -> Res<()> {
     key(device, code, 0)
 }
 
+/// The key events (press and release) `type_burst` emits for `text`.
+fn burst_key_events(text: &str) -> Res<usize> {
+    let mut count = 2; // Enter
+    for c in text.chars() {
+        count += if char_key(c)?.1 { 4 } else { 2 };
+    }
+    Ok(count)
+}
+
+/// Waits until the daemon's Devices service lists the device named `name` in a state `want`
+/// accepts (what `tillctl devices` shows).
+async fn wait_device(
+    client: &mut TillClient,
+    name: &str,
+    want: impl Fn(&tillgate_client::proto::InputDevice) -> bool,
+) -> Res<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let devices = client.list_devices().await.context("ListDevices")?;
+        let device = devices.iter().find(|d| d.name == name);
+        if device.is_some_and(&want) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "tillgated did not list {name} as expected within {} s; it lists {device:?}",
+                PATIENCE.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until the daemon holds the grab on `device`'s node: a shift tap on it no longer reaches
 /// `spy`. A shift tap alone types nothing, so the daemon sees no frame from it. Returns when the
 /// grab was first seen (probed every 10 ms).
@@ -471,7 +655,7 @@ const STALL: Duration = Duration::from_millis(60);
 /// whole guest for longer than the framer's gap in the middle of a burst; such a burst is not
 /// what a reader types (the daemon frames a wrong id from it, which logs nobody in), so it is
 /// typed again. `clock_step` moves the wall clock forward by that much in mid-burst (and back
-/// after it).
+/// after it). `source` names the reader, as the login's source shows it.
 async fn present_key(
     reader: &mut VirtualDevice,
     events: &mut Streaming<SessionEvent>,
@@ -479,6 +663,7 @@ async fn present_key(
     user: &str,
     previous: Option<&str>,
     clock_step: Option<Duration>,
+    source: &str,
 ) -> Res<SessionEvent> {
     for _ in 0..3 {
         let slowest = type_burst(reader, key_id, clock_step).await?;
@@ -486,14 +671,14 @@ async fn present_key(
             let event = next_event(events)
                 .await
                 .context(format_args!("waiting for the key login of {user}"))?;
-            return check_login(event, user, LoginMethod::Key, READER, previous);
+            return check_login(event, user, LoginMethod::Key, source, previous);
         }
         say(format_args!(
             "the guest stalled {} ms between two keys of the burst (busy host); typing it again",
             slowest.as_millis()
         ));
         if let Ok(event) = tokio::time::timeout(Duration::from_secs(2), next_event(events)).await {
-            return check_login(event?, user, LoginMethod::Key, READER, previous);
+            return check_login(event?, user, LoginMethod::Key, source, previous);
         }
     }
     Err("the host is too busy: three bursts in a row stalled the guest in mid-burst".into())
@@ -609,6 +794,11 @@ profile = "generic-wedge"
 [[input.rules]]
 name = "{PINPAD}"
 role = "pin_pad"
+
+[[input.rules]]
+name = "{CONTESTED}"
+role = "key_reader"
+profile = "generic-wedge"
 "#
     );
     std::fs::write(&config, text).context(format_args!("write {}", config.display()))?;
@@ -768,11 +958,13 @@ fn snapshot() -> Res<tillgate_client::export::Snapshot> {
 fn cheap_snapshot() -> Res<tillgate_client::export::Snapshot> {
     let mut key_user = tillgate_tests::user(KEY_USER, 1, None);
     key_user["keys"] = json!([KEY_ID]);
+    let mut contested_user = tillgate_tests::user(CONTESTED_USER, 4, None);
+    contested_user["keys"] = json!([CONTESTED_KEY]);
     let export = json!({
         "account": tillgate_tests::account(),
         "cursor": { "epoch": 1, "revision": 1 },
         "roles": [tillgate_tests::role("cashier", &["sale"], &[])],
-        "users": [key_user, tillgate_tests::user(PIN_USER, 2, Some(PIN))],
+        "users": [key_user, tillgate_tests::user(PIN_USER, 2, Some(PIN)), contested_user],
     });
     SnapshotExport::parse(&export.to_string())
         .and_then(SnapshotExport::into_snapshot)
