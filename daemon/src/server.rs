@@ -127,7 +127,11 @@ impl Core {
         }
         let identity = local.identity();
         tracing::info!(path = %local.path().display(), audit_stream = %identity.stream_id, "local store open");
-        let (replica, outcome) = Replica::open(&settings.database_path(), &key.fingerprint())?;
+        let (replica, outcome) = Replica::open_beside(
+            &settings.database_path(),
+            &key.fingerprint(),
+            local.copied_single_file_state(),
+        )?;
         if let OpenOutcome::Quarantined { moved_to, .. } = &outcome {
             tracing::warn!(moved_to = %moved_to.display(), "starting with an empty replica: logins are refused until central sends a snapshot (sync tokens, lockouts and audit are kept)");
         }

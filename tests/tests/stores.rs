@@ -149,6 +149,81 @@ async fn the_single_store_release_is_migrated_keeping_tokens_audit_and_lockouts(
     );
 }
 
+/// A single-file replica that meets a local store which did not copy its state (here: an old
+/// replica.db restored into a state directory that already has a local store) is copied aside
+/// whole before the migration drops its tokens, audit rows and lockouts.
+#[tokio::test]
+async fn an_uncopied_single_file_state_is_set_aside_before_its_tables_are_dropped() {
+    let (temp, expected) = from_fixture();
+    let state_dir = temp.path().join("state");
+    // A first start without the old file makes a local store of its own ("new").
+    let parked = temp.path().join("replica.db.parked");
+    std::fs::rename(state_dir.join("replica.db"), &parked).unwrap();
+    let mut first = Daemon::spawn(temp.path());
+    first.stop().await;
+    for file in ["replica.db", "replica.db-wal", "replica.db-shm"] {
+        let _ = std::fs::remove_file(state_dir.join(file));
+    }
+    std::fs::rename(&parked, state_dir.join("replica.db")).unwrap();
+
+    let mut daemon = Daemon::spawn(temp.path());
+    let token = expected["token"].as_str().unwrap();
+    // The local store is the one of the first start: the old token is not in it.
+    assert_eq!(
+        code(daemon.sync(Some(token)).await.state().await).0,
+        Code::Unauthenticated
+    );
+    let state = daemon.authorized_sync().await.state().await.unwrap();
+    assert_eq!(state.audit_stream_origin, "new");
+    assert_eq!(
+        state.users, 2,
+        "the replica itself migrated and kept central's data"
+    );
+    daemon.stop().await;
+
+    let replica_tables = tables(&state_dir.join("replica.db"));
+    assert!(
+        !replica_tables.iter().any(|t| t == "sync_tokens"),
+        "{replica_tables:?}"
+    );
+    let aside: Vec<_> = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("replica.db.release-0.1-")
+        })
+        .collect();
+    assert_eq!(
+        aside.len(),
+        1,
+        "one copy aside: {aside:?}\n{}",
+        daemon.log_text()
+    );
+    let copy = rusqlite::Connection::open(&aside[0]).unwrap();
+    let count = |table: &str| -> i64 {
+        copy.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    let fixture = rusqlite::Connection::open(Path::new(FIXTURE).join("replica.db")).unwrap();
+    for table in ["sync_tokens", "audit_events", "lockouts"] {
+        let want: i64 = fixture
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap();
+        assert!(want > 0, "the fixture has {table} rows");
+        assert_eq!(count(table), want, "{table} kept in the copy aside");
+    }
+    assert!(
+        daemon
+            .log_text()
+            .contains("the whole file was copied aside"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
 #[tokio::test]
 async fn a_quarantined_replica_keeps_tokens_audit_and_lockouts() {
     let mut daemon = Daemon::start_with(

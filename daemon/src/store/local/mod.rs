@@ -23,6 +23,9 @@ use super::{OpenOutcome, StoreError};
 
 const STORE: &str = "local";
 
+/// The origin of a local store that copied the terminal's state out of a single-file replica.
+const ORIGIN_MIGRATED: &str = "migrated from the single-file replica";
+
 /// Who this store is: made once with the file, never changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -88,6 +91,12 @@ impl LocalStore {
 
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// True when this store was made by copying the tokens, audit rows and lockouts out of a
+    /// single-file replica: only then may the replica's migration drop its copies of them.
+    pub fn copied_single_file_state(&self) -> bool {
+        self.identity.origin == ORIGIN_MIGRATED
     }
 
     fn writer(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
@@ -159,7 +168,7 @@ fn create_or_migrate(
             None
         };
         let origin = match copied {
-            Some(_) => "migrated from the single-file replica",
+            Some(_) => ORIGIN_MIGRATED,
             None => "new",
         };
         set_meta(&tx, "origin", origin)?;

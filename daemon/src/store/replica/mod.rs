@@ -2,6 +2,7 @@
 //! is the terminal's own: the whole file can be thrown away and rebuilt from the next snapshot.
 
 mod explain;
+mod legacy;
 mod read;
 pub(super) mod schema;
 mod snapshot_file;
@@ -54,7 +55,21 @@ impl Replica {
         path: &Path,
         key_fingerprint: &[u8; 32],
     ) -> Result<(Replica, OpenOutcome), StoreError> {
-        let prepare = |conn: &mut Connection| check_and_migrate(conn, path, key_fingerprint);
+        Replica::open_beside(path, key_fingerprint, false)
+    }
+
+    /// [`Replica::open`], told whether the local store copied the terminal's state out of this
+    /// file when it was a single-file replica (schema 1–3). When it did not and those tables
+    /// hold rows, the file is first copied aside whole (`replica.db.release-0.1-<stamp>`), so
+    /// the migration that drops them never destroys the only copy.
+    pub fn open_beside(
+        path: &Path,
+        key_fingerprint: &[u8; 32],
+        local_copied_single_file_state: bool,
+    ) -> Result<(Replica, OpenOutcome), StoreError> {
+        let prepare = |conn: &mut Connection| {
+            check_and_migrate(conn, path, key_fingerprint, local_copied_single_file_state)
+        };
         let (connections, outcome) = sqlite::open_store(STORE, path, &prepare)?;
         Ok((
             Replica {
@@ -134,9 +149,13 @@ fn check_and_migrate(
     conn: &mut Connection,
     path: &Path,
     key_fingerprint: &[u8; 32],
+    local_copied_single_file_state: bool,
 ) -> Result<Result<(), Damage>, StoreError> {
     if let Err(damage) = sqlite::check_unless_closed_cleanly(conn, STORE)? {
         return Ok(Err(damage));
+    }
+    if !local_copied_single_file_state {
+        legacy::set_aside_uncopied_terminal_state(conn, path)?;
     }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     sqlite::migrate(&tx, STORE, path, schema::MIGRATIONS)?;

@@ -2,7 +2,8 @@
 //! transaction; each entry upgrades from the previous version.
 //!
 //! Versions 1–3 held the terminal's own state as well (tokens, audit outbox, lockouts); version
-//! 4 drops those tables once the local store has copied them (see `store::local::legacy`).
+//! 4 drops those tables once the local store has copied them (see `store::local::legacy`), or
+//! after the whole file was copied aside when it did not (`store::replica::legacy`).
 
 pub const MIGRATIONS: &[&str] = &[
     // 1: users, roles, credentials, access, sync tokens.
@@ -111,7 +112,8 @@ pub const MIGRATIONS: &[&str] = &[
         ON credentials(kind, m_cost, t_cost, p_cost, output_len, salt);
     "#,
     // 4: the terminal's own state lives in the local store, which copied these tables before
-    // this migration runs (the local store opens first).
+    // this migration runs (the local store opens first); if it did not, the file was copied
+    // aside first (legacy.rs).
     r#"
     DROP TABLE sync_tokens;
     DROP TABLE audit_events;
