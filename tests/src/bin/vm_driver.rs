@@ -17,6 +17,8 @@
 //!    while a second reader of the node sees none of its keystrokes,
 //! 7. enrols a key for the PIN user from the uinput reader (EnrollKey): the key typed is
 //!    captured, not logged in, and the answer's PHC string verifies it.
+//! 8. unplugs a reader that another descriptor holds while the daemon waits to grab it: the
+//!    wait ends, the daemon closes the node and no longer lists it.
 //!
 //! It ends with one line `TILLGATE-VM-RESULT: PASS` or `TILLGATE-VM-RESULT: FAIL: <reason>` on
 //! stdout (the serial console), which the host test looks for.
@@ -149,15 +151,7 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
     // Another program holds this reader's grab before the daemon starts.
     let mut contested = create_device(CONTESTED)?;
     let contested_node = dev_node(&mut contested).await?;
-    let mut holder =
-        Device::open(&contested_node).context(format_args!("open {}", contested_node.display()))?;
-    holder
-        .grab()
-        .context(format_args!("grab {}", contested_node.display()))?;
-    holder.set_nonblocking(true).context(format_args!(
-        "make {} non-blocking",
-        contested_node.display()
-    ))?;
+    let mut holder = hold(&contested_node)?;
     say(format_args!(
         "{CONTESTED} is {}, grabbed by another descriptor",
         contested_node.display()
@@ -224,8 +218,8 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
 
     // The contested reader: listed as waiting, not read; what is typed on it goes to its holder.
     let mut client_devices = client.clone();
-    wait_device(&mut client_devices, CONTESTED, |d| {
-        !d.attached && !d.grabbed && d.error == WAITING
+    wait_device(&mut client_devices, &contested_node, |d| {
+        d.is_some_and(|d| !d.attached && !d.grabbed && d.error == WAITING)
     })
     .await?;
     say(format_args!("tillgated lists {CONTESTED} as {WAITING:?}"));
@@ -315,8 +309,8 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
         "tillgated grabbed {CONTESTED} {} ms after its holder let go",
         grab_after.as_millis()
     ));
-    wait_device(&mut client_devices, CONTESTED, |d| {
-        d.attached && d.grabbed && d.error.is_empty()
+    wait_device(&mut client_devices, &contested_node, |d| {
+        d.is_some_and(|d| d.attached && d.grabbed && d.error.is_empty())
     })
     .await?;
     let attached_line = std::fs::read_to_string(log_path())
@@ -501,6 +495,28 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
         ));
     }
 
+    // 6. A reader unplugged while another descriptor holds it and the daemon waits to grab it:
+    // the wait ends, the daemon closes the node and no longer lists it (it never read it). The
+    // daemon is stopped while the node appears, so the other descriptor grabs it first.
+    let daemon_pid = nix::unistd::Pid::from_raw(i32::try_from(pid).context("pid")?);
+    signal(daemon_pid, nix::sys::signal::Signal::SIGSTOP)?;
+    let held = hold_new_device(CONTESTED).await;
+    signal(daemon_pid, nix::sys::signal::Signal::SIGCONT)?;
+    let (device, node, holder) = held?;
+    wait_device(&mut client_devices, &node, |d| {
+        d.is_some_and(|d| !d.attached && d.error == WAITING)
+    })
+    .await?;
+    drop(device);
+    drop(holder);
+    say(format_args!(
+        "a second held reader ({}) unplugged while the daemon waits to grab it",
+        node.display()
+    ));
+    wait_released(daemon_slot, pid).await?;
+    wait_device(&mut client_devices, &node, |d| d.is_none()).await?;
+    say("the daemon closed it and no longer lists it");
+
     stop_daemon(daemon_slot).await?;
     say(format_args!(
         "all checks passed in {:.1} s",
@@ -553,6 +569,31 @@ async fn dev_node(device: &mut VirtualDevice) -> Res<PathBuf> {
     }
 }
 
+/// Opens a node and grabs it, as the POS app or `evtest --grab` would: the returned descriptor
+/// (non-blocking) gets every event of the node until it is released or closed.
+fn hold(node: &Path) -> Res<Device> {
+    let mut device = Device::open(node).context(format_args!("open {}", node.display()))?;
+    device
+        .grab()
+        .context(format_args!("grab {}", node.display()))?;
+    device
+        .set_nonblocking(true)
+        .context(format_args!("make {} non-blocking", node.display()))?;
+    Ok(device)
+}
+
+/// Creates a reader named `name` and grabs its node at once.
+async fn hold_new_device(name: &str) -> Res<(VirtualDevice, PathBuf, Device)> {
+    let mut device = create_device(name)?;
+    let node = dev_node(&mut device).await?;
+    let holder = hold(&node)?;
+    Ok((device, node, holder))
+}
+
+fn signal(pid: nix::unistd::Pid, signal: nix::sys::signal::Signal) -> Res<()> {
+    nix::sys::signal::kill(pid, signal).context(format_args!("send {signal} to tillgated"))
+}
+
 /// Opens a node as a second, non-grabbing, non-blocking reader.
 fn open_spy(node: &Path) -> Res<Device> {
     let device = Device::open(node).context(format_args!("open {}", node.display()))?;
@@ -595,23 +636,24 @@ fn burst_key_events(text: &str) -> Res<usize> {
     Ok(count)
 }
 
-/// Waits until the daemon's Devices service lists the device named `name` in a state `want`
-/// accepts (what `tillctl devices` shows).
+/// Waits until what the daemon's Devices service lists for `node` (what `tillctl devices`
+/// shows; None: not listed) is what `want` accepts.
 async fn wait_device(
     client: &mut TillClient,
-    name: &str,
-    want: impl Fn(&tillgate_client::proto::InputDevice) -> bool,
+    node: &Path,
+    want: impl Fn(Option<&tillgate_client::proto::InputDevice>) -> bool,
 ) -> Res<()> {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let devices = client.list_devices().await.context("ListDevices")?;
-        let device = devices.iter().find(|d| d.name == name);
-        if device.is_some_and(&want) {
+        let device = devices.iter().find(|d| Path::new(&d.path) == node);
+        if want(device) {
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "tillgated did not list {name} as expected within {} s; it lists {device:?}",
+                "tillgated did not list {} as expected within {} s; it lists {device:?}",
+                node.display(),
                 PATIENCE.as_secs()
             ));
         }
@@ -646,6 +688,9 @@ async fn wait_grabbed(device: &mut VirtualDevice, spy: &mut Device, what: &str) 
 
 /// Longer than the framer's 100 ms gap: keys typed after this pause start a burst of their own.
 const SETTLE: Duration = Duration::from_millis(250);
+
+/// The key reader framer's longest gap between two keys of one burst (kernel timestamps).
+const FRAME_GAP: Duration = Duration::from_millis(100);
 
 /// Longest pause between two keys of a burst that still counts as one: the framer allows 100 ms
 /// (kernel timestamps), this leaves room for the guest's scheduling.
@@ -685,10 +730,12 @@ async fn present_key(
 }
 
 /// Types `key_id` as one burst, typing it again (after the framer's gap) if the guest stalled
-/// in mid-burst, so exactly one clean frame reaches the daemon. Nothing is awaited from it.
+/// in mid-burst for longer than that gap, so exactly one clean frame reaches the daemon.
+/// Nothing is awaited from it. (A shorter stall still frames whole: typing it again would make
+/// two logins.)
 async fn type_clean_burst(reader: &mut VirtualDevice, key_id: &str) -> Res<()> {
     for _ in 0..3 {
-        if type_burst(reader, key_id, None).await? <= STALL {
+        if type_burst(reader, key_id, None).await? <= FRAME_GAP {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
