@@ -1,7 +1,8 @@
 //! evdev adapter: discovers PIN pads and key readers under the input directory, follows
 //! hot-plug with inotify, grabs readers, and feeds their key events to the framers. A device
 //! task only reads and frames: what it frames goes onto the dispatcher's queue without waiting,
-//! so an unplug ends the task at once whatever logins are still hashing.
+//! so an unplug ends the task at once whatever logins are still hashing. A device whose rule
+//! says grab is not read until this daemon holds its grab (policy in [`super::grab`]).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
