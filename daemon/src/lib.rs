@@ -24,6 +24,7 @@ pub mod logging;
 pub mod login;
 pub mod memory;
 pub mod model;
+pub mod priority;
 pub mod reload;
 pub mod resolve;
 pub mod server;

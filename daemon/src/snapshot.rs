@@ -20,6 +20,8 @@ pub enum SnapshotError {
     Apply(#[from] ApplyError),
     #[error("snapshot stream ended without a chunk marked final; replica unchanged")]
     Incomplete { chunks: usize },
+    #[error("could not start the snapshot builder thread: {0}; replica unchanged")]
+    Thread(std::io::Error),
 }
 
 impl From<ValidationError> for SnapshotError {

@@ -222,12 +222,16 @@ impl Sync for SyncService {
                 key: &key,
                 limits: &limits,
             };
-            let built = snapshot::build(
-                std::iter::from_fn(|| receiver.blocking_recv()),
-                &replica,
-                ingest,
-                max_schemes,
-            );
+            // At background priority: seconds of CPU that must not delay a login's argon2.
+            let built = crate::priority::run_in_background("snapshot-build", || {
+                snapshot::build(
+                    std::iter::from_fn(|| receiver.blocking_recv()),
+                    &replica,
+                    ingest,
+                    max_schemes,
+                )
+            })
+            .unwrap_or_else(|e| Err(SnapshotError::Thread(e)));
             // Logged here, once the slot is free: if the client went away (hyper reports a reset
             // stream as its end), this call's handler may be gone already.
             if let Err(SnapshotError::Incomplete { chunks }) = &built {
@@ -300,6 +304,10 @@ impl Sync for SyncService {
             Err(SnapshotError::Apply(e)) => {
                 log_refusal("snapshot", &token, &e);
                 return Err(e.into());
+            }
+            Err(e @ SnapshotError::Thread(_)) => {
+                tracing::error!(token = %token, error = %e, "snapshot not applied");
+                return Err(Status::unavailable(e.to_string()));
             }
         };
         let replica = self.replica.clone();
