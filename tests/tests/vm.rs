@@ -2,7 +2,8 @@
 //! Debian kernel in qemu (TCG) with a small initramfs: busybox, the evdev and uinput modules, and
 //! the `tillgated` and test driver (`src/bin/vm_driver.rs`) binaries this workspace's build made
 //! (with the shared libraries they load). The driver creates a key reader and a PIN pad with
-//! uinput, types on them and checks the session events. The test passes when the guest's console
+//! uinput, types on them and checks the session events, plus a reader whose grab another
+//! descriptor holds (the daemon must not read it until it has grabbed it itself). The test passes when the guest's console
 //! shows the driver's PASS line.
 //!
 //! Needs qemu-system-x86, busybox-static and cpio (Debian packages) and the kernel that

@@ -1,7 +1,8 @@
 //! evdev adapter: discovers PIN pads and key readers under the input directory, follows
 //! hot-plug with inotify, grabs readers, and feeds their key events to the framers. A device
 //! task only reads and frames: what it frames goes onto the dispatcher's queue without waiting,
-//! so an unplug ends the task at once whatever logins are still hashing.
+//! so an unplug ends the task at once whatever logins are still hashing. A device whose rule
+//! says grab is not read until this daemon holds its grab (policy in [`super::grab`]).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use evdev::raw_stream::RawDevice;
+use evdev::raw_stream::{EventStream, RawDevice};
 use futures::StreamExt;
 use inotify::{Inotify, WatchMask};
 use tokio::sync::Notify;
@@ -20,8 +21,9 @@ use tokio::task::JoinSet;
 use super::InputSettings;
 use super::clock::EventClock;
 use super::dispatch::{DeviceLabel, Framer, InputQueue};
+use super::grab::{self, GrabRetry};
 use super::matching::{CompiledRule, DeviceInfo, first_match};
-use super::registry::{ActivityKind, DeviceKind, DeviceState};
+use super::registry::{ActivityKind, DeviceKind, DeviceRegistry, DeviceState};
 use crate::config::DeviceRole;
 use crate::input::event::InputEvent;
 use crate::input::pin_pad::PinPad;
@@ -35,8 +37,6 @@ const OPEN_RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long to wait for held keys to be released before grabbing anyway.
 const GRAB_WAIT: Duration = Duration::from_secs(2);
 const DIR_RETRY: Duration = Duration::from_secs(5);
-const GRAB_BUSY_RETRY: Duration = Duration::from_millis(20);
-const GRAB_BUSY_ATTEMPTS: u32 = 150;
 
 /// One node's task: at most one per path.
 #[derive(Debug, Default)]
@@ -230,7 +230,7 @@ fn links_to(path: &Path, dirs: &[PathBuf]) -> Vec<PathBuf> {
 
 async fn serve_device(ctx: &Context, path: &Path, slot: &Slot) {
     let registry = &ctx.queue.registry;
-    let mut device = match open_until_gone(path, slot).await {
+    let device = match open_until_gone(path, slot).await {
         Ok(device) => device,
         Err(e) => {
             tracing::debug!(path = %path.display(), error = %e, "input node gone before it opened");
@@ -269,15 +269,6 @@ async fn serve_device(ctx: &Context, path: &Path, slot: &Slot) {
             return;
         }
     };
-    if rule.grab {
-        wait_for_release(&device).await;
-        if let Err(e) = grab(&mut device).await {
-            tracing::warn!(device = %label.source, error = %e, "could not grab the device; its keystrokes also reach other readers");
-            state.error = format!("grab failed: {e}");
-        } else {
-            state.grabbed = true;
-        }
-    }
     let mut events = match device.into_event_stream() {
         Ok(events) => events,
         Err(e) => {
@@ -286,9 +277,46 @@ async fn serve_device(ctx: &Context, path: &Path, slot: &Slot) {
             return;
         }
     };
+    // Input that reached this descriptor before its grab also reached every other reader of the
+    // node: it is not ours to decode. What was stamped after it is.
+    let mut after_grab = Vec::new();
+    let grabbed = if rule.grab {
+        let grabbed = match grab_when_free(&mut events, &label, slot, clock, &mut state, registry)
+            .await
+        {
+            Ok(grabbed) => grabbed,
+            Err(e) => {
+                tracing::debug!(device = %label.source, path = %path.display(), error = %e, "input device gone before it could be grabbed");
+                // Never read, so not kept as detached.
+                registry.node_removed(path);
+                return;
+            }
+        };
+        match discard_before_grab(&mut events, grabbed.at) {
+            Ok(after) => after_grab = after,
+            Err(e) => {
+                tracing::debug!(device = %label.source, path = %path.display(), error = %e, "input device gone as it was grabbed");
+                registry.node_removed(path);
+                return;
+            }
+        }
+        Some(grabbed)
+    } else {
+        None
+    };
+    state.grabbed = grabbed.is_some();
     state.attached = true;
+    state.error.clear();
     registry.upsert(state);
-    tracing::info!(device = %label.source, path = %path.display(), rule = %rule.describe(), grabbed = rule.grab, clock = clock.name(), "input device attached");
+    tracing::info!(
+        device = %label.source,
+        path = %path.display(),
+        rule = %rule.describe(),
+        grabbed = grabbed.is_some(),
+        failed_grabs = grabbed.map_or(0, |g| g.failures),
+        clock = clock.name(),
+        "input device attached"
+    );
     ctx.queue.activity(
         &label,
         ActivityKind::Attached,
@@ -296,19 +324,27 @@ async fn serve_device(ctx: &Context, path: &Path, slot: &Slot) {
         rule.describe(),
     );
 
+    let feed = |framer: &mut Framer, event: evdev::InputEvent| {
+        // The kernel's stamp on `clock`, as a duration since that clock's zero.
+        let event = InputEvent::new(
+            stamp(&event),
+            event.event_type().0,
+            event.code(),
+            event.value(),
+        );
+        for framed in framer.feed(&event) {
+            ctx.queue.push(&label, profile.as_ref(), framed);
+        }
+    };
+    for event in after_grab {
+        feed(&mut framer, event);
+    }
     let reason = loop {
         let deadline = framer.deadline();
         let wait = deadline.map(|d| d.saturating_sub(clock.now()));
         tokio::select! {
             event = events.next_event() => match event {
-                Ok(event) => {
-                    // The kernel's stamp on `clock`, as a duration since that clock's zero.
-                    let time = event.timestamp().duration_since(UNIX_EPOCH).unwrap_or_default();
-                    let event = InputEvent::new(time, event.event_type().0, event.code(), event.value());
-                    for framed in framer.feed(&event) {
-                        ctx.queue.push(&label, profile.as_ref(), framed);
-                    }
-                }
+                Ok(event) => feed(&mut framer, event),
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
                 Err(e) => break e,
             },
@@ -360,21 +396,119 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// EVIOCGRAB; EBUSY means another descriptor still holds the grab (a reader set being
-/// replaced by a reload is closing it): retry for up to 3 s before giving up.
-async fn grab(device: &mut RawDevice) -> io::Result<()> {
-    let mut attempts = 0;
+/// An event's kernel timestamp on its device's clock, as a duration since that clock's zero.
+fn stamp(event: &evdev::InputEvent) -> Duration {
+    event
+        .timestamp()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// When this daemon's grab of a device took effect (on the device's event clock), and how many
+/// attempts failed before it.
+#[derive(Debug, Clone, Copy)]
+struct Grabbed {
+    at: Duration,
+    failures: u32,
+}
+
+/// EVIOCGRAB, retried with a backoff for as long as the node exists while another descriptor
+/// holds the grab (the POS app, X, `evtest --grab`; or, for a moment, the reader set a reload
+/// is replacing). Until it succeeds the device is listed as waiting and is not read: whatever
+/// reaches this descriptor meanwhile is drained and dropped (reading is also how its removal
+/// shows). Err: the node is gone.
+async fn grab_when_free(
+    events: &mut EventStream,
+    label: &DeviceLabel,
+    slot: &Slot,
+    clock: EventClock,
+    state: &mut DeviceState,
+    registry: &DeviceRegistry,
+) -> io::Result<Grabbed> {
+    let mut retry = GrabRetry::default();
     loop {
-        match device.grab() {
-            Err(e)
-                if e.raw_os_error() == Some(nix::libc::EBUSY) && attempts < GRAB_BUSY_ATTEMPTS =>
-            {
-                attempts += 1;
-                tokio::time::sleep(GRAB_BUSY_RETRY).await;
+        wait_for_release(events.device()).await;
+        let error = match events.device_mut().grab() {
+            Ok(()) => {
+                let failures = retry.failures();
+                if failures > 0 {
+                    tracing::info!(device = %label.source, failed_grabs = failures, "input device no longer held by another process: grabbed");
+                }
+                return Ok(Grabbed {
+                    at: clock.now(),
+                    failures,
+                });
             }
-            other => return other,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENODEV) => return Err(e),
+            Err(e) => e,
+        };
+        let text = grab::waiting_text(&error);
+        let next = retry.failed(&text);
+        if next.changed {
+            state.error.clone_from(&text);
+            registry.upsert(state.clone());
+        }
+        if next.log && next.failures == 1 {
+            tracing::warn!(device = %label.source, state = %text, "input device not read until this daemon can grab it (its keystrokes go to whoever holds it)");
+        } else if next.log {
+            tracing::warn!(device = %label.source, state = %text, failed_grabs = next.failures, retry = ?next.delay, "input device still not grabbed; not read");
+        }
+        drain_for(events, next.delay, slot).await?;
+    }
+}
+
+/// Reads and drops what arrives for `delay` (or until the node is poked by inotify).
+async fn drain_for(events: &mut EventStream, delay: Duration, slot: &Slot) -> io::Result<()> {
+    let sleep = tokio::time::sleep(delay);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = &mut sleep => return Ok(()),
+            () = slot.poke.notified() => return Ok(()),
+            event = events.next_event() => match event {
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                Err(e) => return Err(e),
+            },
         }
     }
+}
+
+/// Drops every event that was queued for this descriptor before its grab took effect at
+/// `grabbed_at`: the kernel had also delivered it to every other reader of the node. Reads the
+/// descriptor itself until it would block (the stream's readiness may not know of input queued
+/// before it was registered); returns what was stamped after the grab, to be decoded.
+fn discard_before_grab(
+    events: &mut EventStream,
+    grabbed_at: Duration,
+) -> io::Result<Vec<evdev::InputEvent>> {
+    let mut after = Vec::new();
+    let mut dropped = 0usize;
+    loop {
+        // Also yields what the stream had buffered but not handed out yet: read before the
+        // grab, so dropped with the rest.
+        match events.device_mut().fetch_events() {
+            Ok(batch) => {
+                for event in batch {
+                    if grab::before_grab(stamp(&event), grabbed_at) {
+                        dropped += 1;
+                    } else {
+                        after.push(event);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if dropped > 0 {
+        tracing::debug!(
+            events = dropped,
+            "dropped input queued before the grab: other readers had it too"
+        );
+    }
+    Ok(after)
 }
 
 /// Grabbing while a key is down would leave it stuck down for the desktop.

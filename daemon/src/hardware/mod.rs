@@ -6,6 +6,7 @@ pub mod capture;
 pub mod clock;
 pub mod dispatch;
 pub mod evdev_reader;
+pub mod grab;
 pub mod matching;
 pub mod profiles;
 pub mod registry;

@@ -28,7 +28,7 @@ pub struct DeviceState {
     pub grabbed: bool,
     /// Being read now.
     pub attached: bool,
-    /// The last problem (open failure, read error), if any.
+    /// The last problem (open failure, read error, a grab another process holds), if any.
     pub error: String,
     /// When the device was last being read: set when it detaches (unplug, port gone), so
     /// `tillctl devices` keeps showing it as detached until the daemon restarts.

@@ -4,6 +4,10 @@
 //! 1. creates a key reader and a PIN pad with uinput,
 //! 2. starts `tillgated` with input rules for both, pushes a snapshot and watches the session,
 //! 3. types a key id on the reader and a PIN on the pad and checks the LOGIN events,
+//!    and meanwhile types on a third reader whose grab another descriptor holds (as the POS app
+//!    or a stray `evtest --grab` would): the daemon lists it as waiting to grab and does not
+//!    read it, the holder gets the keystrokes; once the holder lets go the daemon grabs it
+//!    within its backoff, drops what was typed before its grab, and the next key logs in,
 //! 4. checks that the grabbed reader's keystrokes never reach a second, non-grabbing reader,
 //! 5. unplugs and re-creates the reader and checks that the daemon lets go of the old node and
 //!    attaches (and grabs) the new one,
@@ -13,6 +17,8 @@
 //!    while a second reader of the node sees none of its keystrokes,
 //! 7. enrols a key for the PIN user from the uinput reader (EnrollKey): the key typed is
 //!    captured, not logged in, and the answer's PHC string verifies it.
+//! 8. unplugs a reader that another descriptor holds while the daemon waits to grab it: the
+//!    wait ends, the daemon closes the node and no longer lists it.
 //!
 //! It ends with one line `TILLGATE-VM-RESULT: PASS` or `TILLGATE-VM-RESULT: FAIL: <reason>` on
 //! stdout (the serial console), which the host test looks for.
@@ -41,6 +47,15 @@ const PIN_USER: &str = "u-pin";
 const SLOW_KEY: &str = "05C0FFEE77";
 const NEW_KEY: &str = "06DEADBEEF";
 const SLOW_USER: &str = "u-slow";
+/// A key reader another descriptor has grabbed before the daemon starts.
+const CONTESTED: &str = "tillgate-test-contested";
+const CONTESTED_KEY: &str = "07A5A5A5A5";
+const CONTESTED_USER: &str = "u-contested";
+/// What `tillctl devices` shows for a reader another process holds.
+const WAITING: &str = "waiting to grab: held by another process (EBUSY)";
+/// The daemon retries a held grab at most this far apart (`hardware::grab::RETRY_MAX`); it may
+/// also wait up to 2 s for keys to be released first. Generous for TCG on a busy host.
+const GRAB_WITHIN: Duration = Duration::from_secs(10);
 /// argon2id m_cost (KiB) and t_cost of the slow user's key: about 3 s per evaluation in this
 /// guest under TCG (64 MiB takes ~1 s a pass there).
 const SLOW_COSTS: (u32, u32) = (64 * 1024, 3);
@@ -133,6 +148,15 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
         ));
     }
 
+    // Another program holds this reader's grab before the daemon starts.
+    let mut contested = create_device(CONTESTED)?;
+    let contested_node = dev_node(&mut contested).await?;
+    let mut holder = hold(&contested_node)?;
+    say(format_args!(
+        "{CONTESTED} is {}, grabbed by another descriptor",
+        contested_node.display()
+    ));
+
     let daemon = start_daemon()?;
     let pid = daemon.id();
     let socket = Path::new(WORK_DIR).join("run").join("login.sock");
@@ -171,7 +195,16 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
     say("the daemon holds the grab on the key reader");
     wait_for_log(daemon_slot, PINPAD).await?;
 
-    let login = present_key(&mut reader, &mut events, KEY_ID, KEY_USER, None, None).await?;
+    let login = present_key(
+        &mut reader,
+        &mut events,
+        KEY_ID,
+        KEY_USER,
+        None,
+        None,
+        READER,
+    )
+    .await?;
     say(format_args!("key login: {}", describe(&login)));
     let leaked = key_events(&mut spy)?;
     if leaked != 0 {
@@ -183,8 +216,30 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
     }
     say("a second reader of the grabbed node received no key events");
 
+    // The contested reader: listed as waiting, not read; what is typed on it goes to its holder.
+    let mut client_devices = client.clone();
+    wait_device(&mut client_devices, &contested_node, |d| {
+        d.is_some_and(|d| !d.attached && !d.grabbed && d.error == WAITING)
+    })
+    .await?;
+    say(format_args!("tillgated lists {CONTESTED} as {WAITING:?}"));
+    type_clean_burst(&mut contested, CONTESTED_KEY).await?;
+    let held_keys = key_events(&mut holder)?;
+    let burst_keys = burst_key_events(CONTESTED_KEY)?;
+    if held_keys < burst_keys {
+        return Err(format!(
+            "the process holding {CONTESTED} received {held_keys} key events of a {burst_keys}-event \
+             burst"
+        ));
+    }
+    say(format_args!(
+        "a key id typed on {CONTESTED} went to its holder ({held_keys} key events)"
+    ));
+
     // 2. The PIN pad, typed at human speed, switches the session to the PIN user. PIN pads are
     // grabbed by default, so a second reader of the pad (a focused text field) sees no digit.
+    // That this is the next session event also shows the contested reader's key id logged
+    // nobody in.
     let mut pad_spy = open_spy(&pinpad_node)?;
     wait_grabbed(&mut pinpad, &mut pad_spy, "grab the PIN pad").await?;
     type_human(&mut pinpad, PIN).await?;
@@ -202,6 +257,94 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
         return Err(format!(
             "a second reader of the PIN pad (grabbed by default) saw {pad_keys} key events of \
              the PIN"
+        ));
+    }
+
+    // The holder lets go. A key id typed at once reaches the daemon's descriptor before the
+    // daemon's next grab attempt (it retries seconds apart by now): that input also reached the
+    // holder and must not log anyone in. Then the daemon grabs the reader within its backoff.
+    holder
+        .ungrab()
+        .context(format_args!("release {}", contested_node.display()))?;
+    let released = Instant::now();
+    type_clean_burst(&mut contested, KEY_ID).await?;
+    let before_grab = key_events(&mut holder)?;
+    let key_id_keys = burst_key_events(KEY_ID)?;
+    let grabbed_at = wait_grabbed(
+        &mut contested,
+        &mut holder,
+        "grab the contested reader once its holder let go",
+    )
+    .await?;
+    let grab_after = grabbed_at - released;
+    if grab_after > GRAB_WITHIN {
+        return Err(format!(
+            "tillgated grabbed {CONTESTED} {} ms after its holder let go, more than {} s",
+            grab_after.as_millis(),
+            GRAB_WITHIN.as_secs()
+        ));
+    }
+    let mut previous = PIN_USER;
+    if before_grab == 0 {
+        // The daemon's retry came first, so the key id was its own input: a login.
+        say("the daemon grabbed the contested reader before the key id was typed; it logs in");
+        expect_login(
+            &mut events,
+            KEY_USER,
+            LoginMethod::Key,
+            CONTESTED,
+            Some(PIN_USER),
+        )
+        .await?;
+        previous = KEY_USER;
+    } else if before_grab >= key_id_keys {
+        say(format_args!(
+            "a key id typed after the holder let go and before the daemon's grab reached the \
+             holder ({before_grab} key events); the daemon must drop it"
+        ));
+    } else {
+        say("the daemon grabbed the contested reader in mid-burst; that partial id logs nobody in");
+    }
+    say(format_args!(
+        "tillgated grabbed {CONTESTED} {} ms after its holder let go",
+        grab_after.as_millis()
+    ));
+    wait_device(&mut client_devices, &contested_node, |d| {
+        d.is_some_and(|d| d.attached && d.grabbed && d.error.is_empty())
+    })
+    .await?;
+    let attached_line = std::fs::read_to_string(log_path())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(CONTESTED) && l.contains("input device attached"))
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    if attached_line.len() != 1 || !attached_line[0].contains("grabbed=true") {
+        return Err(format!(
+            "want one \"input device attached\" line with grabbed=true for {CONTESTED}, got \
+             {attached_line:?}"
+        ));
+    }
+    // The next session event is this login: the key id typed before the grab logged nobody in.
+    let login = present_key(
+        &mut contested,
+        &mut events,
+        CONTESTED_KEY,
+        CONTESTED_USER,
+        Some(previous),
+        None,
+        CONTESTED,
+    )
+    .await?;
+    say(format_args!(
+        "key login on the contested reader once grabbed: {}",
+        describe(&login)
+    ));
+    let leaked = key_events(&mut holder)?;
+    if leaked != 0 {
+        return Err(format!(
+            "after the daemon's grab the former holder of {CONTESTED} still received {leaked} \
+             key events"
         ));
     }
 
@@ -249,8 +392,9 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
         &mut events,
         KEY_ID,
         KEY_USER,
-        Some(PIN_USER),
+        Some(CONTESTED_USER),
         None,
+        READER,
     )
     .await?;
     say(format_args!(
@@ -337,6 +481,7 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
         KEY_USER,
         Some(SLOW_USER),
         Some(Duration::from_secs(3600)),
+        READER,
     )
     .await?;
     say(format_args!(
@@ -349,6 +494,28 @@ async fn run(daemon_slot: &mut Option<Child>) -> Res<()> {
             "the re-plugged reader's keystrokes reached a second reader: {leaked} key events"
         ));
     }
+
+    // 6. A reader unplugged while another descriptor holds it and the daemon waits to grab it:
+    // the wait ends, the daemon closes the node and no longer lists it (it never read it). The
+    // daemon is stopped while the node appears, so the other descriptor grabs it first.
+    let daemon_pid = nix::unistd::Pid::from_raw(i32::try_from(pid).context("pid")?);
+    signal(daemon_pid, nix::sys::signal::Signal::SIGSTOP)?;
+    let held = hold_new_device(CONTESTED).await;
+    signal(daemon_pid, nix::sys::signal::Signal::SIGCONT)?;
+    let (device, node, holder) = held?;
+    wait_device(&mut client_devices, &node, |d| {
+        d.is_some_and(|d| !d.attached && d.error == WAITING)
+    })
+    .await?;
+    drop(device);
+    drop(holder);
+    say(format_args!(
+        "a second held reader ({}) unplugged while the daemon waits to grab it",
+        node.display()
+    ));
+    wait_released(daemon_slot, pid).await?;
+    wait_device(&mut client_devices, &node, |d| d.is_none()).await?;
+    say("the daemon closed it and no longer lists it");
 
     stop_daemon(daemon_slot).await?;
     say(format_args!(
@@ -402,6 +569,31 @@ async fn dev_node(device: &mut VirtualDevice) -> Res<PathBuf> {
     }
 }
 
+/// Opens a node and grabs it, as the POS app or `evtest --grab` would: the returned descriptor
+/// (non-blocking) gets every event of the node until it is released or closed.
+fn hold(node: &Path) -> Res<Device> {
+    let mut device = Device::open(node).context(format_args!("open {}", node.display()))?;
+    device
+        .grab()
+        .context(format_args!("grab {}", node.display()))?;
+    device
+        .set_nonblocking(true)
+        .context(format_args!("make {} non-blocking", node.display()))?;
+    Ok(device)
+}
+
+/// Creates a reader named `name` and grabs its node at once.
+async fn hold_new_device(name: &str) -> Res<(VirtualDevice, PathBuf, Device)> {
+    let mut device = create_device(name)?;
+    let node = dev_node(&mut device).await?;
+    let holder = hold(&node)?;
+    Ok((device, node, holder))
+}
+
+fn signal(pid: nix::unistd::Pid, signal: nix::sys::signal::Signal) -> Res<()> {
+    nix::sys::signal::kill(pid, signal).context(format_args!("send {signal} to tillgated"))
+}
+
 /// Opens a node as a second, non-grabbing, non-blocking reader.
 fn open_spy(node: &Path) -> Res<Device> {
     let device = Device::open(node).context(format_args!("open {}", node.display()))?;
@@ -435,6 +627,40 @@ fn tap(device: &mut VirtualDevice, code: KeyCode) -> Res<()> {
     key(device, code, 0)
 }
 
+/// The key events (press and release) `type_burst` emits for `text`.
+fn burst_key_events(text: &str) -> Res<usize> {
+    let mut count = 2; // Enter
+    for c in text.chars() {
+        count += if char_key(c)?.1 { 4 } else { 2 };
+    }
+    Ok(count)
+}
+
+/// Waits until what the daemon's Devices service lists for `node` (what `tillctl devices`
+/// shows; None: not listed) is what `want` accepts.
+async fn wait_device(
+    client: &mut TillClient,
+    node: &Path,
+    want: impl Fn(Option<&tillgate_client::proto::InputDevice>) -> bool,
+) -> Res<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let devices = client.list_devices().await.context("ListDevices")?;
+        let device = devices.iter().find(|d| Path::new(&d.path) == node);
+        if want(device) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "tillgated did not list {} as expected within {} s; it lists {device:?}",
+                node.display(),
+                PATIENCE.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until the daemon holds the grab on `device`'s node: a shift tap on it no longer reaches
 /// `spy`. A shift tap alone types nothing, so the daemon sees no frame from it. Returns when the
 /// grab was first seen (probed every 10 ms).
@@ -463,6 +689,9 @@ async fn wait_grabbed(device: &mut VirtualDevice, spy: &mut Device, what: &str) 
 /// Longer than the framer's 100 ms gap: keys typed after this pause start a burst of their own.
 const SETTLE: Duration = Duration::from_millis(250);
 
+/// The key reader framer's longest gap between two keys of one burst (kernel timestamps).
+const FRAME_GAP: Duration = Duration::from_millis(100);
+
 /// Longest pause between two keys of a burst that still counts as one: the framer allows 100 ms
 /// (kernel timestamps), this leaves room for the guest's scheduling.
 const STALL: Duration = Duration::from_millis(60);
@@ -471,7 +700,7 @@ const STALL: Duration = Duration::from_millis(60);
 /// whole guest for longer than the framer's gap in the middle of a burst; such a burst is not
 /// what a reader types (the daemon frames a wrong id from it, which logs nobody in), so it is
 /// typed again. `clock_step` moves the wall clock forward by that much in mid-burst (and back
-/// after it).
+/// after it). `source` names the reader, as the login's source shows it.
 async fn present_key(
     reader: &mut VirtualDevice,
     events: &mut Streaming<SessionEvent>,
@@ -479,6 +708,7 @@ async fn present_key(
     user: &str,
     previous: Option<&str>,
     clock_step: Option<Duration>,
+    source: &str,
 ) -> Res<SessionEvent> {
     for _ in 0..3 {
         let slowest = type_burst(reader, key_id, clock_step).await?;
@@ -486,24 +716,26 @@ async fn present_key(
             let event = next_event(events)
                 .await
                 .context(format_args!("waiting for the key login of {user}"))?;
-            return check_login(event, user, LoginMethod::Key, READER, previous);
+            return check_login(event, user, LoginMethod::Key, source, previous);
         }
         say(format_args!(
             "the guest stalled {} ms between two keys of the burst (busy host); typing it again",
             slowest.as_millis()
         ));
         if let Ok(event) = tokio::time::timeout(Duration::from_secs(2), next_event(events)).await {
-            return check_login(event?, user, LoginMethod::Key, READER, previous);
+            return check_login(event?, user, LoginMethod::Key, source, previous);
         }
     }
     Err("the host is too busy: three bursts in a row stalled the guest in mid-burst".into())
 }
 
 /// Types `key_id` as one burst, typing it again (after the framer's gap) if the guest stalled
-/// in mid-burst, so exactly one clean frame reaches the daemon. Nothing is awaited from it.
+/// in mid-burst for longer than that gap, so exactly one clean frame reaches the daemon.
+/// Nothing is awaited from it. (A shorter stall still frames whole: typing it again would make
+/// two logins.)
 async fn type_clean_burst(reader: &mut VirtualDevice, key_id: &str) -> Res<()> {
     for _ in 0..3 {
-        if type_burst(reader, key_id, None).await? <= STALL {
+        if type_burst(reader, key_id, None).await? <= FRAME_GAP {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -609,6 +841,11 @@ profile = "generic-wedge"
 [[input.rules]]
 name = "{PINPAD}"
 role = "pin_pad"
+
+[[input.rules]]
+name = "{CONTESTED}"
+role = "key_reader"
+profile = "generic-wedge"
 "#
     );
     std::fs::write(&config, text).context(format_args!("write {}", config.display()))?;
@@ -768,11 +1005,13 @@ fn snapshot() -> Res<tillgate_client::export::Snapshot> {
 fn cheap_snapshot() -> Res<tillgate_client::export::Snapshot> {
     let mut key_user = tillgate_tests::user(KEY_USER, 1, None);
     key_user["keys"] = json!([KEY_ID]);
+    let mut contested_user = tillgate_tests::user(CONTESTED_USER, 4, None);
+    contested_user["keys"] = json!([CONTESTED_KEY]);
     let export = json!({
         "account": tillgate_tests::account(),
         "cursor": { "epoch": 1, "revision": 1 },
         "roles": [tillgate_tests::role("cashier", &["sale"], &[])],
-        "users": [key_user, tillgate_tests::user(PIN_USER, 2, Some(PIN))],
+        "users": [key_user, tillgate_tests::user(PIN_USER, 2, Some(PIN)), contested_user],
     });
     SnapshotExport::parse(&export.to_string())
         .and_then(SnapshotExport::into_snapshot)
