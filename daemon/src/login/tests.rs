@@ -807,3 +807,22 @@ async fn every_denied_pin_names_the_user_it_matched() {
         outcomes(&f)
     );
 }
+
+#[tokio::test]
+#[ignore = "review: every bad read writes an fsync'd row of its own, so a reader (or a device posing as \
+            one) that sends garbage frames writes rows without bound"]
+async fn a_flood_of_bad_reads_writes_a_bounded_number_of_rows() {
+    let f = fixture(policy());
+    for _ in 0..100 {
+        f.auth
+            .report_bad_read("device front (/dev/hidraw0)", ReadFault::Crc)
+            .await
+            .unwrap();
+    }
+    f.auth.flush_summaries().await.unwrap();
+    let rows = audit(&f).len();
+    assert!(
+        rows <= 10,
+        "{rows} rows for one reader's flood of bad reads"
+    );
+}
