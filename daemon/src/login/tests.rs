@@ -380,10 +380,10 @@ async fn denied_pins_count_as_failures_and_malformed_ones_are_coalesced() {
             .collect::<Vec<_>>(),
         vec![("socket uid=1000", 3), (TERMINAL_SCOPE, 3)]
     );
-    // Rows: the first denied PIN and the 3 bad reads; the 2 later denied PINs, the malformed
-    // ones and the lockout refusal are counted for the source's summary.
+    // Rows: each denied PIN (it names the user whose PIN was found) and the 3 bad reads; the
+    // malformed ones and the lockout refusal are counted for the source's summary.
     let rows = audit(&f);
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 6);
     let denied = &rows[0].record;
     assert_eq!(
         (denied.outcome, denied.user_id.as_deref()),
@@ -402,11 +402,11 @@ async fn denied_pins_count_as_failures_and_malformed_ones_are_coalesced() {
         .login(CredentialKind::Key, pin("KEY-cashier"), SOCKET)
         .await
         .unwrap();
-    assert_eq!(audit(&f)[4].record.outcome, AuditOutcome::Accepted);
+    assert_eq!(audit(&f)[6].record.outcome, AuditOutcome::Accepted);
     // The summary row (each audit.summary_interval, and at shutdown) says what it covers.
     assert_eq!(f.auth.flush_summaries().await.unwrap(), 1);
     let rows = audit(&f);
-    let summary = &rows[5].record;
+    let summary = &rows[7].record;
     assert_eq!(
         (summary.outcome, summary.source.as_str()),
         (AuditOutcome::Coalesced, "socket uid=1000")
@@ -414,14 +414,14 @@ async fn denied_pins_count_as_failures_and_malformed_ones_are_coalesced() {
     assert!(
         summary
             .reason
-            .starts_with("6 attempts without a row of their own from "),
+            .starts_with("4 attempts without a row of their own from "),
         "{}",
         summary.reason
     );
     assert!(
         summary
             .reason
-            .ends_with(": login.denied=2, refused.locked_out=1, refused.malformed=3"),
+            .ends_with(": refused.locked_out=1, refused.malformed=3"),
         "{}",
         summary.reason
     );
@@ -760,9 +760,6 @@ async fn a_flood_that_interleaves_one_valid_key_writes_a_bounded_number_of_rows(
 }
 
 #[tokio::test]
-#[ignore = "review: a denied PIN after the first of a streak is only a count in the coalesced row, so the \
-            audit never says whose PIN (of an inactive or unassigned user) the guesser found; denied PINs \
-            are charged to G, so a row each is bounded"]
 async fn every_denied_pin_names_the_user_it_matched() {
     let f = fixture(policy());
     let mut gone = user(&f.key, "gone", 3, "5555", "cashier");
