@@ -381,6 +381,7 @@ impl Authenticator {
             session_user_id,
         };
         let admitted = if permission.is_empty() {
+            self.count_refused(&source, kind, RefusedFor::Malformed);
             Err(LoginError::BadInput("permission is empty"))
         } else {
             self.admission(kind, &secret, &source).await
@@ -420,6 +421,7 @@ impl Authenticator {
             session_user_id: self.sessions.current().map(|s| s.user_id),
         };
         let outcome = if permission.is_empty() {
+            self.count_refused(source, kind, RefusedFor::Malformed);
             Err(LoginError::BadInput("permission is empty"))
         } else {
             match self.admission(kind, &secret, source).await {

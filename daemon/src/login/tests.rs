@@ -823,3 +823,31 @@ async fn a_flood_of_bad_reads_writes_a_bounded_number_of_rows() {
         "{rows} rows for one reader's flood of bad reads"
     );
 }
+
+#[tokio::test]
+async fn an_authorization_without_a_permission_is_counted_like_any_malformed_attempt() {
+    let f = fixture(policy());
+    let e = f
+        .auth
+        .authorize(CredentialKind::Pin, pin("9999"), "", SOCKET)
+        .await;
+    assert!(matches!(e, Err(LoginError::BadInput(_))), "{e:?}");
+    let auth = Arc::new(f.auth);
+    let e = auth
+        .authorize_detached(
+            CredentialKind::Pin,
+            pin("9999"),
+            String::new(),
+            SOCKET.to_owned(),
+        )
+        .await;
+    assert!(matches!(e, Err(LoginError::BadInput(_))), "{e:?}");
+    assert_eq!(auth.flush_summaries().await.unwrap(), 1);
+    let rows = f.local.audit_after(0, 1000).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0].record.reason.ends_with(": refused.malformed=2"),
+        "{}",
+        rows[0].record.reason
+    );
+}
