@@ -3,13 +3,15 @@
 //! counted in the transaction that charges and records them) and the authenticator the
 //! in-memory part (refusals, which are never charged).
 //!
-//! Per source and budget (a source's PIN scope, its key scope), the first hashed failure since
-//! that source's last success has a row of its own. Every later hashed failure of the streak
+//! Per source and budget (a source's PIN scope, its key scope), the first hashed failure (a
+//! wrong credential) since that source's last success has a row of its own. A credential of a
+//! user who may not log in here (`denied`) always has its own row: it says whose credential was
+//! found. Every later wrong credential of the streak
 //! and every refusal (locked out, malformed, busy, no replica, stale) is counted in the scope's
 //! [`Pending`] summary, written as one `coalesced` row when the streak ends (a success from the
 //! scope), every `audit.summary_interval` while anything is pending, at shutdown, and at start
 //! for what a crash left. So a source writes at most 1 + 1 per interval rows per budget however
-//! hard it floods.
+//! hard it floods, plus a row per success and per denied credential (charged like a wrong one).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -40,10 +42,12 @@ impl RefusedFor {
     }
 }
 
-/// Whether an attempt's row is a hashed failure: the kind of row a guesser's streak is made of
-/// (a wrong credential, or one of a user who may not log in here).
+/// Whether an attempt's row is a hashed failure that may be coalesced: the kind of row a
+/// guesser's streak is made of (a wrong credential). A credential of a user who may not log in
+/// here (`denied`) always has its own row: it names the user whose PIN or key was found, which
+/// a count would lose, and it is charged like a wrong one (PINs: at most G a day).
 pub fn is_hashed_failure(record: &AuditRecord) -> bool {
-    matches!(record.outcome, AuditOutcome::NoMatch | AuditOutcome::Denied)
+    record.outcome == AuditOutcome::NoMatch
         && matches!(record.kind, AuditKind::Login | AuditKind::Authorize)
         && record.method.is_some()
 }
@@ -199,7 +203,10 @@ mod tests {
     #[test]
     fn only_hashed_failures_of_a_credential_are_coalesced_and_the_first_of_a_streak_is_not() {
         assert!(is_hashed_failure(&failure(AuditOutcome::NoMatch)));
-        assert!(is_hashed_failure(&failure(AuditOutcome::Denied)));
+        assert!(
+            !is_hashed_failure(&failure(AuditOutcome::Denied)),
+            "a denied credential names its user: never coalesced"
+        );
         assert!(!is_hashed_failure(&failure(AuditOutcome::Accepted)));
         assert!(!is_hashed_failure(&failure(AuditOutcome::BadRead)));
         let mut bad_read = failure(AuditOutcome::NoMatch);
@@ -208,8 +215,8 @@ mod tests {
         assert_eq!(failure_row(false), FailureRow::Own);
         assert_eq!(failure_row(true), FailureRow::Coalesced);
         assert_eq!(
-            failure_label(&failure(AuditOutcome::Denied)),
-            "login.denied"
+            failure_label(&failure(AuditOutcome::NoMatch)),
+            "login.no_match"
         );
     }
 

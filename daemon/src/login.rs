@@ -5,7 +5,7 @@
 //! authorization, and re-evaluating the session when a sync changes its user.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -381,6 +381,7 @@ impl Authenticator {
             session_user_id,
         };
         let admitted = if permission.is_empty() {
+            self.count_refused(&source, kind, RefusedFor::Malformed);
             Err(LoginError::BadInput("permission is empty"))
         } else {
             self.admission(kind, &secret, &source).await
@@ -420,6 +421,7 @@ impl Authenticator {
             session_user_id: self.sessions.current().map(|s| s.user_id),
         };
         let outcome = if permission.is_empty() {
+            self.count_refused(source, kind, RefusedFor::Malformed);
             Err(LoginError::BadInput("permission is empty"))
         } else {
             match self.admission(kind, &secret, source).await {
@@ -1100,16 +1102,41 @@ fn log_refusal(what: &str, e: &LoginError) {
     match e {
         LoginError::Denied(reason) => tracing::info!(%reason, "{what} denied"),
         LoginError::NoMatch => tracing::info!("{what} failed: no matching credential"),
+        // Refused before hashing: under a flood these come as fast as the caller sends them.
+        // They are counted for the audit's summary row; the log says so once, then every
+        // 1000th of each kind (the rest at debug), so a flood cannot crowd the journal out.
         LoginError::NoReplica
         | LoginError::BadInput(_)
         | LoginError::LockedOut { .. }
         | LoginError::Busy(_)
-        | LoginError::Stale { .. }
-        | LoginError::NoAccountScheme => tracing::info!(error = %e, "{what} refused"),
+        | LoginError::Stale { .. } => {
+            let refused = count_refusal_logged(e);
+            if refused == 1 || refused.is_multiple_of(1000) {
+                tracing::info!(error = %e, refused, "{what} refused");
+            } else {
+                tracing::debug!(error = %e, refused, "{what} refused");
+            }
+        }
+        LoginError::NoAccountScheme => tracing::info!(error = %e, "{what} refused"),
         LoginError::DiskFull | LoginError::Store(_) | LoginError::Hash(_) | LoginError::Task(_) => {
             tracing::error!(error = %e, "{what} failed")
         }
     }
+}
+
+/// Refusals before hashing so far, per kind (for the log's throttle).
+static REFUSALS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+
+/// Counts one refusal of `e`'s kind; returns how many there were so far.
+fn count_refusal_logged(e: &LoginError) -> u64 {
+    let kind = match e {
+        LoginError::LockedOut { .. } => 0,
+        LoginError::BadInput(_) => 1,
+        LoginError::Busy(_) => 2,
+        LoginError::NoReplica => 3,
+        _ => 4,
+    };
+    REFUSALS[kind].fetch_add(1, Ordering::Relaxed) + 1
 }
 
 fn check_secret(kind: CredentialKind, secret: &str) -> Result<(), LoginError> {

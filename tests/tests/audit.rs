@@ -71,7 +71,7 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
         first.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![1, 2]
     );
-    assert_eq!((first.backlog, first.last_seq), (6, 6));
+    assert_eq!((first.backlog, first.last_seq), (7, 7));
     let rest = sync.pull_audit(2, 0).await.unwrap().events;
     let all: Vec<pb::AuditEvent> = first.events.into_iter().chain(rest).collect();
     let summary: Vec<_> = all
@@ -103,6 +103,9 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
                 "",
                 "no user matches this credential"
             ),
+            // Dora's PIN (inactive) has a row of its own although the PIN streak is open: it
+            // says whose PIN was found.
+            ("login", pin, "denied", "dora", "user inactive"),
             // The first failure of a key streak has its own row too (another budget).
             (
                 "login",
@@ -112,22 +115,19 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
                 "no user matches this credential"
             ),
             ("login", key, "accepted", "amy", ""),
-            // Dora's PIN (the second failure of the PIN streak) and the empty PIN have no row
-            // of their own: they are summed up when the streak ends (max's PIN, a success from
-            // the source), under the source's lockout scope.
+            // The empty PIN has no row of its own: it is summed up when the streak ends (max's
+            // PIN, a success from the source), under the source's lockout scope.
             ("login", pin, "coalesced", "", ""),
             ("authorize", pin, "granted", "max", ""),
         ]
     );
     assert!(
-        all[4]
+        all[5]
             .reason
-            .starts_with("2 attempts without a row of their own from ")
-            && all[4]
-                .reason
-                .ends_with(": login.denied=1, refused.malformed=1"),
+            .starts_with("1 attempt without a row of their own from ")
+            && all[5].reason.ends_with(": refused.malformed=1"),
         "{}",
-        all[4].reason
+        all[5].reason
     );
     let source = my_socket_source();
     for event in &all {
@@ -138,22 +138,22 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
         assert!(event.at.is_some());
         assert_eq!(event.uuid.len(), 36, "{event:?}");
     }
-    assert_eq!(all[5].session_user_id, "amy");
-    assert_eq!(all[5].permission, "refund.create");
+    assert_eq!(all[6].session_user_id, "amy");
+    assert_eq!(all[6].permission, "refund.create");
     let mut uuids: Vec<_> = all.iter().map(|e| e.uuid.clone()).collect();
     uuids.sort();
     uuids.dedup();
-    assert_eq!(uuids.len(), 6);
+    assert_eq!(uuids.len(), 7);
 
     // Acknowledged rows are deleted, the rest stay; re-acknowledging is harmless; acknowledging
     // what was never written is refused.
     let ack = sync.ack_audit(3).await.unwrap();
-    assert_eq!((ack.deleted, ack.backlog), (3, 3));
+    assert_eq!((ack.deleted, ack.backlog), (3, 4));
     assert_eq!(sync.ack_audit(2).await.unwrap().deleted, 0);
     let beyond = status(sync.ack_audit(99).await);
     assert_eq!(beyond.code(), Code::InvalidArgument);
     assert!(
-        beyond.message().contains("the last audit row written is 6"),
+        beyond.message().contains("the last audit row written is 7"),
         "{}",
         beyond.message()
     );
@@ -172,13 +172,13 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
     daemon.stop().await;
     let daemon = Daemon::spawn(&daemon.dir);
     let mut sync = daemon.sync(Some(&token_of(&daemon).await)).await;
-    assert_eq!(sync.pull_audit(0, 100).await.unwrap().events.len(), 3);
-    assert_eq!(sync.ack_audit(6).await.unwrap().backlog, 0);
+    assert_eq!(sync.pull_audit(0, 100).await.unwrap().events.len(), 4);
+    assert_eq!(sync.ack_audit(7).await.unwrap().backlog, 0);
     daemon.client().await.login_with_pin(AMY_PIN).await.unwrap();
     let next = sync.pull_audit(0, 100).await.unwrap();
     assert_eq!(
         next.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        vec![7]
+        vec![8]
     );
 
     // tillctl audit shows the tail.
@@ -189,7 +189,7 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
         "{out}"
     );
     assert!(
-        out.contains("#7 ") && out.contains(" login pin accepted ["),
+        out.contains("#8 ") && out.contains(" login pin accepted ["),
         "{out}"
     );
 }

@@ -385,3 +385,32 @@ async fn each_listener_closes_connections_beyond_its_cap() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_refused_attempts_does_not_become_a_log_flood() {
+    let daemon = Daemon::start_with(
+        "",
+        "[login_socket]\ncalls_per_second = 10000\ncall_burst = 10000\n",
+    );
+    daemon.push_snapshot(slow_snapshot()).await;
+    let mut client = daemon.client().await;
+    let mut refused = 0;
+    for _ in 0..200 {
+        let wrong = answer(client.login_with_pin("0000").await).0;
+        let empty = answer(client.login_with_pin("").await).0;
+        refused += usize::from(wrong == Code::ResourceExhausted);
+        refused += usize::from(empty == Code::InvalidArgument);
+    }
+    assert!(refused > 300, "{refused}");
+    // The refusals are counted for the audit's summary row; the log says so once, then rarely,
+    // like the listeners' refusals, so a flood cannot push everything else out of the journal.
+    let log = daemon.log_text();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("login refused") && !l.contains(" DEBUG "))
+        .count();
+    assert!(
+        lines <= 10,
+        "{lines} 'login refused' lines above debug for one flood"
+    );
+}

@@ -365,3 +365,44 @@ async fn a_pos_peer_that_stops_answering_pings_is_closed_after_the_keepalive() {
     // The daemon still serves everyone else.
     daemon.client().await.status().await.unwrap();
 }
+
+#[tokio::test]
+#[ignore = "review: the per-address cap (4) does not keep idle connections from locking central out: \
+            4 addresses fill the sync listener's 16 slots, refreshed every sync.auth_timeout; README \
+            (Threat model) says idle connections cannot lock central out"]
+async fn idle_connections_from_four_addresses_do_not_lock_central_out() {
+    let daemon = Daemon::start();
+    let addr = sync_socket_addr(&daemon);
+    let token = daemon
+        .client()
+        .await
+        .create_token("central")
+        .await
+        .unwrap()
+        .token;
+    // An attacker on the sync network with four addresses (127.0.0.2-5 here) opens its share
+    // from each and never sends a byte.
+    let mut idle = Vec::new();
+    for host in 2..=5u8 {
+        for _ in 0..4 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(SocketAddr::from(([127, 0, 0, host], 0)))
+                .unwrap();
+            idle.push(socket.connect(addr).await.unwrap());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let central = tokio::time::timeout(Duration::from_secs(5), async {
+        TillSyncClient::connect(&daemon.sync_addr, Some(&token), None)
+            .await?
+            .state()
+            .await
+    })
+    .await;
+    assert!(
+        matches!(central, Ok(Ok(_))),
+        "central locked out by {} idle connections: {central:?}",
+        idle.len()
+    );
+}

@@ -244,6 +244,8 @@ fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_
             None,
         );
     }
+    // A credential of a user who may not log in here: a row of its own (it names the user),
+    // whatever the streak.
     record(
         &store,
         &failure(AuditKind::Authorize, AuditOutcome::Denied),
@@ -255,14 +257,14 @@ fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_
     key.method = Some(CredentialKind::Key);
     record(&store, &key, Settlement::Keep, None);
     record(&store, &key, Settlement::Keep, None);
-    assert_eq!(outcomes(&store), vec!["no_match", "no_match"]);
+    assert_eq!(outcomes(&store), vec!["no_match", "denied", "no_match"]);
     // A crash now: the coalesced counts are on disk.
     drop(store);
     let store = open(&dir);
     let pending = store.pending_summaries().unwrap();
     assert_eq!(pending.len(), 2, "{pending:?}");
     assert_eq!(pending[0].0, "socket uid=5");
-    assert_eq!(pending[0].1.total(), 3);
+    assert_eq!(pending[0].1.total(), 2);
     assert_eq!(pending[1].0, "socket uid=5 (keys)");
     // A success ends the PIN streak: one summary row, the in-memory refusals folded in.
     let mut refused = Pending::new(CredentialKind::Pin, std::time::SystemTime::now());
@@ -276,16 +278,15 @@ fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_
     let rows = store.audit_tail(100).unwrap();
     assert_eq!(
         outcomes(&store),
-        vec!["no_match", "no_match", "coalesced", "accepted"]
+        vec!["no_match", "denied", "no_match", "coalesced", "accepted"]
     );
-    let summary = &rows[2].record;
+    let summary = &rows[3].record;
     assert_eq!(summary.source, "socket uid=5");
     assert_eq!(summary.method, Some(CredentialKind::Pin));
     let counts = parse_counts(&summary.reason).unwrap();
     assert_eq!(
         counts.into_iter().collect::<Vec<_>>(),
         vec![
-            ("authorize.denied".to_owned(), 1),
             ("login.no_match".to_owned(), 2),
             ("refused.busy".to_owned(), 1)
         ]
@@ -297,13 +298,13 @@ fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_
         Settlement::Keep,
         None,
     );
-    assert_eq!(outcomes(&store).len(), 5);
+    assert_eq!(outcomes(&store).len(), 6);
     // The periodic flush writes what is left (the key streak's one coalesced failure) and
     // keeps that streak open: its next failure is counted, not a row.
     assert_eq!(store.flush_summaries(&[]).unwrap().0, 1);
     assert_eq!(store.flush_summaries(&[]).unwrap().0, 0);
     record(&store, &key, Settlement::Keep, None);
-    assert_eq!(outcomes(&store).len(), 6);
+    assert_eq!(outcomes(&store).len(), 7);
     assert_eq!(store.pending_summaries().unwrap()[0].1.total(), 1);
 }
 

@@ -7,6 +7,7 @@
 //! built once after the rows, then one fsync of the file before the rename and one of the
 //! directory after it.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -196,7 +197,14 @@ impl Replica {
         if let Err(e) = std::fs::hard_link(&self.path, &retired) {
             tracing::debug!(error = %e, "could not keep a link to the replaced replica; the switch frees it at once");
         }
-        std::fs::rename(side_file, &self.path).map_err(io(side_file))?;
+        if let Err(e) = std::fs::rename(side_file, &self.path) {
+            // The link is the live replica now, not a replaced one: it must not stay as
+            // garbage for `discard_retired` to truncate.
+            if let Err(unlink) = remove_if_there(&retired) {
+                tracing::warn!(error = %unlink, "could not remove the second link to the replica after a failed switch");
+            }
+            return Err(io(side_file)(e));
+        }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -217,7 +225,15 @@ impl Replica {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(side_file(e)),
         };
-        let mut len = file.metadata().map_err(side_file)?.len();
+        let metadata = file.metadata().map_err(side_file)?;
+        // Never the file being served (a link left by a switch whose rename failed): only the
+        // name goes.
+        let live = std::fs::metadata(&self.path).map_err(side_file)?;
+        if (metadata.dev(), metadata.ino()) == (live.dev(), live.ino()) {
+            drop(file);
+            return remove_if_there(&retired).map_err(side_file);
+        }
+        let mut len = metadata.len();
         while len > 0 {
             between_steps();
             len = len.saturating_sub(RETIRE_STEP_BYTES);

@@ -668,6 +668,43 @@ fn a_failed_switch_leaves_the_old_replica_serving() {
 }
 
 #[test]
+fn a_snapshot_applied_whole_leaves_no_retired_file_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    assert!(!dir.path().join("replica.db.retired").exists());
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+}
+
+#[test]
+fn a_failed_switch_leaves_no_retired_link_to_the_live_replica() {
+    // grpc/sync.rs calls `discard_retired` after every `install_snapshot`, failed or not. When the
+    // rename fails after the old file was linked as `replica.db.retired`, that link is the live
+    // replica: discarding it truncates the file the daemon is serving from.
+    let dir = tempfile::tempdir().unwrap();
+    let replica = seeded(&dir);
+    let file = replica.begin_snapshot(cursor(1, 7)).unwrap();
+    let ready = file.finish().unwrap();
+    std::fs::remove_file(incoming_path(replica.path())).unwrap();
+    replica.install_snapshot(ready).unwrap_err();
+    // What grpc/sync.rs does next, whatever the install's outcome.
+    replica.discard_retired(&|| {}).unwrap();
+    assert!(
+        std::fs::metadata(replica.path()).unwrap().len() > 0,
+        "the live replica was truncated"
+    );
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+    assert!(replica.user_profile("a", &terminal()).unwrap().is_some());
+    // However such a link came about, discarding it never truncates the file being served.
+    std::fs::hard_link(replica.path(), dir.path().join("replica.db.retired")).unwrap();
+    replica.discard_retired(&|| {}).unwrap();
+    assert!(!dir.path().join("replica.db.retired").exists());
+    assert!(replica.user_profile("a", &terminal()).unwrap().is_some());
+    replica.close_cleanly().unwrap();
+    let replica = open(&dir);
+    assert_eq!(replica.state().unwrap().cursor, cursor(1, 5));
+}
+
+#[test]
 fn the_replaced_file_stays_linked_through_the_switch_and_is_freed_in_steps_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let replica = seeded(&dir);

@@ -57,7 +57,13 @@ impl Replica {
             users: snapshot.users,
             roles: snapshot.roles,
         })?;
-        self.install_snapshot(file.finish()?)
+        let installed = self.install_snapshot(file.finish()?);
+        // Nothing else frees the replaced file on this path: it would stay until the next
+        // snapshot or start.
+        if let Err(e) = self.discard_retired(&|| {}) {
+            tracing::warn!(error = %e, "could not remove the replaced replica file; it is removed at the next start");
+        }
+        installed
     }
 
     /// Applies an incremental batch if its base is the replica's cursor; acknowledges it again
