@@ -331,6 +331,9 @@ impl Sync for SyncService {
                 installed
             })
             .await?;
+        // Once more after the session re-check, which reads the new file on the blocking pool
+        // (its connections' caches and what the switch's threads freed since).
+        tokio::task::spawn_blocking(crate::memory::release_free_memory);
         Ok(Response::new(result_to_pb(summary)))
     }
 

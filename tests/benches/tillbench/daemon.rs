@@ -125,6 +125,19 @@ impl Tillgated {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// (RssAnon, RssFile) in KiB: the heap against pages of mapped files and libraries.
+    pub fn rss_parts(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap()
+        };
+        (field("RssAnon:"), field("RssFile:"))
+    }
+
     pub fn threads(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .unwrap()
