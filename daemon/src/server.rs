@@ -29,7 +29,7 @@ use crate::grpc::limits::over_limit_is_resource_exhausted;
 use crate::grpc::login::{ListenerInfo, LoginService};
 use crate::grpc::sync::SyncService;
 use crate::hardware::{DeviceRegistry, Dispatcher};
-use crate::listener::{AuthDeadlines, ConnectionCap};
+use crate::listener::{AuthDeadlines, Caps, ConnectionCap};
 use crate::login::Authenticator;
 use crate::reload::Reloader;
 use crate::session::SessionManager;
@@ -527,11 +527,16 @@ fn login_server(
         health.set_serving::<LoginServer<LoginService>>().await;
         health.set_serving::<AdminServer<AdminService>>().await;
         health.set_serving::<DevicesServer<DevicesService>>().await;
+        // Its peers are local uids the socket's mode and allow lists admitted: nothing is
+        // evicted here, a full socket closes the new connection.
         let cap = ConnectionCap::new(
             "login socket",
-            limits.max_connections,
             "login_socket.max_connections_per_uid",
-            limits.max_connections_per_peer,
+            Caps {
+                max_connections: limits.max_connections,
+                max_connections_per_peer: limits.max_connections_per_peer,
+                evict_unauthenticated: false,
+            },
         );
         let incoming =
             UnixListenerStream::new(listener).filter_map(move |accepted| match accepted {
@@ -633,11 +638,16 @@ fn sync_server(
         let service = SyncServer::new(sync)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        // A full listener makes room by closing a connection that has not authenticated:
+        // idle connections cannot lock central out (listener.rs, eviction_choice).
         let cap = ConnectionCap::new(
             "sync listener",
-            limits.max_connections,
             "sync.max_connections_per_peer",
-            limits.max_connections_per_peer,
+            Caps {
+                max_connections: limits.max_connections,
+                max_connections_per_peer: limits.max_connections_per_peer,
+                evict_unauthenticated: true,
+            },
         );
         // Closed unless a call with a valid token comes within auth_timeout (the bearer check
         // marks the connection): below TLS, so a stalled handshake is covered too.
@@ -652,8 +662,10 @@ fn sync_server(
                             return None;
                         }
                     };
-                    cap.admit(stream, ip)
-                        .map(|stream| Ok(deadlines.start(stream)))
+                    cap.admit(stream, ip).map(|stream| {
+                        let authenticated = stream.authenticated();
+                        Ok(deadlines.start(stream, authenticated))
+                    })
                 }
                 Err(e) => Some(Err(e)),
             });

@@ -367,9 +367,6 @@ async fn a_pos_peer_that_stops_answering_pings_is_closed_after_the_keepalive() {
 }
 
 #[tokio::test]
-#[ignore = "review: the per-address cap (4) does not keep idle connections from locking central out: \
-            4 addresses fill the sync listener's 16 slots, refreshed every sync.auth_timeout; README \
-            (Threat model) says idle connections cannot lock central out"]
 async fn idle_connections_from_four_addresses_do_not_lock_central_out() {
     let daemon = Daemon::start();
     let addr = sync_socket_addr(&daemon);
@@ -404,5 +401,42 @@ async fn idle_connections_from_four_addresses_do_not_lock_central_out() {
         matches!(central, Ok(Ok(_))),
         "central locked out by {} idle connections: {central:?}",
         idle.len()
+    );
+    // Central's connection took the place of the attacker's oldest (every address held four).
+    read_until_closed(&mut idle[0], "the oldest idle connection").await;
+    // An authenticated connection is never evicted: the attacker's next connections evict
+    // his own, and central is still answered on the connection it has.
+    let (channel, central_connects) = counted_channel(addr).await;
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    let mut central = pb::sync_client::SyncClient::with_interceptor(
+        channel,
+        move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+            Ok(request)
+        },
+    );
+    central
+        .get_sync_state(pb::GetSyncStateRequest {})
+        .await
+        .unwrap();
+    for _ in 0..8 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 2], 0))).unwrap();
+        if let Ok(stream) = socket.connect(addr).await {
+            idle.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    central
+        .get_sync_state(pb::GetSyncStateRequest {})
+        .await
+        .unwrap();
+    assert_eq!(central_connects.load(Ordering::SeqCst), 1, "no reconnect");
+    let log = daemon.log_text();
+    assert!(
+        log.contains("connection closed to make room for a new one"),
+        "{log}"
     );
 }
