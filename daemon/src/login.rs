@@ -743,8 +743,8 @@ impl Authenticator {
     }
 
     /// Writes an audit row (or counts a hashed failure for its source's summary) and settles
-    /// the attempt's charges in one transaction. A success ends its source's failure streak:
-    /// the summary row goes with it, the source's refusal counts folded in.
+    /// the attempt's charges in one transaction. A success has its own row and ends no streak:
+    /// its source's coalesced counts wait for the next summary row (see `coalesce.rs`).
     async fn record(
         &self,
         record: AuditRecord,
@@ -755,24 +755,11 @@ impl Authenticator {
             Settlement::Refund(budget) => Some(budget),
             Settlement::Keep => None,
         };
-        let pending = refunded.and_then(|budget| {
-            let scope = source_scope(budget, source);
-            self.take_refused(&scope).map(|p| (scope, p))
-        });
         let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
-        let memory = pending.as_ref().map(|(_, p)| p.clone());
         let now = crate::clock::now();
-        let recorded = blocking(move || {
-            local.record_attempt(&record, settlement, &owned, &policy, now, memory.as_ref())
-        })
-        .await;
-        let recorded = match recorded.and_then(|r| self.written(r)) {
-            Ok(recorded) => recorded,
-            Err(e) => {
-                self.restore_refused(pending.into_iter().collect());
-                return Err(e);
-            }
-        };
+        let recorded =
+            blocking(move || local.record_attempt(&record, settlement, &owned, &policy, now)).await;
+        let recorded = recorded.and_then(|r| self.written(r))?;
         if let Some(budget) = refunded
             && let Ok(mut locked) = self.locked.lock()
         {
@@ -846,10 +833,6 @@ impl Authenticator {
                 tracing::warn!(error = %e, "writing the audit summary rows failed; kept for the next try");
             }
         }
-    }
-
-    fn take_refused(&self, scope: &str) -> Option<Pending> {
-        self.refused.lock().ok()?.remove(scope)
     }
 
     fn take_all_refused(&self, scope: Option<&str>) -> Vec<(String, Pending)> {

@@ -119,23 +119,6 @@ pub(super) fn write_summaries(
     Ok(summaries.len())
 }
 
-/// A success from `scope`: its summary row, if anything is pending, and the streak ends (its
-/// next failure has a row of its own again).
-pub(super) fn end_streak(
-    conn: &Connection,
-    scope: &str,
-    memory: Option<&Pending>,
-) -> Result<usize, StoreError> {
-    let memory: Vec<(String, Pending)> = memory
-        .map(|p| (scope.to_owned(), p.clone()))
-        .into_iter()
-        .collect();
-    let written = write_summaries(conn, Some(scope), &memory)?;
-    conn.prepare_cached("DELETE FROM failure_streaks WHERE scope = ?1")?
-        .execute([scope])?;
-    Ok(written)
-}
-
 impl LocalStore {
     /// Writes every pending summary row (each `audit.summary_interval`, at shutdown, and at
     /// start for what a crash left), with `memory` folded in, in one transaction.

@@ -114,7 +114,6 @@ fn counters_change_only_together_with_their_audit_row() {
                 source,
                 &policy,
                 now,
-                None,
             )
             .is_err()
     );
@@ -135,7 +134,6 @@ fn counters_change_only_together_with_their_audit_row() {
             source,
             &policy,
             now,
-            None,
         )
         .unwrap();
     assert_eq!(failures(&replica), vec![]);
@@ -206,7 +204,8 @@ fn an_acknowledgement_for_another_stream_deletes_nothing() {
 }
 
 #[test]
-fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_its_summary() {
+fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_whatever_successes_come_between()
+ {
     use crate::audit::{AuditKind, AuditOutcome, AuditRecord};
     use crate::coalesce::{Pending, RefusedFor, parse_counts};
     use crate::lockout::{Budget, LockoutPolicy, Now};
@@ -223,9 +222,9 @@ fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_
     let failure = |kind, outcome| {
         AuditRecord::new(kind, Some(CredentialKind::Pin), source, outcome).reason("wrong")
     };
-    let record = |store: &LocalStore, r: &AuditRecord, settlement, refused: Option<&Pending>| {
+    let record = |store: &LocalStore, r: &AuditRecord, settlement| {
         store
-            .record_attempt(r, settlement, source, &policy, now, refused)
+            .record_attempt(r, settlement, source, &policy, now)
             .unwrap()
     };
     let outcomes = |store: &LocalStore| {
@@ -241,7 +240,6 @@ fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_
             &store,
             &failure(AuditKind::Login, AuditOutcome::NoMatch),
             Settlement::Keep,
-            None,
         );
     }
     // A credential of a user who may not log in here: a row of its own (it names the user),
@@ -250,13 +248,12 @@ fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_
         &store,
         &failure(AuditKind::Authorize, AuditOutcome::Denied),
         Settlement::Keep,
-        None,
     );
     // A wrong key of the same source is another budget: its own streak, its own first row.
     let mut key = failure(AuditKind::Login, AuditOutcome::NoMatch);
     key.method = Some(CredentialKind::Key);
-    record(&store, &key, Settlement::Keep, None);
-    record(&store, &key, Settlement::Keep, None);
+    record(&store, &key, Settlement::Keep);
+    record(&store, &key, Settlement::Keep);
     assert_eq!(outcomes(&store), vec!["no_match", "denied", "no_match"]);
     // A crash now: the coalesced counts are on disk.
     drop(store);
@@ -266,45 +263,59 @@ fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_
     assert_eq!(pending[0].0, "socket uid=5");
     assert_eq!(pending[0].1.total(), 2);
     assert_eq!(pending[1].0, "socket uid=5 (keys)");
-    // A success ends the PIN streak: one summary row, the in-memory refusals folded in.
-    let mut refused = Pending::new(CredentialKind::Pin, std::time::SystemTime::now());
-    refused.count(RefusedFor::Busy.label(), std::time::SystemTime::now());
+    // A success has its own row and ends no streak: the next wrong PIN is counted, not a row
+    // (a source interleaving one valid credential with guesses writes no row per guess).
     record(
         &store,
         &failure(AuditKind::Login, AuditOutcome::Accepted),
         Settlement::Refund(Budget::Pin),
-        Some(&refused),
+    );
+    record(
+        &store,
+        &failure(AuditKind::Login, AuditOutcome::NoMatch),
+        Settlement::Keep,
+    );
+    assert_eq!(
+        outcomes(&store),
+        vec!["no_match", "denied", "no_match", "accepted"]
+    );
+    // The periodic flush writes one summary row per scope, the in-memory refusals folded in,
+    // and keeps the streaks open: their next failure is counted, not a row.
+    let mut refused = Pending::new(CredentialKind::Pin, std::time::SystemTime::now());
+    refused.count(RefusedFor::Busy.label(), std::time::SystemTime::now());
+    assert_eq!(
+        store
+            .flush_summaries(&[("socket uid=5".to_owned(), refused)])
+            .unwrap()
+            .0,
+        2
     );
     let rows = store.audit_tail(100).unwrap();
     assert_eq!(
         outcomes(&store),
-        vec!["no_match", "denied", "no_match", "coalesced", "accepted"]
+        vec![
+            "no_match",
+            "denied",
+            "no_match",
+            "accepted",
+            "coalesced",
+            "coalesced"
+        ]
     );
-    let summary = &rows[3].record;
+    let summary = &rows[4].record;
     assert_eq!(summary.source, "socket uid=5");
     assert_eq!(summary.method, Some(CredentialKind::Pin));
     let counts = parse_counts(&summary.reason).unwrap();
     assert_eq!(
         counts.into_iter().collect::<Vec<_>>(),
         vec![
-            ("login.no_match".to_owned(), 2),
+            ("login.no_match".to_owned(), 3),
             ("refused.busy".to_owned(), 1)
         ]
     );
-    // The next PIN failure opens a new streak: a row of its own.
-    record(
-        &store,
-        &failure(AuditKind::Login, AuditOutcome::NoMatch),
-        Settlement::Keep,
-        None,
-    );
-    assert_eq!(outcomes(&store).len(), 6);
-    // The periodic flush writes what is left (the key streak's one coalesced failure) and
-    // keeps that streak open: its next failure is counted, not a row.
-    assert_eq!(store.flush_summaries(&[]).unwrap().0, 1);
     assert_eq!(store.flush_summaries(&[]).unwrap().0, 0);
-    record(&store, &key, Settlement::Keep, None);
-    assert_eq!(outcomes(&store).len(), 7);
+    record(&store, &key, Settlement::Keep);
+    assert_eq!(outcomes(&store).len(), 6);
     assert_eq!(store.pending_summaries().unwrap()[0].1.total(), 1);
 }
 
