@@ -823,13 +823,38 @@ impl Authenticator {
         }
     }
 
-    /// Flushes pending summaries every `period`, for as long as the daemon runs.
+    /// The `audit.summary_interval` tick: [`Authenticator::flush_summaries`], and the streaks
+    /// idle since the previous tick end (their next wrong credential has a row of its own
+    /// again: at most one per source and budget per interval). Returns the rows written.
+    pub async fn summary_tick(&self) -> Result<usize, LoginError> {
+        let pending = self.take_all_refused(None);
+        let (local, memory) = (self.local.clone(), pending.clone());
+        let written = blocking(move || local.summary_tick(&memory)).await;
+        match written.and_then(|w| self.written(w)) {
+            Ok((rows, ended, stats)) => {
+                if rows > 0 {
+                    audit::warn_if_over_cap(stats, self.policy.audit_max_rows);
+                }
+                if ended > 0 {
+                    tracing::debug!(ended, "idle failure streaks ended");
+                }
+                Ok(rows)
+            }
+            Err(e) => {
+                self.restore_refused(pending);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs [`Authenticator::summary_tick`] every `period` (the first one `period` after the
+    /// start, which flushed what the last run left), for as long as the daemon runs.
     pub async fn run_summary_flush(self: Arc<Self>, period: Duration) {
-        let mut interval = tokio::time::interval(period);
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            if let Err(e) = self.flush_summaries().await {
+            if let Err(e) = self.summary_tick().await {
                 tracing::warn!(error = %e, "writing the audit summary rows failed; kept for the next try");
             }
         }

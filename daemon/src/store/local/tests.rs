@@ -390,3 +390,71 @@ fn the_lockout_cache_refuses_exactly_while_the_store_would() {
             .is_none()
     );
 }
+
+#[test]
+fn the_summary_tick_ends_idle_streaks_so_renamed_sources_do_not_grow_the_table() {
+    use crate::audit::{AuditKind, AuditOutcome, AuditRecord};
+    use crate::lockout::{LockoutPolicy, Now};
+    use crate::model::CredentialKind;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let policy = LockoutPolicy::default();
+    let now = Now {
+        boot: 7,
+        mono_ms: 1000,
+        wall_ms: 1_700_000_000_000,
+    };
+    let wrong_key = |store: &LocalStore, source: &str| {
+        let record = AuditRecord::new(
+            AuditKind::Login,
+            Some(CredentialKind::Key),
+            source,
+            AuditOutcome::NoMatch,
+        );
+        store
+            .record_attempt(&record, Settlement::Keep, source, &policy, now)
+            .unwrap();
+    };
+    let rows = |store: &LocalStore| store.audit_tail(1000).unwrap().len();
+    // A reader that re-enumerates under a new name for each read: 100 scopes, a streak each.
+    for n in 0..100 {
+        wrong_key(&store, &format!("device reader-{n} (/dev/hidraw{n})"));
+    }
+    // One source keeps failing through the ticks.
+    let busy = "device door (/dev/hidraw100)";
+    wrong_key(&store, busy);
+    assert_eq!(store.open_streaks().unwrap().len(), 101);
+    assert_eq!(rows(&store), 101);
+    // The first tick after a failure keeps its streak; the next one without a failure ends it,
+    // in the transaction that writes the summary rows.
+    wrong_key(&store, busy);
+    let (written, ended, _) = store.summary_tick(&[]).unwrap();
+    assert_eq!((written, ended), (1, 0));
+    wrong_key(&store, busy);
+    let (written, ended, _) = store.summary_tick(&[]).unwrap();
+    assert_eq!((written, ended), (1, 100));
+    assert_eq!(
+        store.open_streaks().unwrap(),
+        vec!["device door (keys)".to_owned()]
+    );
+    assert_eq!(rows(&store), 103);
+    // The busy source's streak goes on: its failures are counted, not rows.
+    wrong_key(&store, busy);
+    assert_eq!(rows(&store), 103);
+    // An ended streak's scope fails again: its first wrong key has a row of its own again (at
+    // most once per interval: the streak it opens lasts at least until the next tick but one).
+    wrong_key(&store, "device reader-7 (/dev/hidraw7)");
+    assert_eq!(rows(&store), 104);
+    wrong_key(&store, "device reader-7 (/dev/hidraw7)");
+    assert_eq!(rows(&store), 104);
+    // A plain flush (shutdown, start) writes the rows and ends no streak.
+    assert_eq!(store.flush_summaries(&[]).unwrap().0, 2);
+    assert_eq!(store.open_streaks().unwrap().len(), 2);
+    // Survives a reopen (the column is on disk), and idle streaks end at the next two ticks.
+    drop(store);
+    let store = open(&dir);
+    store.summary_tick(&[]).unwrap();
+    let (_, ended, _) = store.summary_tick(&[]).unwrap();
+    assert_eq!(ended, 2);
+    assert!(store.open_streaks().unwrap().is_empty());
+}
