@@ -4,7 +4,7 @@
 //! failures, a refusal when the replica is too old, an audit row per attempt, manager
 //! authorization, and re-evaluating the session when a sync changes its user.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -15,11 +15,11 @@ use zeroize::Zeroizing;
 use argon2::Block;
 
 use crate::audit::{self, AuditKind, AuditOutcome, AuditRecord, ReadFault};
-use crate::coalesce::{Pending, RefusedFor};
+use crate::coalesce::{FailureRow, Pending, RefusedFor};
 use crate::credential::{HashError, TerminalKey, argon2id_in};
 use crate::hashing::{HashingPermit, HashingQueue, QueueFull};
 use crate::lockout::cache::LockedScopes;
-use crate::lockout::{LockoutPolicy, Refusal, budget_of, scope_of, source_scope};
+use crate::lockout::{Budget, LockoutPolicy, Refusal, budget_of, scope_of, source_scope};
 use crate::model::{CredentialKind, Terminal};
 use crate::resolve::{Candidate, DenialReason, Resolution, may_log_in, resolve};
 use crate::session::{Session, SessionEvent, SessionManager, profile_change};
@@ -194,6 +194,10 @@ pub struct Authenticator {
     /// `coalesce.rs`). Kept in memory so that a flood of refusals writes nothing; a crash loses
     /// only these counts, never a decision nor a hashed failure.
     refused: Mutex<HashMap<String, Pending>>,
+    /// Key scopes whose streak the store was found (or made) open since the last summary tick:
+    /// their bad reads are counted with the refusals, no transaction each. Emptied each tick,
+    /// when idle streaks end.
+    streaks_open: Mutex<HashSet<String>>,
     /// Lockouts the store answered, so a locked source's further attempts are refused without
     /// SQLite or the blocking pool. Never looser than the store: see `lockout/cache.rs`.
     locked: Mutex<LockedScopes>,
@@ -253,6 +257,7 @@ impl Authenticator {
             policy,
             profile_gate: tokio::sync::Mutex::new(()),
             refused: Mutex::new(HashMap::new()),
+            streaks_open: Mutex::new(HashSet::new()),
             locked: Mutex::new(LockedScopes::default()),
             disk_full: AtomicBool::new(false),
         }
@@ -477,18 +482,55 @@ impl Authenticator {
     }
 
     /// For the hardware readers: a key read that failed its checksum (or framing). Audited, but
-    /// not a failed login: no counter changes.
+    /// not a failed login: no counter changes. Coalesced like the wrong keys of the reader's
+    /// key scope: the first failure since its streak ended (wrong key or bad read) has a row of
+    /// its own; the later bad reads are counted in memory (per fault, `bad_read.crc`) for the
+    /// scope's summary row, with no transaction each.
     #[instrument(skip_all, fields(source = source, fault = %fault))]
     pub async fn report_bad_read(&self, source: &str, fault: ReadFault) -> Result<(), LoginError> {
-        let record = AuditRecord::new(
-            AuditKind::BadRead,
-            Some(CredentialKind::Key),
-            source,
-            AuditOutcome::BadRead,
-        )
-        .reason(fault.to_string());
-        self.record(record, Settlement::Keep, source).await?;
-        tracing::info!("bad key read (not counted as a failed login)");
+        let scope = source_scope(Budget::Key, source);
+        let known_open = self
+            .streaks_open
+            .lock()
+            .is_ok_and(|open| open.contains(&scope));
+        let row = if known_open {
+            FailureRow::Coalesced
+        } else {
+            let record = AuditRecord::new(
+                AuditKind::BadRead,
+                Some(CredentialKind::Key),
+                source,
+                AuditOutcome::BadRead,
+            )
+            .reason(fault.to_string());
+            let (local, owned) = (self.local.clone(), scope.clone());
+            let opened =
+                blocking(move || local.open_streak_with(&owned, CredentialKind::Key, &record))
+                    .await?;
+            let (row, stats) = self.written(opened)?;
+            if row == FailureRow::Own {
+                audit::warn_if_over_cap(stats, self.policy.audit_max_rows);
+            }
+            if let Ok(mut open) = self.streaks_open.lock() {
+                open.insert(scope.clone());
+            }
+            row
+        };
+        if row == FailureRow::Coalesced {
+            self.count_pending(scope, CredentialKind::Key, fault.label());
+        }
+        let seen = BAD_READS.fetch_add(1, Ordering::Relaxed) + 1;
+        if seen == 1 || seen.is_multiple_of(1000) {
+            tracing::info!(
+                bad_reads = seen,
+                "bad key read (not counted as a failed login)"
+            );
+        } else {
+            tracing::debug!(
+                bad_reads = seen,
+                "bad key read (not counted as a failed login)"
+            );
+        }
         Ok(())
     }
 
@@ -792,14 +834,19 @@ impl Authenticator {
     }
 
     fn count_refused(&self, source: &str, kind: CredentialKind, why: RefusedFor) {
+        self.count_pending(source_scope(budget_of(kind), source), kind, why.label());
+    }
+
+    /// Counts an attempt without a row of its own for `scope`'s summary row.
+    fn count_pending(&self, scope: String, kind: CredentialKind, label: &str) {
         let Ok(mut refused) = self.refused.lock() else {
             return;
         };
         let now = SystemTime::now();
         refused
-            .entry(source_scope(budget_of(kind), source))
+            .entry(scope)
             .or_insert_with(|| Pending::new(kind, now))
-            .count(why.label(), now);
+            .count(label, now);
     }
 
     /// Writes the summary row of every scope with coalesced failures or refusals pending
@@ -830,6 +877,10 @@ impl Authenticator {
         let pending = self.take_all_refused(None);
         let (local, memory) = (self.local.clone(), pending.clone());
         let written = blocking(move || local.summary_tick(&memory)).await;
+        // Idle streaks end now: the next bad read of a scope asks the store again.
+        if let Ok(mut open) = self.streaks_open.lock() {
+            open.clear();
+        }
         match written.and_then(|w| self.written(w)) {
             Ok((rows, ended, stats)) => {
                 if rows > 0 {
@@ -1131,6 +1182,9 @@ fn log_refusal(what: &str, e: &LoginError) {
         }
     }
 }
+
+/// Bad key reads so far (for the log's throttle: a reader sending garbage must not flood it).
+static BAD_READS: AtomicU64 = AtomicU64::new(0);
 
 /// Refusals before hashing so far, per kind (for the log's throttle).
 static REFUSALS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];

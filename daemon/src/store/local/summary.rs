@@ -134,6 +134,36 @@ impl LocalStore {
         Ok((written, stats))
     }
 
+    /// A row that may open `scope`'s streak but is never counted on disk (a bad read: not
+    /// charged, so counted in memory like a refusal). When the streak is not open, opens it and
+    /// writes `record`, in one transaction: the first failure of the scope since its streak
+    /// ended, wrong credential or bad read, has the one row of its own. When it is open,
+    /// writes nothing and answers [`FailureRow::Coalesced`]: the caller counts it.
+    pub fn open_streak_with(
+        &self,
+        scope: &str,
+        method: CredentialKind,
+        record: &AuditRecord,
+    ) -> Result<(FailureRow, AuditStats), StoreError> {
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let open = tx
+            .prepare_cached("SELECT 1 FROM failure_streaks WHERE scope = ?1")?
+            .exists([scope])?;
+        let row = failure_row(open);
+        if row == FailureRow::Own {
+            tx.prepare_cached(
+                "INSERT INTO failure_streaks (scope, method, first_ms, last_ms)
+                 VALUES (?1, ?2, NULL, NULL)",
+            )?
+            .execute((scope, method.as_db()))?;
+            insert_audit(&tx, record)?;
+        }
+        let stats = audit_stats(&tx)?;
+        tx.commit()?;
+        Ok((row, stats))
+    }
+
     /// The `audit.summary_interval` tick: writes every pending summary row like
     /// [`LocalStore::flush_summaries`] and, in the same transaction, ends the streaks that had
     /// no wrong credential since the previous tick (their counts are in the rows just written).
