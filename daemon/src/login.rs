@@ -652,9 +652,10 @@ impl Authenticator {
             return Err(locked_out(refusal));
         }
         let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
+        let read_at = self.lockout_generation();
         let locked = blocking(move || local.refusal(budget, &owned, &policy, now)).await??;
         if let Some(refusal) = locked {
-            self.remember_lockout(&refusal, now);
+            self.remember_lockout(&refusal, now, read_at);
             self.count_refused(source, kind, RefusedFor::LockedOut);
             return Err(locked_out(refusal));
         }
@@ -728,20 +729,31 @@ impl Authenticator {
         let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
         let budget = budget_of(kind);
         let now = crate::clock::now();
+        let read_at = self.lockout_generation();
         let admitted = blocking(move || local.admit_attempt(budget, &owned, &policy, now)).await?;
         match self.written(admitted)? {
             Ok(admitted) => Ok(admitted),
             Err(refusal) => {
-                self.remember_lockout(&refusal, now);
+                self.remember_lockout(&refusal, now, read_at);
                 self.count_refused(source, kind, RefusedFor::LockedOut);
                 Err(locked_out(refusal))
             }
         }
     }
 
-    fn remember_lockout(&self, refusal: &Refusal, now: crate::lockout::Now) {
+    /// The in-memory lockouts' generation, read before the store is: a refusal read from the
+    /// store is only remembered if no success or unlock forgot a scope meanwhile.
+    fn lockout_generation(&self) -> u64 {
+        // Unreadable: a generation no forget leads to, so nothing is remembered.
+        self.locked
+            .lock()
+            .map(|locked| locked.generation())
+            .unwrap_or(u64::MAX)
+    }
+
+    fn remember_lockout(&self, refusal: &Refusal, now: crate::lockout::Now, read_at: u64) {
         if let Ok(mut locked) = self.locked.lock() {
-            locked.remember(refusal, &self.policy.lockout, now);
+            locked.remember(refusal, &self.policy.lockout, now, read_at);
         }
     }
 

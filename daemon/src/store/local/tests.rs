@@ -350,7 +350,8 @@ fn the_lockout_cache_refuses_exactly_while_the_store_would() {
             .refusal(Budget::Pin, source, &policy, at(30))
             .unwrap()
             .unwrap();
-        cache.remember(&refusal, &policy, at(30));
+        let read_at = cache.generation();
+        cache.remember(&refusal, &policy, at(30), read_at);
     }
     // Step through the lockouts on the simulated clock: whenever the cache refuses, so does the
     // store, with at least as long to wait; and the store refuses longer than the cache only
