@@ -173,6 +173,17 @@ pub enum ReadFault {
     Other(&'static str),
 }
 
+impl ReadFault {
+    /// The count's name in a summary row (fixed texts: a reader's own text is never a label).
+    pub fn label(self) -> &'static str {
+        match self {
+            ReadFault::Crc => "bad_read.crc",
+            ReadFault::Framing => "bad_read.framing",
+            ReadFault::Other(_) => "bad_read.other",
+        }
+    }
+}
+
 impl fmt::Display for ReadFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

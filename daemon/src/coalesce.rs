@@ -4,14 +4,20 @@
 //! in-memory part (refusals, which are never charged).
 //!
 //! Per source and budget (a source's PIN scope, its key scope), the first hashed failure (a
-//! wrong credential) since that source's last success has a row of its own. A credential of a
+//! wrong credential), or for the key scope a reader's bad read, opens the scope's streak and has
+//! a row of its own. A credential of a
 //! user who may not log in here (`denied`) always has its own row: it says whose credential was
-//! found. Every later wrong credential of the streak
-//! and every refusal (locked out, malformed, busy, no replica, stale) is counted in the scope's
-//! [`Pending`] summary, written as one `coalesced` row when the streak ends (a success from the
-//! scope), every `audit.summary_interval` while anything is pending, at shutdown, and at start
-//! for what a crash left. So a source writes at most 1 + 1 per interval rows per budget however
-//! hard it floods, plus a row per success and per denied credential (charged like a wrong one).
+//! found. Every later wrong credential of the streak and every refusal (locked out, malformed,
+//! busy, no replica, stale) is counted in the scope's [`Pending`] summary, written as one
+//! `coalesced` row every `audit.summary_interval` while anything is pending, at an unlock, at
+//! shutdown, and at start for what a crash left. A success has its own row (every login is
+//! audited) but ends no streak: a source that interleaves a valid credential with guesses
+//! would otherwise win a row per guess. A streak ends at the interval's tick that finds it idle
+//! for a whole interval (no wrong credential since the tick before), so its first failure's own
+//! row comes at most once per interval. So a source writes at most a row per success and per
+//! denied credential (charged like a wrong one) plus 2 rows per budget and interval however
+//! hard it floods. Bad reads (never charged) after the first are counted in memory with the
+//! refusals, per fault (`bad_read.crc`).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;

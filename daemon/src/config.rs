@@ -527,7 +527,7 @@ pub struct AuditConfig {
     /// Unacknowledged audit rows beyond which the outbox reports a loud status (rows are kept).
     pub max_rows: u64,
     /// How often the coalesced attempts of a source are written as its summary row while any
-    /// are pending (see `coalesce.rs`).
+    /// are pending; streaks idle for a whole interval end at the tick (see `coalesce.rs`).
     pub summary_interval: String,
 }
 

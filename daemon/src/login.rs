@@ -4,7 +4,7 @@
 //! failures, a refusal when the replica is too old, an audit row per attempt, manager
 //! authorization, and re-evaluating the session when a sync changes its user.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -15,11 +15,11 @@ use zeroize::Zeroizing;
 use argon2::Block;
 
 use crate::audit::{self, AuditKind, AuditOutcome, AuditRecord, ReadFault};
-use crate::coalesce::{Pending, RefusedFor};
+use crate::coalesce::{FailureRow, Pending, RefusedFor};
 use crate::credential::{HashError, TerminalKey, argon2id_in};
 use crate::hashing::{HashingPermit, HashingQueue, QueueFull};
 use crate::lockout::cache::LockedScopes;
-use crate::lockout::{LockoutPolicy, Refusal, budget_of, scope_of, source_scope};
+use crate::lockout::{Budget, LockoutPolicy, Refusal, budget_of, scope_of, source_scope};
 use crate::model::{CredentialKind, Terminal};
 use crate::resolve::{Candidate, DenialReason, Resolution, may_log_in, resolve};
 use crate::session::{Session, SessionEvent, SessionManager, profile_change};
@@ -194,6 +194,10 @@ pub struct Authenticator {
     /// `coalesce.rs`). Kept in memory so that a flood of refusals writes nothing; a crash loses
     /// only these counts, never a decision nor a hashed failure.
     refused: Mutex<HashMap<String, Pending>>,
+    /// Key scopes whose streak the store was found (or made) open since the last summary tick:
+    /// their bad reads are counted with the refusals, no transaction each. Emptied each tick,
+    /// when idle streaks end.
+    streaks_open: Mutex<HashSet<String>>,
     /// Lockouts the store answered, so a locked source's further attempts are refused without
     /// SQLite or the blocking pool. Never looser than the store: see `lockout/cache.rs`.
     locked: Mutex<LockedScopes>,
@@ -253,6 +257,7 @@ impl Authenticator {
             policy,
             profile_gate: tokio::sync::Mutex::new(()),
             refused: Mutex::new(HashMap::new()),
+            streaks_open: Mutex::new(HashSet::new()),
             locked: Mutex::new(LockedScopes::default()),
             disk_full: AtomicBool::new(false),
         }
@@ -477,18 +482,55 @@ impl Authenticator {
     }
 
     /// For the hardware readers: a key read that failed its checksum (or framing). Audited, but
-    /// not a failed login: no counter changes.
+    /// not a failed login: no counter changes. Coalesced like the wrong keys of the reader's
+    /// key scope: the first failure since its streak ended (wrong key or bad read) has a row of
+    /// its own; the later bad reads are counted in memory (per fault, `bad_read.crc`) for the
+    /// scope's summary row, with no transaction each.
     #[instrument(skip_all, fields(source = source, fault = %fault))]
     pub async fn report_bad_read(&self, source: &str, fault: ReadFault) -> Result<(), LoginError> {
-        let record = AuditRecord::new(
-            AuditKind::BadRead,
-            Some(CredentialKind::Key),
-            source,
-            AuditOutcome::BadRead,
-        )
-        .reason(fault.to_string());
-        self.record(record, Settlement::Keep, source).await?;
-        tracing::info!("bad key read (not counted as a failed login)");
+        let scope = source_scope(Budget::Key, source);
+        let known_open = self
+            .streaks_open
+            .lock()
+            .is_ok_and(|open| open.contains(&scope));
+        let row = if known_open {
+            FailureRow::Coalesced
+        } else {
+            let record = AuditRecord::new(
+                AuditKind::BadRead,
+                Some(CredentialKind::Key),
+                source,
+                AuditOutcome::BadRead,
+            )
+            .reason(fault.to_string());
+            let (local, owned) = (self.local.clone(), scope.clone());
+            let opened =
+                blocking(move || local.open_streak_with(&owned, CredentialKind::Key, &record))
+                    .await?;
+            let (row, stats) = self.written(opened)?;
+            if row == FailureRow::Own {
+                audit::warn_if_over_cap(stats, self.policy.audit_max_rows);
+            }
+            if let Ok(mut open) = self.streaks_open.lock() {
+                open.insert(scope.clone());
+            }
+            row
+        };
+        if row == FailureRow::Coalesced {
+            self.count_pending(scope, CredentialKind::Key, fault.label());
+        }
+        let seen = BAD_READS.fetch_add(1, Ordering::Relaxed) + 1;
+        if seen == 1 || seen.is_multiple_of(1000) {
+            tracing::info!(
+                bad_reads = seen,
+                "bad key read (not counted as a failed login)"
+            );
+        } else {
+            tracing::debug!(
+                bad_reads = seen,
+                "bad key read (not counted as a failed login)"
+            );
+        }
         Ok(())
     }
 
@@ -610,9 +652,10 @@ impl Authenticator {
             return Err(locked_out(refusal));
         }
         let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
+        let read_at = self.lockout_generation();
         let locked = blocking(move || local.refusal(budget, &owned, &policy, now)).await??;
         if let Some(refusal) = locked {
-            self.remember_lockout(&refusal, now);
+            self.remember_lockout(&refusal, now, read_at);
             self.count_refused(source, kind, RefusedFor::LockedOut);
             return Err(locked_out(refusal));
         }
@@ -686,20 +729,31 @@ impl Authenticator {
         let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
         let budget = budget_of(kind);
         let now = crate::clock::now();
+        let read_at = self.lockout_generation();
         let admitted = blocking(move || local.admit_attempt(budget, &owned, &policy, now)).await?;
         match self.written(admitted)? {
             Ok(admitted) => Ok(admitted),
             Err(refusal) => {
-                self.remember_lockout(&refusal, now);
+                self.remember_lockout(&refusal, now, read_at);
                 self.count_refused(source, kind, RefusedFor::LockedOut);
                 Err(locked_out(refusal))
             }
         }
     }
 
-    fn remember_lockout(&self, refusal: &Refusal, now: crate::lockout::Now) {
+    /// The in-memory lockouts' generation, read before the store is: a refusal read from the
+    /// store is only remembered if no success or unlock forgot a scope meanwhile.
+    fn lockout_generation(&self) -> u64 {
+        // Unreadable: a generation no forget leads to, so nothing is remembered.
+        self.locked
+            .lock()
+            .map(|locked| locked.generation())
+            .unwrap_or(u64::MAX)
+    }
+
+    fn remember_lockout(&self, refusal: &Refusal, now: crate::lockout::Now, read_at: u64) {
         if let Ok(mut locked) = self.locked.lock() {
-            locked.remember(refusal, &self.policy.lockout, now);
+            locked.remember(refusal, &self.policy.lockout, now, read_at);
         }
     }
 
@@ -743,8 +797,8 @@ impl Authenticator {
     }
 
     /// Writes an audit row (or counts a hashed failure for its source's summary) and settles
-    /// the attempt's charges in one transaction. A success ends its source's failure streak:
-    /// the summary row goes with it, the source's refusal counts folded in.
+    /// the attempt's charges in one transaction. A success has its own row and ends no streak:
+    /// its source's coalesced counts wait for the next summary row (see `coalesce.rs`).
     async fn record(
         &self,
         record: AuditRecord,
@@ -755,24 +809,11 @@ impl Authenticator {
             Settlement::Refund(budget) => Some(budget),
             Settlement::Keep => None,
         };
-        let pending = refunded.and_then(|budget| {
-            let scope = source_scope(budget, source);
-            self.take_refused(&scope).map(|p| (scope, p))
-        });
         let (local, policy, owned) = (self.local.clone(), self.policy.lockout, source.to_owned());
-        let memory = pending.as_ref().map(|(_, p)| p.clone());
         let now = crate::clock::now();
-        let recorded = blocking(move || {
-            local.record_attempt(&record, settlement, &owned, &policy, now, memory.as_ref())
-        })
-        .await;
-        let recorded = match recorded.and_then(|r| self.written(r)) {
-            Ok(recorded) => recorded,
-            Err(e) => {
-                self.restore_refused(pending.into_iter().collect());
-                return Err(e);
-            }
-        };
+        let recorded =
+            blocking(move || local.record_attempt(&record, settlement, &owned, &policy, now)).await;
+        let recorded = recorded.and_then(|r| self.written(r))?;
         if let Some(budget) = refunded
             && let Ok(mut locked) = self.locked.lock()
         {
@@ -805,14 +846,19 @@ impl Authenticator {
     }
 
     fn count_refused(&self, source: &str, kind: CredentialKind, why: RefusedFor) {
+        self.count_pending(source_scope(budget_of(kind), source), kind, why.label());
+    }
+
+    /// Counts an attempt without a row of its own for `scope`'s summary row.
+    fn count_pending(&self, scope: String, kind: CredentialKind, label: &str) {
         let Ok(mut refused) = self.refused.lock() else {
             return;
         };
         let now = SystemTime::now();
         refused
-            .entry(source_scope(budget_of(kind), source))
+            .entry(scope)
             .or_insert_with(|| Pending::new(kind, now))
-            .count(why.label(), now);
+            .count(label, now);
     }
 
     /// Writes the summary row of every scope with coalesced failures or refusals pending
@@ -836,20 +882,45 @@ impl Authenticator {
         }
     }
 
-    /// Flushes pending summaries every `period`, for as long as the daemon runs.
-    pub async fn run_summary_flush(self: Arc<Self>, period: Duration) {
-        let mut interval = tokio::time::interval(period);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            interval.tick().await;
-            if let Err(e) = self.flush_summaries().await {
-                tracing::warn!(error = %e, "writing the audit summary rows failed; kept for the next try");
+    /// The `audit.summary_interval` tick: [`Authenticator::flush_summaries`], and the streaks
+    /// idle since the previous tick end (their next wrong credential has a row of its own
+    /// again: at most one per source and budget per interval). Returns the rows written.
+    pub async fn summary_tick(&self) -> Result<usize, LoginError> {
+        let pending = self.take_all_refused(None);
+        let (local, memory) = (self.local.clone(), pending.clone());
+        let written = blocking(move || local.summary_tick(&memory)).await;
+        // Idle streaks end now: the next bad read of a scope asks the store again.
+        if let Ok(mut open) = self.streaks_open.lock() {
+            open.clear();
+        }
+        match written.and_then(|w| self.written(w)) {
+            Ok((rows, ended, stats)) => {
+                if rows > 0 {
+                    audit::warn_if_over_cap(stats, self.policy.audit_max_rows);
+                }
+                if ended > 0 {
+                    tracing::debug!(ended, "idle failure streaks ended");
+                }
+                Ok(rows)
+            }
+            Err(e) => {
+                self.restore_refused(pending);
+                Err(e)
             }
         }
     }
 
-    fn take_refused(&self, scope: &str) -> Option<Pending> {
-        self.refused.lock().ok()?.remove(scope)
+    /// Runs [`Authenticator::summary_tick`] every `period` (the first one `period` after the
+    /// start, which flushed what the last run left), for as long as the daemon runs.
+    pub async fn run_summary_flush(self: Arc<Self>, period: Duration) {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if let Err(e) = self.summary_tick().await {
+                tracing::warn!(error = %e, "writing the audit summary rows failed; kept for the next try");
+            }
+        }
     }
 
     fn take_all_refused(&self, scope: Option<&str>) -> Vec<(String, Pending)> {
@@ -1123,6 +1194,9 @@ fn log_refusal(what: &str, e: &LoginError) {
         }
     }
 }
+
+/// Bad key reads so far (for the log's throttle: a reader sending garbage must not flood it).
+static BAD_READS: AtomicU64 = AtomicU64::new(0);
 
 /// Refusals before hashing so far, per kind (for the log's throttle).
 static REFUSALS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];

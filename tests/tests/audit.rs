@@ -71,7 +71,7 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
         first.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![1, 2]
     );
-    assert_eq!((first.backlog, first.last_seq), (7, 7));
+    assert_eq!((first.backlog, first.last_seq), (6, 6));
     let rest = sync.pull_audit(2, 0).await.unwrap().events;
     let all: Vec<pb::AuditEvent> = first.events.into_iter().chain(rest).collect();
     let summary: Vec<_> = all
@@ -115,19 +115,10 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
                 "no user matches this credential"
             ),
             ("login", key, "accepted", "amy", ""),
-            // The empty PIN has no row of its own: it is summed up when the streak ends (max's
-            // PIN, a success from the source), under the source's lockout scope.
-            ("login", pin, "coalesced", "", ""),
+            // The empty PIN has no row of its own: it is counted for the source's summary row
+            // (each audit.summary_interval and at shutdown, below); a success ends no streak.
             ("authorize", pin, "granted", "max", ""),
         ]
-    );
-    assert!(
-        all[5]
-            .reason
-            .starts_with("1 attempt without a row of their own from ")
-            && all[5].reason.ends_with(": refused.malformed=1"),
-        "{}",
-        all[5].reason
     );
     let source = my_socket_source();
     for event in &all {
@@ -138,22 +129,22 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
         assert!(event.at.is_some());
         assert_eq!(event.uuid.len(), 36, "{event:?}");
     }
-    assert_eq!(all[6].session_user_id, "amy");
-    assert_eq!(all[6].permission, "refund.create");
+    assert_eq!(all[5].session_user_id, "amy");
+    assert_eq!(all[5].permission, "refund.create");
     let mut uuids: Vec<_> = all.iter().map(|e| e.uuid.clone()).collect();
     uuids.sort();
     uuids.dedup();
-    assert_eq!(uuids.len(), 7);
+    assert_eq!(uuids.len(), 6);
 
     // Acknowledged rows are deleted, the rest stay; re-acknowledging is harmless; acknowledging
     // what was never written is refused.
     let ack = sync.ack_audit(3).await.unwrap();
-    assert_eq!((ack.deleted, ack.backlog), (3, 4));
+    assert_eq!((ack.deleted, ack.backlog), (3, 3));
     assert_eq!(sync.ack_audit(2).await.unwrap().deleted, 0);
     let beyond = status(sync.ack_audit(99).await);
     assert_eq!(beyond.code(), Code::InvalidArgument);
     assert!(
-        beyond.message().contains("the last audit row written is 7"),
+        beyond.message().contains("the last audit row written is 6"),
         "{}",
         beyond.message()
     );
@@ -168,11 +159,24 @@ async fn every_attempt_is_an_outbox_row_until_central_acknowledges_it() {
     );
     assert_eq!(code(anonymous.ack_audit(7).await).0, Code::Unauthenticated);
 
-    // A restart keeps unacknowledged rows, and sequence numbers go on.
+    // A restart keeps unacknowledged rows, and sequence numbers go on; the shutdown wrote the
+    // pending summary row (the empty PIN).
     daemon.stop().await;
     let daemon = Daemon::spawn(&daemon.dir);
     let mut sync = daemon.sync(Some(&token_of(&daemon).await)).await;
-    assert_eq!(sync.pull_audit(0, 100).await.unwrap().events.len(), 4);
+    let kept = sync.pull_audit(0, 100).await.unwrap().events;
+    assert_eq!(kept.len(), 4);
+    let summary = &kept[3];
+    assert_eq!((summary.seq, summary.outcome.as_str()), (7, "coalesced"));
+    assert_eq!(summary.source, my_socket_source());
+    assert!(
+        summary
+            .reason
+            .starts_with("1 attempt without a row of their own from ")
+            && summary.reason.ends_with(": refused.malformed=1"),
+        "{}",
+        summary.reason
+    );
     assert_eq!(sync.ack_audit(7).await.unwrap().backlog, 0);
     daemon.client().await.login_with_pin(AMY_PIN).await.unwrap();
     let next = sync.pull_audit(0, 100).await.unwrap();
@@ -263,8 +267,8 @@ async fn no_pin_or_key_id_is_ever_written_to_the_database() {
     let _ = client
         .authorize(Credential::Pin(AMY_PIN), "refund.create")
         .await;
-    // Two successes, the first failure of each budget, the PIN streak's summary (Dora's PIN)
-    // with the success that ended it; the wrong key's authorization waits in the key summary.
+    // Two logins, the first failure of each budget, Dora's PIN (denied: a row of its own), the
+    // granted authorization; the wrong key's authorization waits in the key summary.
     assert_eq!(client.audit_tail(100).await.unwrap().events.len(), 6);
     // Search the database, its WAL and everything else in the state directory, before and
     // after the shutdown checkpoint.

@@ -47,7 +47,9 @@ async fn bad_reads_are_audited_not_counted_wrong_keys_count_per_reader_and_remov
     let mut watch = client.watch().await.unwrap();
     assert_eq!(kind(&next_event(&mut watch, WAIT).await), K::Current);
 
-    // Three damaged reads, more than lockout.max_failures: audited, never counted.
+    // Three damaged reads, more than lockout.max_failures: audited, never counted against a
+    // budget. The first opens the reader's key streak and has a row of its own; the others
+    // are counted for the reader's summary row (per fault: "bad_read.crc=2").
     for _ in 0..3 {
         lock.write(BAD_CRC);
         let seen = tokio::time::timeout(WAIT, activity.message())
@@ -58,7 +60,7 @@ async fn bad_reads_are_audited_not_counted_wrong_keys_count_per_reader_and_remov
         assert_eq!(seen.kind, pb::InputActivityKind::BadRead as i32);
     }
     let audit = client.audit_tail(10).await.unwrap().events;
-    assert_eq!(audit.len(), 3, "{audit:?}");
+    assert_eq!(audit.len(), 1, "{audit:?}");
     for row in &audit {
         assert_eq!(
             (row.kind.as_str(), row.outcome.as_str()),
@@ -131,9 +133,7 @@ async fn bad_reads_are_audited_not_counted_wrong_keys_count_per_reader_and_remov
     let outcomes: Vec<_> = rows.iter().map(|r| r.outcome.as_str()).collect();
     assert_eq!(
         outcomes,
-        vec![
-            "bad_read", "bad_read", "bad_read", "no_match", "accepted", "resumed"
-        ]
+        vec!["bad_read", "no_match", "accepted", "resumed"]
     );
     let text = format!("{rows:?}{}", daemon.log_text());
     for secret in [

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
@@ -134,6 +135,8 @@ pub struct FramedInput {
 #[derive(Debug, Clone)]
 pub struct InputQueue {
     sender: mpsc::Sender<FramedInput>,
+    /// Items dropped because the queue was full, so far (shared by the clones).
+    dropped: Arc<AtomicU64>,
     pub registry: Arc<DeviceRegistry>,
     captures: Arc<KeyCaptures>,
 }
@@ -147,11 +150,17 @@ impl InputQueue {
         (
             InputQueue {
                 sender,
+                dropped: Arc::default(),
                 registry,
                 captures,
             },
             receiver,
         )
+    }
+
+    /// Items dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// The device went away: says so, and ends a key capture waiting on it.
@@ -171,7 +180,15 @@ impl InputQueue {
         match self.sender.try_send(input) {
             Ok(()) => {}
             Err(TrySendError::Full(input)) => {
-                tracing::warn!(device = %device.source, capacity = QUEUE_LEN, "input dropped: the dispatcher queue is full");
+                // A reader flooding the queue drops an item per frame: the warning says so for
+                // the first and every 1000th (with the count), the rest at debug, so the
+                // journal is not flooded with it.
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped == 1 || dropped.is_multiple_of(1000) {
+                    tracing::warn!(device = %device.source, capacity = QUEUE_LEN, dropped, "input dropped: the dispatcher queue is full");
+                } else {
+                    tracing::debug!(device = %device.source, capacity = QUEUE_LEN, dropped, "input dropped: the dispatcher queue is full");
+                }
                 self.activity(
                     device,
                     ActivityKind::Rejected,
@@ -361,5 +378,51 @@ mod tests {
             }
         }
         assert!(framed.try_recv().is_err());
+    }
+
+    /// Log lines written while `f` runs, at warn and above.
+    fn warnings(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = buffer.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn a_reader_flooding_the_full_queue_is_logged_at_the_first_and_every_1000th_drop() {
+        let registry = Arc::new(DeviceRegistry::default());
+        let (queue, _framed) = InputQueue::new(registry, Arc::default());
+        let reader = DeviceLabel::new("front", "", "/dev/input/event9".into());
+        let log = warnings(|| {
+            for i in 0..QUEUE_LEN + 2500 {
+                queue.push(&reader, None, Framed::Rejected(i.to_string()));
+            }
+        });
+        assert_eq!(queue.dropped(), 2500);
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("the dispatcher queue is full"))
+            .collect();
+        assert_eq!(lines.len(), 3, "{log}");
+        for (line, count) in lines.iter().zip([1, 1000, 2000]) {
+            assert!(line.contains(&format!("dropped={count}")), "{line}");
+        }
     }
 }

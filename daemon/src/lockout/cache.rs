@@ -7,6 +7,12 @@
 //! success from the same scope, or for the terminal scope a success anywhere that was admitted
 //! before the lock) or a clear (`tillctl unlock`); the authenticator forgets the scopes of
 //! both. A policy change takes a restart (an empty cache); so does a quarantined local store.
+//!
+//! A refusal read from the store may reach the cache after a concurrent refund or clear forgot
+//! its scope (the read runs on the blocking pool, the forget right after the refund's commit):
+//! remembered then, it would refuse for up to `lockout.max_delay` what the store admits. So
+//! every forget counts a generation, the caller reads the generation before it reads the
+//! store, and a refusal is only remembered when no forget came in between.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,13 +27,25 @@ pub struct LockedScopes {
     boot: u128,
     /// Scope → the end of its lockout, in ms on `boot`'s monotonic clock.
     until: HashMap<String, u64>,
+    /// Forgets so far: a refusal read before one of them may be stale.
+    generation: u64,
 }
 
 impl LockedScopes {
-    /// Remembers a refusal the store answered at `now`. A source's lockout ends at a stored
-    /// instant; the terminal budget drains in steps of a thousandth of a charge, so its end is
-    /// only known within one step: that one is remembered as ending a step early.
-    pub fn remember(&mut self, refusal: &Refusal, policy: &LockoutPolicy, now: Now) {
+    /// The generation to read before asking the store (see [`LockedScopes::remember`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Remembers a refusal the store answered at `now`, from a read made at `read_at` (the
+    /// [`LockedScopes::generation`] before it): not at all if a forget came since, as that
+    /// refund or clear may have ended the lockout after the read. A source's lockout ends at a
+    /// stored instant; the terminal budget drains in steps of a thousandth of a charge, so its
+    /// end is only known within one step: that one is remembered as ending a step early.
+    pub fn remember(&mut self, refusal: &Refusal, policy: &LockoutPolicy, now: Now, read_at: u64) {
+        if read_at != self.generation {
+            return;
+        }
         if self.boot != now.boot {
             self.until.clear();
             self.boot = now.boot;
@@ -68,12 +86,14 @@ impl LockedScopes {
 
     /// Forgets `scopes` (their lockout was cleared or refunded).
     pub fn forget(&mut self, scopes: &[String]) {
+        self.generation = self.generation.wrapping_add(1);
         for scope in scopes {
             self.until.remove(scope);
         }
     }
 
     pub fn forget_all(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
         self.until.clear();
     }
 
@@ -159,7 +179,8 @@ mod tests {
                     true
                 }
                 Err(refusal) => {
-                    self.cache.remember(&refusal, &policy(), now);
+                    let read_at = self.cache.generation();
+                    self.cache.remember(&refusal, &policy(), now, read_at);
                     false
                 }
             }
@@ -245,6 +266,30 @@ mod tests {
                 .refusal(&[TERMINAL_SCOPE.to_owned()], at(6))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_refusal_read_before_a_concurrent_success_is_not_remembered() {
+        let mut till = Till::default();
+        let source = "socket uid=1000 gid=1000 pid=1";
+        let scopes = policy().scopes(Budget::Pin, source);
+        // Two attempts admitted and charged; the second locks the source for 10 s.
+        assert!(till.attempt(Budget::Pin, source, at(0)));
+        assert!(till.attempt(Budget::Pin, source, at(1)));
+        // A third attempt reads the store's refusal (on the blocking pool)...
+        let read_at = till.cache.generation();
+        let refusal = till.store_refusal(&scopes, at(2)).unwrap();
+        // ... meanwhile the second turns out to be the right PIN: refunded, and forgotten.
+        till.settle(1, true, at(3));
+        assert_eq!(till.store_refusal(&scopes, at(4)), None, "the store admits");
+        // The third attempt's refusal arrives late: it must not be remembered.
+        till.cache.remember(&refusal, &policy(), at(4), read_at);
+        assert_eq!(till.cache.refusal(&scopes, at(5)), None);
+        assert!(till.attempt(Budget::Pin, source, at(6)), "admitted");
+        // A refusal read after the forget is remembered as before.
+        assert!(till.attempt(Budget::Pin, source, at(7)));
+        assert!(!till.attempt(Budget::Pin, source, at(8)));
+        assert!(till.cache.refusal(&scopes, at(9)).is_some());
     }
 
     #[derive(Debug, Clone)]

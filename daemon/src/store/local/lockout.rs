@@ -5,7 +5,7 @@
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::audit::{audit_stats, insert_audit};
-use super::summary::{end_streak, record_failure, write_summaries};
+use super::summary::{record_failure, write_summaries};
 use super::{LocalStore, StoreError};
 use crate::audit::{AuditRecord, AuditStats};
 use crate::coalesce::{Pending, is_hashed_failure};
@@ -145,8 +145,9 @@ impl LocalStore {
 
     /// Writes the audit row of an attempt and settles its charges, in one transaction. A hashed
     /// failure after the first of its source's streak is counted for the summary row instead
-    /// of a row of its own; a success ends its source's streak and writes that summary, with
-    /// `refused` (the source's in-memory refusal counts) folded in.
+    /// of a row of its own. A success has its own row and ends no streak: a source that
+    /// interleaves successes with wrong credentials still has only the first of them as a row
+    /// (see `coalesce.rs`).
     pub fn record_attempt(
         &self,
         record: &AuditRecord,
@@ -154,7 +155,6 @@ impl LocalStore {
         source: &str,
         policy: &LockoutPolicy,
         now: Now,
-        refused: Option<&Pending>,
     ) -> Result<AttemptRecorded, StoreError> {
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -164,7 +164,6 @@ impl LocalStore {
                 counter.refund(policy, &scope, now);
                 store(&tx, &scope, &counter)?;
             }
-            end_streak(&tx, &source_scope(budget, source), refused)?;
         }
         match record.method {
             Some(method) if settlement == Settlement::Keep && is_hashed_failure(record) => {

@@ -84,4 +84,10 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (scope, label)
     ) WITHOUT ROWID;
     "#,
+    // 5: streaks end when idle: `idle` is set by each `audit.summary_interval` tick and cleared by
+    // the scope's next wrong credential; a tick that finds it set deletes the streak (see
+    // `summary.rs`), so the table holds only the scopes that failed in the last interval or two.
+    r#"
+    ALTER TABLE failure_streaks ADD COLUMN idle INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

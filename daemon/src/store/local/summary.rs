@@ -45,7 +45,7 @@ pub(super) fn record_failure(
             .execute((scope, failure_label(record)))?;
             conn.prepare_cached(
                 "UPDATE failure_streaks SET first_ms = MIN(COALESCE(first_ms, ?2), ?2),
-                     last_ms = MAX(COALESCE(last_ms, ?2), ?2)
+                     last_ms = MAX(COALESCE(last_ms, ?2), ?2), idle = 0
                  WHERE scope = ?1",
             )?
             .execute((scope, at))?;
@@ -119,23 +119,6 @@ pub(super) fn write_summaries(
     Ok(summaries.len())
 }
 
-/// A success from `scope`: its summary row, if anything is pending, and the streak ends (its
-/// next failure has a row of its own again).
-pub(super) fn end_streak(
-    conn: &Connection,
-    scope: &str,
-    memory: Option<&Pending>,
-) -> Result<usize, StoreError> {
-    let memory: Vec<(String, Pending)> = memory
-        .map(|p| (scope.to_owned(), p.clone()))
-        .into_iter()
-        .collect();
-    let written = write_summaries(conn, Some(scope), &memory)?;
-    conn.prepare_cached("DELETE FROM failure_streaks WHERE scope = ?1")?
-        .execute([scope])?;
-    Ok(written)
-}
-
 impl LocalStore {
     /// Writes every pending summary row (each `audit.summary_interval`, at shutdown, and at
     /// start for what a crash left), with `memory` folded in, in one transaction.
@@ -149,6 +132,69 @@ impl LocalStore {
         let stats = audit_stats(&tx)?;
         tx.commit()?;
         Ok((written, stats))
+    }
+
+    /// A row that may open `scope`'s streak but is never counted on disk (a bad read: not
+    /// charged, so counted in memory like a refusal). When the streak is not open, opens it and
+    /// writes `record`, in one transaction: the first failure of the scope since its streak
+    /// ended, wrong credential or bad read, has the one row of its own. When it is open,
+    /// writes nothing and answers [`FailureRow::Coalesced`]: the caller counts it.
+    pub fn open_streak_with(
+        &self,
+        scope: &str,
+        method: CredentialKind,
+        record: &AuditRecord,
+    ) -> Result<(FailureRow, AuditStats), StoreError> {
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let open = tx
+            .prepare_cached("SELECT 1 FROM failure_streaks WHERE scope = ?1")?
+            .exists([scope])?;
+        let row = failure_row(open);
+        if row == FailureRow::Own {
+            tx.prepare_cached(
+                "INSERT INTO failure_streaks (scope, method, first_ms, last_ms)
+                 VALUES (?1, ?2, NULL, NULL)",
+            )?
+            .execute((scope, method.as_db()))?;
+            insert_audit(&tx, record)?;
+        }
+        let stats = audit_stats(&tx)?;
+        tx.commit()?;
+        Ok((row, stats))
+    }
+
+    /// The `audit.summary_interval` tick: writes every pending summary row like
+    /// [`LocalStore::flush_summaries`] and, in the same transaction, ends the streaks that had
+    /// no wrong credential since the previous tick (their counts are in the rows just written).
+    /// So a scope's streak, and with it the row of its own its first wrong credential has,
+    /// is granted at most once per interval, and the table holds only the scopes that failed
+    /// in the last interval or two: a device that re-enumerates under new names, or a uid per
+    /// process, cannot grow it without bound. Returns (rows written, streaks ended, stats).
+    pub fn summary_tick(
+        &self,
+        memory: &[(String, Pending)],
+    ) -> Result<(usize, usize, AuditStats), StoreError> {
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let written = write_summaries(&tx, None, memory)?;
+        let ended = tx
+            .prepare_cached("DELETE FROM failure_streaks WHERE idle <> 0")?
+            .execute([])?;
+        tx.prepare_cached("UPDATE failure_streaks SET idle = 1")?
+            .execute([])?;
+        let stats = audit_stats(&tx)?;
+        tx.commit()?;
+        Ok((written, ended, stats))
+    }
+
+    /// The scopes with an open streak (for tests).
+    #[cfg(test)]
+    pub(crate) fn open_streaks(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached("SELECT scope FROM failure_streaks ORDER BY scope")?;
+        let scopes = stmt.query_map([], |row| row.get(0))?;
+        Ok(scopes.collect::<Result<_, _>>()?)
     }
 
     /// The coalesced failures not yet in a summary row (`tillctl`-free inspection for tests).

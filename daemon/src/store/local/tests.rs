@@ -114,7 +114,6 @@ fn counters_change_only_together_with_their_audit_row() {
                 source,
                 &policy,
                 now,
-                None,
             )
             .is_err()
     );
@@ -135,7 +134,6 @@ fn counters_change_only_together_with_their_audit_row() {
             source,
             &policy,
             now,
-            None,
         )
         .unwrap();
     assert_eq!(failures(&replica), vec![]);
@@ -206,7 +204,8 @@ fn an_acknowledgement_for_another_stream_deletes_nothing() {
 }
 
 #[test]
-fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_its_summary() {
+fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_whatever_successes_come_between()
+ {
     use crate::audit::{AuditKind, AuditOutcome, AuditRecord};
     use crate::coalesce::{Pending, RefusedFor, parse_counts};
     use crate::lockout::{Budget, LockoutPolicy, Now};
@@ -223,9 +222,9 @@ fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_
     let failure = |kind, outcome| {
         AuditRecord::new(kind, Some(CredentialKind::Pin), source, outcome).reason("wrong")
     };
-    let record = |store: &LocalStore, r: &AuditRecord, settlement, refused: Option<&Pending>| {
+    let record = |store: &LocalStore, r: &AuditRecord, settlement| {
         store
-            .record_attempt(r, settlement, source, &policy, now, refused)
+            .record_attempt(r, settlement, source, &policy, now)
             .unwrap()
     };
     let outcomes = |store: &LocalStore| {
@@ -241,7 +240,6 @@ fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_
             &store,
             &failure(AuditKind::Login, AuditOutcome::NoMatch),
             Settlement::Keep,
-            None,
         );
     }
     // A credential of a user who may not log in here: a row of its own (it names the user),
@@ -250,13 +248,12 @@ fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_
         &store,
         &failure(AuditKind::Authorize, AuditOutcome::Denied),
         Settlement::Keep,
-        None,
     );
     // A wrong key of the same source is another budget: its own streak, its own first row.
     let mut key = failure(AuditKind::Login, AuditOutcome::NoMatch);
     key.method = Some(CredentialKind::Key);
-    record(&store, &key, Settlement::Keep, None);
-    record(&store, &key, Settlement::Keep, None);
+    record(&store, &key, Settlement::Keep);
+    record(&store, &key, Settlement::Keep);
     assert_eq!(outcomes(&store), vec!["no_match", "denied", "no_match"]);
     // A crash now: the coalesced counts are on disk.
     drop(store);
@@ -266,45 +263,59 @@ fn a_streak_keeps_its_first_failure_as_a_row_and_the_rest_durably_counted_until_
     assert_eq!(pending[0].0, "socket uid=5");
     assert_eq!(pending[0].1.total(), 2);
     assert_eq!(pending[1].0, "socket uid=5 (keys)");
-    // A success ends the PIN streak: one summary row, the in-memory refusals folded in.
-    let mut refused = Pending::new(CredentialKind::Pin, std::time::SystemTime::now());
-    refused.count(RefusedFor::Busy.label(), std::time::SystemTime::now());
+    // A success has its own row and ends no streak: the next wrong PIN is counted, not a row
+    // (a source interleaving one valid credential with guesses writes no row per guess).
     record(
         &store,
         &failure(AuditKind::Login, AuditOutcome::Accepted),
         Settlement::Refund(Budget::Pin),
-        Some(&refused),
+    );
+    record(
+        &store,
+        &failure(AuditKind::Login, AuditOutcome::NoMatch),
+        Settlement::Keep,
+    );
+    assert_eq!(
+        outcomes(&store),
+        vec!["no_match", "denied", "no_match", "accepted"]
+    );
+    // The periodic flush writes one summary row per scope, the in-memory refusals folded in,
+    // and keeps the streaks open: their next failure is counted, not a row.
+    let mut refused = Pending::new(CredentialKind::Pin, std::time::SystemTime::now());
+    refused.count(RefusedFor::Busy.label(), std::time::SystemTime::now());
+    assert_eq!(
+        store
+            .flush_summaries(&[("socket uid=5".to_owned(), refused)])
+            .unwrap()
+            .0,
+        2
     );
     let rows = store.audit_tail(100).unwrap();
     assert_eq!(
         outcomes(&store),
-        vec!["no_match", "denied", "no_match", "coalesced", "accepted"]
+        vec![
+            "no_match",
+            "denied",
+            "no_match",
+            "accepted",
+            "coalesced",
+            "coalesced"
+        ]
     );
-    let summary = &rows[3].record;
+    let summary = &rows[4].record;
     assert_eq!(summary.source, "socket uid=5");
     assert_eq!(summary.method, Some(CredentialKind::Pin));
     let counts = parse_counts(&summary.reason).unwrap();
     assert_eq!(
         counts.into_iter().collect::<Vec<_>>(),
         vec![
-            ("login.no_match".to_owned(), 2),
+            ("login.no_match".to_owned(), 3),
             ("refused.busy".to_owned(), 1)
         ]
     );
-    // The next PIN failure opens a new streak: a row of its own.
-    record(
-        &store,
-        &failure(AuditKind::Login, AuditOutcome::NoMatch),
-        Settlement::Keep,
-        None,
-    );
-    assert_eq!(outcomes(&store).len(), 6);
-    // The periodic flush writes what is left (the key streak's one coalesced failure) and
-    // keeps that streak open: its next failure is counted, not a row.
-    assert_eq!(store.flush_summaries(&[]).unwrap().0, 1);
     assert_eq!(store.flush_summaries(&[]).unwrap().0, 0);
-    record(&store, &key, Settlement::Keep, None);
-    assert_eq!(outcomes(&store).len(), 7);
+    record(&store, &key, Settlement::Keep);
+    assert_eq!(outcomes(&store).len(), 6);
     assert_eq!(store.pending_summaries().unwrap()[0].1.total(), 1);
 }
 
@@ -339,7 +350,8 @@ fn the_lockout_cache_refuses_exactly_while_the_store_would() {
             .refusal(Budget::Pin, source, &policy, at(30))
             .unwrap()
             .unwrap();
-        cache.remember(&refusal, &policy, at(30));
+        let read_at = cache.generation();
+        cache.remember(&refusal, &policy, at(30), read_at);
     }
     // Step through the lockouts on the simulated clock: whenever the cache refuses, so does the
     // store, with at least as long to wait; and the store refuses longer than the cache only
@@ -378,4 +390,72 @@ fn the_lockout_cache_refuses_exactly_while_the_store_would() {
             .unwrap()
             .is_none()
     );
+}
+
+#[test]
+fn the_summary_tick_ends_idle_streaks_so_renamed_sources_do_not_grow_the_table() {
+    use crate::audit::{AuditKind, AuditOutcome, AuditRecord};
+    use crate::lockout::{LockoutPolicy, Now};
+    use crate::model::CredentialKind;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let policy = LockoutPolicy::default();
+    let now = Now {
+        boot: 7,
+        mono_ms: 1000,
+        wall_ms: 1_700_000_000_000,
+    };
+    let wrong_key = |store: &LocalStore, source: &str| {
+        let record = AuditRecord::new(
+            AuditKind::Login,
+            Some(CredentialKind::Key),
+            source,
+            AuditOutcome::NoMatch,
+        );
+        store
+            .record_attempt(&record, Settlement::Keep, source, &policy, now)
+            .unwrap();
+    };
+    let rows = |store: &LocalStore| store.audit_tail(1000).unwrap().len();
+    // A reader that re-enumerates under a new name for each read: 100 scopes, a streak each.
+    for n in 0..100 {
+        wrong_key(&store, &format!("device reader-{n} (/dev/hidraw{n})"));
+    }
+    // One source keeps failing through the ticks.
+    let busy = "device door (/dev/hidraw100)";
+    wrong_key(&store, busy);
+    assert_eq!(store.open_streaks().unwrap().len(), 101);
+    assert_eq!(rows(&store), 101);
+    // The first tick after a failure keeps its streak; the next one without a failure ends it,
+    // in the transaction that writes the summary rows.
+    wrong_key(&store, busy);
+    let (written, ended, _) = store.summary_tick(&[]).unwrap();
+    assert_eq!((written, ended), (1, 0));
+    wrong_key(&store, busy);
+    let (written, ended, _) = store.summary_tick(&[]).unwrap();
+    assert_eq!((written, ended), (1, 100));
+    assert_eq!(
+        store.open_streaks().unwrap(),
+        vec!["device door (keys)".to_owned()]
+    );
+    assert_eq!(rows(&store), 103);
+    // The busy source's streak goes on: its failures are counted, not rows.
+    wrong_key(&store, busy);
+    assert_eq!(rows(&store), 103);
+    // An ended streak's scope fails again: its first wrong key has a row of its own again (at
+    // most once per interval: the streak it opens lasts at least until the next tick but one).
+    wrong_key(&store, "device reader-7 (/dev/hidraw7)");
+    assert_eq!(rows(&store), 104);
+    wrong_key(&store, "device reader-7 (/dev/hidraw7)");
+    assert_eq!(rows(&store), 104);
+    // A plain flush (shutdown, start) writes the rows and ends no streak.
+    assert_eq!(store.flush_summaries(&[]).unwrap().0, 2);
+    assert_eq!(store.open_streaks().unwrap().len(), 2);
+    // Survives a reopen (the column is on disk), and idle streaks end at the next two ticks.
+    drop(store);
+    let store = open(&dir);
+    store.summary_tick(&[]).unwrap();
+    let (_, ended, _) = store.summary_tick(&[]).unwrap();
+    assert_eq!(ended, 2);
+    assert!(store.open_streaks().unwrap().is_empty());
 }
