@@ -356,11 +356,12 @@ async fn run(plan: Plan) {
         assert_eq!(applied.users, size as u64);
         let (_, hwm_snapshot) = d.memory();
         // What the snapshot leaves behind, once the daemon had a second to give memory back.
-        let (rss_after_snapshot, rss_parts_after_snapshot) = if size == FULL {
+        let (rss_after_snapshot, rss_parts_after_snapshot, threads_after_snapshot) = if size == FULL
+        {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            (d.memory().0, d.rss_parts())
+            (d.memory().0, d.rss_parts(), d.threads())
         } else {
-            (0, (0, 0))
+            (0, (0, 0), 0)
         };
 
         let schema = schema.get_or_insert_with(|| floor::schema_of(&d.replica_path()));
@@ -805,7 +806,7 @@ async fn run(plan: Plan) {
             )
             .target(Target::Ratio(1.5))
             .note(format!(
-                "heap {} MiB, mapped files {} MiB",
+                "heap {} MiB, mapped files {} MiB, {threads_after_snapshot} threads",
                 num(rss_parts_after_snapshot.0 as f64 / 1024.0),
                 num(rss_parts_after_snapshot.1 as f64 / 1024.0)
             )),
