@@ -8,8 +8,8 @@
 //! knows one valid PIN and holds one valid key, and may interleave successes, daemon restarts,
 //! reboots and wall-clock steps. They do not hold an admin uid (`tillctl unlock`).
 //!
-//! PIN attempts are **charged before they are hashed**, in one transaction with the lockout
-//! check: one failure to the source's counter and one to the terminal's budget. A success
+//! PIN attempts are **charged before they are answered** (the commit runs beside the hash; a
+//! refused charge discards the hash unread), in one transaction with the lockout check: one failure to the source's counter and one to the terminal's budget. A success
 //! refunds its own terminal charge and resets its source's counter; anything else (a wrong
 //! PIN, a PIN of an inactive or unassigned user, a crash half-way) keeps the charge.
 //!

@@ -669,7 +669,7 @@ impl Authenticator {
     }
 
     /// With a permit: charges the attempt to its counters (refused if a lockout started
-    /// meanwhile), hashes, resolves; audits every refusal. Runs to completion. On success the
+    /// meanwhile) while it hashes, resolves; audits every refusal. Runs to completion. On success the
     /// permit is still held (released by the caller) and the charge awaits its refund.
     async fn verify(
         &self,
@@ -680,14 +680,20 @@ impl Authenticator {
         purpose: &Purpose,
     ) -> Result<Verified, LoginError> {
         let Admission { permit, state } = admission;
-        let admitted = self.charge(kind, source).await?;
+        // The charge's commit (an fsync) runs while argon2 does: the budget needs the charge on
+        // disk before any answer leaves, not before the hash starts. Nothing is answered until
+        // both are done, and a refused charge (a lockout that started meanwhile, a full disk)
+        // throws the hash's result away unread.
+        let secret = Arc::new(secret);
+        let (admitted, matches) =
+            tokio::join!(self.charge(kind, source), self.matching_users(kind, secret));
+        let admitted = admitted?;
         let refuse = |outcome, error: &LoginError| {
             purpose
                 .record(kind, source, outcome)
                 .reason(error.to_string())
         };
-        let secret = Arc::new(secret);
-        let resolution = resolve(self.matching_users(kind, secret).await?);
+        let resolution = resolve(matches?);
         // The lockout a failure starts was set when it was charged: report it with the outcome.
         let report_lockouts = || {
             for (scope, delay) in &admitted.locked {
