@@ -63,6 +63,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), DaemonError> {
+    memory::return_large_blocks_when_freed();
     let (settings, config_path) = if args.demo {
         let settings = demo::settings(
             &args.demo_dir,
