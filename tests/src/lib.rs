@@ -203,9 +203,11 @@ impl Daemon {
     }
 
     pub async fn client(&self) -> TillClient {
-        TillClient::connect(&self.socket)
-            .await
-            .expect("connect to login socket")
+        match TillClient::connect(&self.socket).await {
+            Ok(client) => client,
+            // The log says whether the daemon went away (it holds the socket while it runs).
+            Err(e) => panic!("connect to login socket: {e:?}\n{}", self.log_text()),
+        }
     }
 
     pub async fn sync(&self, token: Option<&str>) -> TillSyncClient {

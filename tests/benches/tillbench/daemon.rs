@@ -112,39 +112,32 @@ impl Tillgated {
             .unwrap()
     }
 
-    /// (VmRSS, VmHWM) in KiB.
-    pub fn memory(&self) -> (u64, u64) {
+    /// Numeric fields of `/proc/PID/status`, in order (`kB` units dropped).
+    fn status_fields<const N: usize>(&self, names: [&str; N]) -> [u64; N] {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let field = |name: &str| {
+        names.map(|name| {
             status
                 .lines()
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
                 .unwrap()
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        })
+    }
+
+    /// (VmRSS, VmHWM) in KiB.
+    pub fn memory(&self) -> (u64, u64) {
+        let [rss, hwm] = self.status_fields(["VmRSS:", "VmHWM:"]);
+        (rss, hwm)
     }
 
     /// (RssAnon, RssFile) in KiB: the heap against pages of mapped files and libraries.
     pub fn rss_parts(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap()
-        };
-        (field("RssAnon:"), field("RssFile:"))
+        let [anon, file] = self.status_fields(["RssAnon:", "RssFile:"]);
+        (anon, file)
     }
 
     pub fn threads(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap()
+        self.status_fields(["Threads:"])[0]
     }
 
     /// Resets VmHWM to the current RSS (Linux `clear_refs` value 5).
