@@ -752,6 +752,14 @@ fn bind_login_socket(settings: &Settings) -> Result<UnixListener, DaemonError> {
             std::fs::remove_file(path).map_err(io(format!("stale socket {}", path.display())))?;
         }
     }
+    // Bound, owned and given its mode under a temporary name, then renamed into place: a client
+    // never finds the path before the socket listens (connect would be refused) or while it
+    // still has the umask's mode instead of login_socket.mode.
+    let final_path = path;
+    let path = &PathBuf::from(format!("{}.binding", final_path.display()));
+    if std::fs::symlink_metadata(path).is_ok() {
+        std::fs::remove_file(path).map_err(io(format!("stale socket {}", path.display())))?;
+    }
     let listener =
         UnixListener::bind(path).map_err(io(format!("login socket {}", path.display())))?;
     if let Some(group) = &settings.socket_group {
@@ -769,6 +777,10 @@ fn bind_login_socket(settings: &Settings) -> Result<UnixListener, DaemonError> {
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(settings.socket_mode))
         .map_err(io(format!("chmod {}", path.display())))?;
+    std::fs::rename(path, final_path).map_err(io(format!(
+        "renaming the login socket to {}",
+        final_path.display()
+    )))?;
     Ok(listener)
 }
 
